@@ -1,0 +1,38 @@
+//! What the scheduler asks its driver to do.
+
+use crate::callback::Callback;
+use crate::fetch::Fetch;
+use crate::request::RequestId;
+
+/// One thing for the driver to do, from [`Scheduler::poll_action`](crate::Scheduler::poll_action).
+#[derive(Debug)]
+pub enum Action<R> {
+    /// Fetch one hop, then report with [`Scheduler::handle_fetch`](crate::Scheduler::handle_fetch).
+    Fetch(Fetch),
+    /// Run callbacks ([`Callback::run`]), then report with
+    /// [`Scheduler::handle_callback`](crate::Scheduler::handle_callback).
+    Callback(Callback<R>),
+    /// Record a change in durable storage (only when [`Config::persist`](crate::Config::persist) is on).
+    Persist(Persist),
+}
+
+/// A change to the set of unfinished requests, for durable storage.
+///
+/// Execute them in the order given: a request's `Finished` always comes after the
+/// `Accepted` of every follow-up its callbacks enqueued, so a crash never loses work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Persist {
+    /// A request was accepted: store it (serialize it from
+    /// [`Scheduler::request`](crate::Scheduler::request) now).
+    Accepted {
+        /// The request.
+        id: RequestId,
+        /// The request whose callback enqueued it, if any.
+        parent: Option<RequestId>,
+    },
+    /// A request finished (its `on_done` ran): remove it.
+    Finished {
+        /// The request.
+        id: RequestId,
+    },
+}
