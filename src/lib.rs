@@ -145,3 +145,10 @@ pub use stats::{Stats, WaitSummary};
 pub use bytes::Bytes;
 pub use http;
 pub use url::{self, Url};
+
+/// The origin of virtual time in unit tests: the one real clock reading they make.
+#[cfg(test)]
+#[allow(clippy::disallowed_methods)]
+pub(crate) fn t0() -> std::time::Instant {
+    std::time::Instant::now()
+}

@@ -159,7 +159,7 @@ mod tests {
 
     #[test]
     fn normal_response_waits_the_delay_from_the_end() {
-        let t0 = Instant::now();
+        let t0 = crate::t0();
         let p = pace(&HostPace::default(), &rules(), &fb(200, None), t0);
         assert_eq!(p.next_allowed, Some(t0 + Duration::from_secs(1)));
         assert_eq!(p.backoffs, 0);
@@ -167,7 +167,7 @@ mod tests {
 
     #[test]
     fn crawl_delay_raises_the_delay() {
-        let t0 = Instant::now();
+        let t0 = crate::t0();
         let r = PaceRules {
             crawl_delay: Some(Duration::from_secs(5)),
             ..rules()
@@ -178,7 +178,7 @@ mod tests {
 
     #[test]
     fn retry_after_is_honoured_and_capped() {
-        let t0 = Instant::now();
+        let t0 = crate::t0();
         let p = pace(&HostPace::default(), &rules(), &fb(429, Some(20)), t0);
         assert_eq!(p.next_allowed, Some(t0 + Duration::from_secs(20)));
         assert_eq!(p.backoffs, 1);
@@ -188,7 +188,7 @@ mod tests {
 
     #[test]
     fn backoff_without_header_doubles_then_caps_then_clears() {
-        let t0 = Instant::now();
+        let t0 = crate::t0();
         let mut p = HostPace::default();
         let mut waits = Vec::new();
         for _ in 0..7 {
@@ -205,7 +205,7 @@ mod tests {
 
     #[test]
     fn a_decided_pause_is_never_shortened() {
-        let t0 = Instant::now();
+        let t0 = crate::t0();
         let p = pace(&HostPace::default(), &rules(), &fb(429, Some(30)), t0);
         let p = pace(&p, &rules(), &fb(200, None), t0 + Duration::from_secs(1));
         assert_eq!(p.next_allowed, Some(t0 + Duration::from_secs(30)));
@@ -213,7 +213,7 @@ mod tests {
 
     #[test]
     fn adaptive_delay_follows_latency() {
-        let t0 = Instant::now();
+        let t0 = crate::t0();
         let r = PaceRules {
             adaptive: Some(2.0),
             ..rules()

@@ -321,7 +321,7 @@ mod tests {
 
     #[test]
     fn first_check_asks_for_a_fetch_then_rules_apply() {
-        let t0 = Instant::now();
+        let t0 = crate::t0();
         let mut c = RobotsCache::new("downpour", 10);
         let Check::Missing(o) = c.check(t0, &url("http://a.test/x")) else {
             panic!("unknown origin must be fetched");
@@ -354,7 +354,7 @@ mod tests {
 
     #[test]
     fn rules_for_our_agent_win_over_the_star_group() {
-        let t0 = Instant::now();
+        let t0 = crate::t0();
         let mut c = RobotsCache::new("downpour", 10);
         let Check::Missing(o) = c.check(t0, &url("http://a.test/")) else {
             panic!()
@@ -369,7 +369,7 @@ mod tests {
 
     #[test]
     fn unavailable_origin_fails_fast_then_is_tried_again() {
-        let t0 = Instant::now();
+        let t0 = crate::t0();
         let mut c = RobotsCache::new("downpour", 10);
         let Check::Missing(o) = c.check(t0, &url("http://a.test/")) else {
             panic!()
@@ -392,7 +392,7 @@ mod tests {
 
     #[test]
     fn cache_is_capped_and_never_evicts_a_pending_fetch() {
-        let t0 = Instant::now();
+        let t0 = crate::t0();
         let far = t0 + Duration::from_secs(3600);
         let mut c = RobotsCache::new("downpour", 3);
         let Check::Missing(pending) = c.check(t0, &url("http://pending.test/")) else {

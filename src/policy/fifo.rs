@@ -91,7 +91,7 @@ mod tests {
 
     #[test]
     fn priority_then_order_of_arrival() {
-        let now = Instant::now();
+        let now = crate::t0();
         let mut f = Fifo::new();
         for (i, p) in [(0, 0), (1, 5), (2, 0), (3, 5)] {
             f.push(now, q(i, p));

@@ -341,7 +341,7 @@ mod tests {
 
     #[test]
     fn delay_runs_from_end_of_response_to_next_start() {
-        let t0 = Instant::now();
+        let t0 = crate::t0();
         let mut p = policy();
         p.push(t0, q(0, 0));
         p.push(t0, q(1, 0));
@@ -357,7 +357,7 @@ mod tests {
 
     #[test]
     fn hosts_take_turns_earliest_wait_first() {
-        let t0 = Instant::now();
+        let t0 = crate::t0();
         let mut p = policy();
         for i in 0..3 {
             p.push(t0, q(i, 0));
@@ -375,7 +375,7 @@ mod tests {
 
     #[test]
     fn per_host_limit_and_priority() {
-        let t0 = Instant::now();
+        let t0 = crate::t0();
         let mut p = Polite::new().per_host(2);
         p.configure(&Config::default()).unwrap();
         p.push(t0, q(0, 0));
@@ -399,7 +399,7 @@ mod tests {
 
     #[test]
     fn rate_limited_host_waits_and_says_why() {
-        let t0 = Instant::now();
+        let t0 = crate::t0();
         let mut p = policy();
         p.push(t0, q(0, 0));
         p.push(t0, q(1, 0));
@@ -419,7 +419,7 @@ mod tests {
 
     #[test]
     fn crawl_delay_is_honoured() {
-        let t0 = Instant::now();
+        let t0 = crate::t0();
         let mut p = policy();
         p.set_crawl_delay(HostId(0), Duration::from_secs(10));
         p.push(t0, q(0, 0));
@@ -432,7 +432,7 @@ mod tests {
 
     #[test]
     fn removed_and_drained_items_leave() {
-        let t0 = Instant::now();
+        let t0 = crate::t0();
         let mut p = policy();
         for i in 0..4 {
             p.push(t0, q(i, i % 2));
