@@ -244,7 +244,14 @@ impl Policy for Polite {
                 h.in_heap = false;
                 continue;
             }
-            return Some(h.pace.next_allowed.map_or(at, |t| t.max(at)));
+            match h.pace.next_allowed {
+                // The host's pace moved after it was keyed: re-key it, another may be earlier.
+                Some(next) if next > at => {
+                    self.ready.pop();
+                    self.ready.push(Reverse((next, index)));
+                }
+                _ => return Some(at),
+            }
         }
         None
     }
@@ -415,6 +422,30 @@ mod tests {
         assert_eq!(w.remaining(t0), Some(Duration::from_secs(30)));
         assert_eq!(p.pop(t0 + Duration::from_secs(29)), None);
         assert!(p.pop(t0 + Duration::from_secs(30)).is_some());
+    }
+
+    #[test]
+    fn the_deadline_is_the_earliest_host_even_when_a_pace_moved() {
+        let t0 = crate::t0();
+        let mut p = Polite::new().per_host(2).delay(Duration::from_secs(1));
+        p.configure(&Config::default()).unwrap();
+        p.push(t0, q(0, 0));
+        p.push(t0, q(1, 0));
+        p.push(t0, q(10, 1));
+        // Host 0 sends one and keeps its place in the heap (room for one more) ...
+        assert_eq!(p.pop(t0).unwrap().host, HostId(0));
+        // ... while a 503 moves its pace 10 s ahead.
+        let slow = Feedback {
+            status: Some(StatusCode::SERVICE_UNAVAILABLE),
+            retry_after: Some(Duration::from_secs(10)),
+            latency: Duration::ZERO,
+        };
+        p.handle_finish(t0, HostId(0), &slow);
+        assert_eq!(p.poll_timeout(), Some(t0), "host 1 may go now");
+        assert_eq!(p.pop(t0).unwrap().host, HostId(1));
+        assert_eq!(p.poll_timeout(), Some(t0 + Duration::from_secs(10)));
+        assert_eq!(p.pop(t0 + Duration::from_secs(9)), None);
+        assert_eq!(p.pop(t0 + Duration::from_secs(10)).unwrap().host, HostId(0));
     }
 
     #[test]
