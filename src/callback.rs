@@ -32,7 +32,7 @@ pub struct Callback<R> {
     pub(crate) now: Instant,
     pub(crate) hop: Option<HopEvents>,
     pub(crate) redirect: Option<Url>,
-    pub(crate) outcome: Option<Outcome>,
+    pub(crate) outcome: Option<Box<Outcome>>,
 }
 
 /// What running a [`Callback`] did.
@@ -58,7 +58,7 @@ impl<R: Request> Callback<R> {
 
     /// The outcome, when this is the request's last delivery (`on_done` will run).
     pub fn outcome(&self) -> Option<&Outcome> {
-        self.outcome.as_ref()
+        self.outcome.as_deref()
     }
 
     /// Runs the callbacks, trapping panics.
@@ -102,7 +102,7 @@ impl<R: Request> Callback<R> {
             Some(outcome) => {
                 // A panic in this delivery's earlier callbacks ends the request with an error.
                 if let Some((callback, message)) = &panic {
-                    outcome.result = Err(FetchError::CallbackPanicked {
+                    outcome.fail(FetchError::CallbackPanicked {
                         callback,
                         message: message.clone(),
                     });
@@ -116,7 +116,7 @@ impl<R: Request> Callback<R> {
                         }
                     }
                 };
-                let outcome = &*outcome;
+                let outcome = &**outcome;
                 match &outcome.result {
                     Ok(resp) => call("on_success", &mut |r, c| r.on_success(c, resp)),
                     Err(err) => call("on_error", &mut |r, c| r.on_error(c, err)),

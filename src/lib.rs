@@ -108,6 +108,12 @@
 //! **start** of the next fetch to the same host. A host is a fully qualified domain name
 //! (ports and schemes share it); robots.txt is per origin (`scheme://host:port`), as RFC 9309
 //! says.
+//!
+//! # Testing aids
+//!
+//! With the `sim` cargo feature, the module `sim` holds a virtual clock, a seeded fake web,
+//! a driver loop and the invariant checker that `tests/simulation.rs` and the `scheduler`
+//! fuzz target use. It is for tests only.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -126,6 +132,8 @@ mod request;
 mod retry;
 mod robots;
 mod scheduler;
+#[cfg(feature = "sim")]
+pub mod sim;
 mod stats;
 
 pub use action::{Action, Persist};

@@ -140,8 +140,9 @@ impl FetchError {
 pub struct Outcome {
     /// The final response, or why there is none.
     pub result: Result<Response, FetchError>,
-    /// The last URL tried (after redirects).
-    pub url: Url,
+    /// The last URL tried when the result holds no response (a successful response holds
+    /// its own): one copy of the URL, not two.
+    pub(crate) last_url: Option<Url>,
     /// Redirects followed.
     pub redirects: u32,
     /// Attempts retried.
@@ -155,6 +156,32 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// The last URL tried (after redirects).
+    pub fn url(&self) -> &Url {
+        match (&self.result, &self.last_url) {
+            (_, Some(url)) => url,
+            (Ok(response), None) => &response.url,
+            (Err(error), None) => match error.response() {
+                Some(response) => &response.url,
+                None => unreachable!("an outcome without a response keeps its URL"),
+            },
+        }
+    }
+
+    /// Turns a result into an error, keeping the URL it reached.
+    pub(crate) fn fail(&mut self, error: FetchError) {
+        let previous = std::mem::replace(&mut self.result, Err(error));
+        if self.last_url.is_none() {
+            self.last_url = Some(match previous {
+                Ok(response) => response.url,
+                Err(e) => e
+                    .response()
+                    .map(|r| r.url.clone())
+                    .expect("an outcome without a response keeps its URL"),
+            });
+        }
+    }
+
     /// Whether the request succeeded.
     pub fn is_success(&self) -> bool {
         self.result.is_ok()

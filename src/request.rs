@@ -53,8 +53,12 @@ impl fmt::Display for RequestId {
 /// 3. [`on_done`](Request::on_done), exactly once, always last.
 ///
 /// Callbacks may enqueue follow-up requests (links a crawler discovered) through the
-/// [`Context`]. A callback that panics is trapped: the request ends with
-/// [`FetchError::CallbackPanicked`] and nothing else is disturbed.
+/// [`Context`]. A callback that panics is trapped and nothing else is disturbed: a panic in
+/// `on_status`, `on_headers` or `on_url` ends the request with
+/// [`FetchError::CallbackPanicked`] (through `on_error`, then `on_done`); a panic in
+/// `on_success` or `on_error` leaves the outcome as it was (the request already got exactly
+/// one of them) and `on_done` still runs. Every panic is counted in
+/// [`Stats::callback_panics`](crate::Stats::callback_panics).
 ///
 /// Requests are serializable so that a persistent queue (Redis) can hold them.
 ///

@@ -62,6 +62,8 @@ pub(crate) struct RobotsCache {
     origins: Vec<Option<Origin>>,
     free: Vec<OriginId>,
     live: usize,
+    /// Origins whose robots.txt is being fetched: they do not count against the cap.
+    fetching: usize,
     cap: usize,
     hand: usize,
     agent: String,
@@ -75,6 +77,7 @@ impl RobotsCache {
             origins: Vec::new(),
             free: Vec::new(),
             live: 0,
+            fetching: 0,
             cap,
             hand: 0,
             agent: agent.to_string(),
@@ -122,6 +125,7 @@ impl RobotsCache {
             State::Fetching { .. } => Check::Pending(id),
             State::Ready { expires, .. } if *expires <= now => {
                 origin.state = fetching();
+                self.fetching += 1;
                 Check::Missing(id)
             }
             State::Ready { rules, .. } => match rules {
@@ -138,6 +142,7 @@ impl RobotsCache {
             },
             State::Unavailable { until, .. } if *until <= now => {
                 origin.state = fetching();
+                self.fetching += 1;
                 Check::Missing(id)
             }
             State::Unavailable { reason, .. } => Check::Unavailable {
@@ -155,6 +160,17 @@ impl RobotsCache {
         }) = self.origins.get_mut(id as usize).and_then(Option::as_mut)
         {
             waiters.push(request);
+        }
+    }
+
+    /// The `Crawl-delay` (seconds, uncapped) of the origin's rules, if they have one.
+    pub fn crawl_delay(&self, id: OriginId) -> Option<f32> {
+        match &self.origins.get(id as usize)?.as_ref()?.state {
+            State::Ready {
+                rules: Rules::Parsed(robot),
+                ..
+            } => robot.delay,
+            _ => None,
         }
     }
 
@@ -178,9 +194,7 @@ impl RobotsCache {
                 .unwrap_or(Rules::AllowAll),
             None => Rules::AllowAll,
         };
-        let waiters = self.replace(id, State::Ready { rules, expires });
-        self.evict();
-        waiters
+        self.settle(id, State::Ready { rules, expires })
     }
 
     /// robots.txt failed (5xx, 429 or unreachable). Returns how many attempts failed so far.
@@ -204,28 +218,36 @@ impl RobotsCache {
         until: Instant,
         reason: String,
     ) -> Vec<RequestId> {
-        let waiters = self.replace(id, State::Unavailable { until, reason });
-        self.evict();
-        waiters
+        self.settle(id, State::Unavailable { until, reason })
     }
 
     /// Forgets the origin's fetch (the scheduler is handing its requests back).
     pub fn abandon(&mut self, id: OriginId) {
         if let Some(o) = self.origins.get_mut(id as usize).and_then(Option::take) {
+            if matches!(o.state, State::Fetching { .. }) {
+                self.fetching -= 1;
+            }
             self.ids.remove(&o.key);
             self.free.push(id);
             self.live -= 1;
         }
     }
 
-    fn replace(&mut self, id: OriginId, state: State) -> Vec<RequestId> {
+    /// Ends the origin's fetch with `state`, then keeps the cache within its cap (never
+    /// evicting this origin: its waiters are about to read it). Returns the waiters.
+    fn settle(&mut self, id: OriginId, state: State) -> Vec<RequestId> {
         let Some(origin) = self.origins.get_mut(id as usize).and_then(Option::as_mut) else {
             return Vec::new();
         };
-        match std::mem::replace(&mut origin.state, state) {
-            State::Fetching { waiters, .. } => waiters,
+        let waiters = match std::mem::replace(&mut origin.state, state) {
+            State::Fetching { waiters, .. } => {
+                self.fetching -= 1;
+                waiters
+            }
             _ => Vec::new(),
-        }
+        };
+        self.evict(id);
+        waiters
     }
 
     fn insert(&mut self) -> OriginId {
@@ -247,15 +269,17 @@ impl RobotsCache {
         };
         self.ids.insert(key, id);
         self.live += 1;
+        self.fetching += 1;
         id
     }
 
     /// Evicts settled origins over the cap, least recently used first (clock algorithm:
     /// an origin checked since the hand last passed gets a second chance). Origins whose
-    /// robots.txt is being fetched are never evicted.
-    fn evict(&mut self) {
+    /// robots.txt is being fetched neither count nor are evicted, so a settle evicts at most
+    /// one origin, after a sweep bounded by the table's size.
+    fn evict(&mut self, keep: OriginId) {
         let mut budget = self.origins.len() * 2;
-        while self.live > self.cap && budget > 0 {
+        while self.live - self.fetching > self.cap && budget > 0 {
             budget -= 1;
             if self.hand >= self.origins.len() {
                 self.hand = 0;
@@ -265,7 +289,7 @@ impl RobotsCache {
             let Some(origin) = self.origins[id].as_mut() else {
                 continue;
             };
-            if matches!(origin.state, State::Fetching { .. }) {
+            if id == keep as usize || matches!(origin.state, State::Fetching { .. }) {
                 continue;
             }
             if origin.referenced {
@@ -403,11 +427,30 @@ mod tests {
                 panic!()
             };
             c.set_rules(o, None, far);
-            assert!(c.len() <= 3, "cache grew to {}", c.len());
+            // The cap holds settled origins; the pending one comes on top.
+            assert!(c.len() <= 3 + 1, "cache grew to {}", c.len());
         }
         assert!(
             matches!(c.check(t0, &url("http://pending.test/")), Check::Pending(p) if p == pending)
         );
+    }
+
+    #[test]
+    fn an_origin_just_read_survives_eviction_with_many_pending() {
+        let t0 = crate::t0();
+        let far = t0 + Duration::from_secs(3600);
+        let mut c = RobotsCache::new("downpour", 1);
+        let Check::Missing(a) = c.check(t0, &url("http://a.test/")) else {
+            panic!()
+        };
+        let Check::Missing(_) = c.check(t0, &url("http://b.test/")) else {
+            panic!()
+        };
+        c.set_rules(a, None, far);
+        assert!(matches!(
+            c.check(t0, &url("http://a.test/x")),
+            Check::Allowed { .. }
+        ));
     }
 
     #[test]

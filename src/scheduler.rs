@@ -36,7 +36,10 @@ pub struct Scheduler<R> {
     config: Config,
     policy: Box<dyn Policy>,
     obeys_robots: bool,
-    slots: Vec<Slot<R>>,
+    /// The slab of entries; `generations[i]` tells apart the successive entries of slot `i`
+    /// (kept apart so a slot holds no padding for it).
+    slots: Vec<Option<Entry<R>>>,
+    generations: Vec<u32>,
     free: Vec<u32>,
     hosts: Hosts,
     robots: RobotsCache,
@@ -57,11 +60,6 @@ pub struct Scheduler<R> {
     stats: Stats,
 }
 
-struct Slot<R> {
-    generation: u32,
-    entry: Option<Entry<R>>,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Queued,
@@ -75,7 +73,8 @@ enum State {
 /// What to do when a lent request comes back.
 enum After {
     Finish,
-    Retry(Instant),
+    /// At this time stamp.
+    Retry(u64),
     Redirect(Box<Redirect>),
 }
 
@@ -97,8 +96,8 @@ struct Entry<R> {
     host: HostId,
     priority: i32,
     hop: u32,
-    retries: u32,
-    redirects: u32,
+    retries: u16,
+    redirects: u16,
     seq: u64,
     enqueued_at: u64,
     started_at: u64,
@@ -148,6 +147,7 @@ impl<R: Request> Scheduler<R> {
             config,
             policy,
             slots: Vec::new(),
+            generations: Vec::new(),
             free: Vec::new(),
             hosts: Hosts::default(),
             timers: BinaryHeap::new(),
@@ -333,18 +333,16 @@ impl<R: Request> Scheduler<R> {
         self.policy.drain();
         let mut taken = Vec::new();
         for index in 0..self.slots.len() as u32 {
-            let slot = &self.slots[index as usize];
-            let Some(entry) = &slot.entry else { continue };
+            let Some(entry) = &self.slots[index as usize] else {
+                continue;
+            };
             if !matches!(
                 entry.state,
                 State::Queued | State::Delayed | State::WaitingRobots
             ) {
                 continue;
             }
-            let id = RequestId {
-                index,
-                generation: slot.generation,
-            };
+            let id = self.id_of(index);
             let entry = self.remove(index);
             match entry.state {
                 State::Delayed => self.delayed -= 1,
@@ -461,6 +459,7 @@ impl<R: Request> Scheduler<R> {
                 After::Retry(at) => {
                     entry.state = State::Delayed;
                     self.delayed += 1;
+                    let at = self.instant(at);
                     self.timers.push(Reverse((at, id)));
                     self.handle_timers(now);
                 }
@@ -513,72 +512,56 @@ impl<R: Request> Scheduler<R> {
     }
 
     fn entry(&self, id: RequestId) -> Option<&Entry<R>> {
-        let slot = self.slots.get(id.index as usize)?;
-        if slot.generation != id.generation {
+        if *self.generations.get(id.index as usize)? != id.generation {
             return None;
         }
-        slot.entry.as_ref()
+        self.slots[id.index as usize].as_ref()
     }
 
     fn entry_mut(&mut self, id: RequestId) -> Option<&mut Entry<R>> {
-        let slot = self.slots.get_mut(id.index as usize)?;
-        if slot.generation != id.generation {
+        if *self.generations.get(id.index as usize)? != id.generation {
             return None;
         }
-        slot.entry.as_mut()
+        self.slots[id.index as usize].as_mut()
     }
 
     fn slot_entry(&self, index: u32) -> &Entry<R> {
-        self.slots[index as usize]
-            .entry
-            .as_ref()
-            .expect("live entry")
+        self.slots[index as usize].as_ref().expect("live entry")
     }
 
     fn slot_entry_mut(&mut self, index: u32) -> &mut Entry<R> {
-        self.slots[index as usize]
-            .entry
-            .as_mut()
-            .expect("live entry")
+        self.slots[index as usize].as_mut().expect("live entry")
     }
 
     fn id_of(&self, index: u32) -> RequestId {
         RequestId {
             index,
-            generation: self.slots[index as usize].generation,
+            generation: self.generations[index as usize],
         }
     }
 
     fn insert(&mut self, entry: Entry<R>) -> RequestId {
         self.entries += 1;
-        match self.free.pop() {
+        let index = match self.free.pop() {
             Some(index) => {
-                let slot = &mut self.slots[index as usize];
-                slot.entry = Some(entry);
-                RequestId {
-                    index,
-                    generation: slot.generation,
-                }
+                self.slots[index as usize] = Some(entry);
+                index
             }
             None => {
-                self.slots.push(Slot {
-                    generation: 0,
-                    entry: Some(entry),
-                });
-                RequestId {
-                    index: (self.slots.len() - 1) as u32,
-                    generation: 0,
-                }
+                self.slots.push(Some(entry));
+                self.generations.push(0);
+                (self.slots.len() - 1) as u32
             }
-        }
+        };
+        self.id_of(index)
     }
 
     fn remove(&mut self, index: u32) -> Entry<R> {
         self.entries -= 1;
-        let slot = &mut self.slots[index as usize];
-        slot.generation = slot.generation.wrapping_add(1);
+        let generation = &mut self.generations[index as usize];
+        *generation = generation.wrapping_add(1);
         self.free.push(index);
-        slot.entry.take().expect("live entry")
+        self.slots[index as usize].take().expect("live entry")
     }
 
     fn release_host(&mut self, now: Option<Instant>, host: HostId) {
@@ -636,10 +619,7 @@ impl<R: Request> Scheduler<R> {
             return;
         }
         let id = self.id_of(index);
-        let entry = self.slots[index as usize]
-            .entry
-            .as_ref()
-            .expect("live entry");
+        let entry = self.slots[index as usize].as_ref().expect("live entry");
         let check = self.robots.check(now, entry.url());
         match check {
             Check::Allowed { crawl_delay } => {
@@ -858,7 +838,7 @@ impl<R: Request> Scheduler<R> {
                         .route
                         .as_ref()
                         .is_some_and(|r| r.visited.contains(&next.url));
-                if entry.redirects >= self.config.max_redirects {
+                if u32::from(entry.redirects) >= self.config.max_redirects {
                     let limit = self.config.max_redirects;
                     self.finish(
                         now,
@@ -921,10 +901,11 @@ impl<R: Request> Scheduler<R> {
         retry_after: Option<Duration>,
     ) {
         let retries = self.slot_entry(index).retries;
-        match retry::decide(&self.config, retries, retry_after, &mut self.rng) {
+        match retry::decide(&self.config, u32::from(retries), retry_after, &mut self.rng) {
             Verdict::Retry(delay) => {
                 self.stats.retries += 1;
-                self.slot_entry_mut(index).retries += 1;
+                let entry = self.slot_entry_mut(index);
+                entry.retries = entry.retries.saturating_add(1);
                 // The attempt's response is reported through on_status/on_headers.
                 let hop = hop.or_else(|| match error {
                     FetchError::Status(response) => Some(HopEvents {
@@ -934,7 +915,8 @@ impl<R: Request> Scheduler<R> {
                     }),
                     _ => None,
                 });
-                self.lend(now, index, hop, None, None, After::Retry(now + delay));
+                let at = self.stamp(now + delay);
+                self.lend(now, index, hop, None, None, After::Retry(at));
             }
             Verdict::Exhausted => self.finish(now, index, hop, Err(error)),
             Verdict::TooLong(retry_after) => {
@@ -961,21 +943,29 @@ impl<R: Request> Scheduler<R> {
     ) {
         let stamp = self.stamp(now);
         let entry = self.slot_entry(index);
-        let url = match &result {
-            Ok(response) => response.url.clone(),
-            Err(_) => entry.url().clone(),
+        let has_response = match &result {
+            Ok(_) => true,
+            Err(e) => e.response().is_some(),
         };
+        let last_url = (!has_response).then(|| entry.url().clone());
         let started_at = (entry.started_at != UNSET).then(|| self.instant(entry.started_at));
         let outcome = Outcome {
             result,
-            url,
-            redirects: entry.redirects,
-            retries: entry.retries,
+            last_url,
+            redirects: u32::from(entry.redirects),
+            retries: u32::from(entry.retries),
             enqueued_at: self.instant(entry.enqueued_at),
             started_at,
             finished_at: self.instant(stamp),
         };
-        self.lend(now, index, hop, None, Some(outcome), After::Finish);
+        self.lend(
+            now,
+            index,
+            hop,
+            None,
+            Some(Box::new(outcome)),
+            After::Finish,
+        );
     }
 
     fn lend(
@@ -984,7 +974,7 @@ impl<R: Request> Scheduler<R> {
         index: u32,
         hop: Option<HopEvents>,
         redirect: Option<Url>,
-        outcome: Option<Outcome>,
+        outcome: Option<Box<Outcome>>,
         after: After,
     ) {
         let id = self.id_of(index);
@@ -1022,7 +1012,7 @@ impl<R: Request> Scheduler<R> {
         route.visited.push(previous);
         route.method = next.method;
         route.drop_body |= next.drop_body;
-        entry.redirects += 1;
+        entry.redirects = entry.redirects.saturating_add(1);
         let host_name = route.url.host_str().unwrap_or("").to_string();
         self.stats.redirects += 1;
         let host = self.hosts.acquire(&host_name);
@@ -1041,7 +1031,7 @@ impl<R: Request> Scheduler<R> {
                 let status = response.status;
                 if redirect::is_redirect(status) {
                     match redirect::follow(entry.url(), &Method::GET, status, &response.headers) {
-                        Some(Ok(next)) if entry.redirects < max_redirects => {
+                        Some(Ok(next)) if u32::from(entry.redirects) < max_redirects => {
                             self.robots_redirect(now, index, next.url);
                             return;
                         }
@@ -1095,7 +1085,7 @@ impl<R: Request> Scheduler<R> {
 
     fn robots_redirect(&mut self, now: Instant, index: u32, url: Url) {
         let entry = self.slot_entry_mut(index);
-        entry.redirects += 1;
+        entry.redirects = entry.redirects.saturating_add(1);
         let old_host = entry.host;
         let route = entry.route.as_mut().expect("robots jobs have a route");
         let host_name = url.host_str().unwrap_or("").to_string();
@@ -1110,6 +1100,19 @@ impl<R: Request> Scheduler<R> {
         let origin = self.slot_entry(index).robots.expect("a robots job");
         let expires = now + self.config.robots.ttl;
         let waiters = self.robots.set_rules(origin, body.as_deref(), expires);
+        // Crawl-delay paces the host from this response on, even when no waiter is admitted
+        // to pass it on (all disallowed or cancelled): set it before the job lets go of it.
+        let cap = self.config.robots.max_crawl_delay;
+        if let Some(delay) = self
+            .robots
+            .crawl_delay(origin)
+            .and_then(|s| robots::crawl_delay(s, cap))
+        {
+            let key = Url::parse(self.robots.key(origin)).ok();
+            if let Some(host) = key.and_then(|k| self.hosts.get(k.host_str()?)) {
+                self.policy.set_crawl_delay(host, delay);
+            }
+        }
         self.drop_robots_job(now, index);
         for waiter in waiters {
             if let Some(w) = self.take_waiter(waiter) {

@@ -1,5 +1,5 @@
 use std::cmp::{Ordering, Reverse};
-use std::collections::BinaryHeap;
+use std::collections::VecDeque;
 use std::time::Instant;
 
 use super::{Feedback, HostId, Policy, Queued};
@@ -11,22 +11,15 @@ use super::{Feedback, HostId, Policy, Queued};
 /// servers, or when something else keeps the pace.
 #[derive(Debug, Default)]
 pub struct Fifo {
-    heap: BinaryHeap<Item>,
+    /// Kept sorted: highest priority first, then lowest sequence number. New requests of
+    /// one priority arrive in order and go to the back at O(1); only retries and higher
+    /// priorities need a binary search.
+    queue: VecDeque<Queued>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Item(Queued);
-
-impl Ord for Item {
-    fn cmp(&self, other: &Self) -> Ordering {
-        (self.0.priority, Reverse(self.0.seq)).cmp(&(other.0.priority, Reverse(other.0.seq)))
-    }
-}
-
-impl PartialOrd for Item {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
+/// The order items leave in: higher priority first, then earlier acceptance.
+fn order(a: &Queued, b: &Queued) -> Ordering {
+    (Reverse(a.priority), a.seq).cmp(&(Reverse(b.priority), b.seq))
 }
 
 impl Fifo {
@@ -38,17 +31,29 @@ impl Fifo {
 
 impl Policy for Fifo {
     fn push(&mut self, _now: Instant, item: Queued) {
-        self.heap.push(Item(item));
+        match self.queue.back() {
+            Some(last) if order(&item, last) == Ordering::Less => {
+                let at = self
+                    .queue
+                    .partition_point(|q| order(q, &item) == Ordering::Less);
+                self.queue.insert(at, item);
+            }
+            _ => self.queue.push_back(item),
+        }
     }
 
     fn pop(&mut self, _now: Instant) -> Option<Queued> {
-        self.heap.pop().map(|i| i.0)
+        self.queue.pop_front()
     }
 
     fn remove(&mut self, item: &Queued) -> bool {
-        let before = self.heap.len();
-        self.heap.retain(|i| i.0.id != item.id);
-        self.heap.len() != before
+        match self.queue.iter().position(|q| q.id == item.id) {
+            Some(at) => {
+                self.queue.remove(at);
+                true
+            }
+            None => false,
+        }
     }
 
     fn handle_finish(&mut self, _now: Instant, _host: HostId, _feedback: &Feedback) {}
@@ -58,15 +63,11 @@ impl Policy for Fifo {
     }
 
     fn len(&self) -> usize {
-        self.heap.len()
+        self.queue.len()
     }
 
     fn drain(&mut self) -> Vec<Queued> {
-        let mut items: Vec<Queued> = std::mem::take(&mut self.heap)
-            .into_vec()
-            .into_iter()
-            .map(|i| i.0)
-            .collect();
+        let mut items: Vec<Queued> = std::mem::take(&mut self.queue).into();
         items.sort_by_key(|q| q.seq);
         items
     }

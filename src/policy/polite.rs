@@ -1,5 +1,5 @@
 use std::cmp::{Ordering, Reverse};
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 use std::time::{Duration, Instant};
 
 use super::{Feedback, HostId, Policy, Queued, Wait, WaitReason};
@@ -36,8 +36,68 @@ pub struct Polite {
     /// Hosts that have something queued and room in flight, by the time they may go.
     /// Each host is in it at most once (`HostQueue::in_heap`); an entry whose time is
     /// earlier than the host's current pace is moved back when it surfaces.
-    ready: BinaryHeap<Reverse<(Instant, u32)>>,
+    ready: Ready,
     queued: usize,
+}
+
+/// Hosts by the time they may go, each keyed by one integer: nanoseconds since the first
+/// time seen, then the host. Keys that arrive in order — the common case: one delay for
+/// every host, and time only moves on — go to a FIFO at O(1); the others to a heap. The
+/// earlier of the two fronts goes first, so the cost of a decision stays flat as the
+/// number of hosts grows.
+#[derive(Debug, Default)]
+struct Ready {
+    epoch: Option<Instant>,
+    fifo: VecDeque<u128>,
+    heap: BinaryHeap<Reverse<u128>>,
+}
+
+impl Ready {
+    fn push(&mut self, at: Instant, host: u32) {
+        let epoch = *self.epoch.get_or_insert(at);
+        // Times before the first one seen are all "long ago": they sort first, together.
+        let nanos = at
+            .saturating_duration_since(epoch)
+            .as_nanos()
+            .min(u128::from(u64::MAX));
+        let key = (nanos << 32) | u128::from(host);
+        match self.fifo.back() {
+            Some(&last) if key < last => self.heap.push(Reverse(key)),
+            _ => self.fifo.push_back(key),
+        }
+    }
+
+    fn first(&self) -> Option<u128> {
+        match (self.fifo.front(), self.heap.peek()) {
+            (Some(&a), Some(&Reverse(b))) => Some(a.min(b)),
+            (a, b) => a.copied().or(b.map(|r| r.0)),
+        }
+    }
+
+    /// The earliest (time, host), without taking it.
+    fn peek(&self) -> Option<(Instant, u32)> {
+        let key = self.first()?;
+        let epoch = self.epoch?;
+        Some((epoch + Duration::from_nanos((key >> 32) as u64), key as u32))
+    }
+
+    /// Takes the earliest.
+    fn pop(&mut self) {
+        let from_fifo = match (self.fifo.front(), self.heap.peek()) {
+            (Some(&a), Some(&Reverse(b))) => a < b,
+            (a, _) => a.is_some(),
+        };
+        if from_fifo {
+            self.fifo.pop_front();
+        } else {
+            self.heap.pop();
+        }
+    }
+
+    fn clear(&mut self) {
+        self.fifo.clear();
+        self.heap.clear();
+    }
 }
 
 #[derive(Debug, Default)]
@@ -46,6 +106,8 @@ struct HostQueue {
     in_flight: u32,
     pace: HostPace,
     crawl_delay: Option<Duration>,
+    /// When the host's last hop ended, so that a crawl delay learnt later still counts from it.
+    last_end: Option<Instant>,
     in_heap: bool,
 }
 
@@ -86,7 +148,7 @@ impl Polite {
             per_host: 1,
             allow_all: false,
             hosts: Vec::new(),
-            ready: BinaryHeap::new(),
+            ready: Ready::default(),
             queued: 0,
         }
     }
@@ -153,7 +215,7 @@ impl Polite {
             .pace
             .next_allowed
             .map_or(not_before, |t| t.max(not_before));
-        self.ready.push(Reverse((at, host.0)));
+        self.ready.push(at, host.0);
     }
 }
 
@@ -182,7 +244,7 @@ impl Policy for Polite {
     }
 
     fn pop(&mut self, now: Instant) -> Option<Queued> {
-        while let Some(&Reverse((at, index))) = self.ready.peek() {
+        while let Some((at, index)) = self.ready.peek() {
             if at > now {
                 return None;
             }
@@ -196,7 +258,7 @@ impl Policy for Polite {
             if let Some(next) = h.pace.next_allowed {
                 if next > now {
                     h.in_heap = true;
-                    self.ready.push(Reverse((next, index)));
+                    self.ready.push(next, index);
                     continue;
                 }
             }
@@ -233,11 +295,12 @@ impl Policy for Polite {
         };
         let h = &mut self.hosts[host.index()];
         h.pace = ratelimit::pace(&h.pace, &rules, feedback, now);
+        h.last_end = Some(now);
         self.schedule(host, now);
     }
 
     fn poll_timeout(&mut self) -> Option<Instant> {
-        while let Some(&Reverse((at, index))) = self.ready.peek() {
+        while let Some((at, index)) = self.ready.peek() {
             let h = &mut self.hosts[index as usize];
             if h.queue.is_empty() || h.in_flight >= self.per_host {
                 self.ready.pop();
@@ -248,7 +311,7 @@ impl Policy for Polite {
                 // The host's pace moved after it was keyed: re-key it, another may be earlier.
                 Some(next) if next > at => {
                     self.ready.pop();
-                    self.ready.push(Reverse((next, index)));
+                    self.ready.push(next, index);
                 }
                 _ => return Some(at),
             }
@@ -278,7 +341,14 @@ impl Policy for Polite {
     }
 
     fn set_crawl_delay(&mut self, host: HostId, delay: Duration) {
-        self.host(host).crawl_delay = Some(delay);
+        let h = self.host(host);
+        h.crawl_delay = Some(delay);
+        // Usually learnt from the response that just ended (robots.txt itself): the next
+        // fetch waits the crawl delay from that end, not just the delay already planned.
+        if let Some(end) = h.last_end {
+            let at = end + delay;
+            h.pace.next_allowed = Some(h.pace.next_allowed.map_or(at, |t| t.max(at)));
+        }
     }
 
     fn wait(&self, now: Instant, host: HostId) -> Option<Wait> {
@@ -457,6 +527,21 @@ mod tests {
         p.push(t0, q(1, 0));
         p.pop(t0).unwrap();
         p.handle_finish(t0, HostId(0), &ok(1));
+        assert_eq!(p.pop(t0 + Duration::from_secs(9)), None);
+        assert!(p.pop(t0 + Duration::from_secs(10)).is_some());
+    }
+
+    #[test]
+    fn crawl_delay_learnt_after_a_response_counts_from_its_end() {
+        let t0 = crate::t0();
+        let mut p = policy();
+        p.push(t0, q(0, 0));
+        p.pop(t0).unwrap();
+        // robots.txt ends; its Crawl-delay is known only afterwards.
+        p.handle_finish(t0, HostId(0), &ok(1));
+        p.set_crawl_delay(HostId(0), Duration::from_secs(10));
+        p.push(t0, q(1, 0));
+        assert_eq!(p.poll_timeout(), Some(t0 + Duration::from_secs(10)));
         assert_eq!(p.pop(t0 + Duration::from_secs(9)), None);
         assert!(p.pop(t0 + Duration::from_secs(10)).is_some());
     }
