@@ -1,0 +1,294 @@
+//! The conformance suite every downpour driver must pass.
+//!
+//! It is written once, against the [`Driver`] trait: a driver's test file implements the
+//! trait (run these requests with this config and policy, block until done, hand everything
+//! back) and expands [`suite!`] to get one `#[test]` per case:
+//!
+//! ```ignore
+//! #[derive(Clone)]
+//! struct MyDriver;
+//! impl downpour_conformance::Driver for MyDriver {
+//!     fn run(&self, run: downpour_conformance::Run) -> downpour_conformance::RunOutcome { … }
+//! }
+//! downpour_conformance::suite!(MyDriver);
+//! ```
+//!
+//! The cases run against real servers on loopback ([`Servers`]: one listener per address
+//! 127.0.0.2, 127.0.0.3, …, each a "host") that log every request with their own clock, so
+//! politeness is audited from the server's side ([`violations`]), and a real forward proxy
+//! ([`Tinyproxy`]).
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod cases;
+mod proxy;
+mod server;
+
+use std::time::Duration;
+
+use downpour::{http, Config, Context, FetchError, Outcome, Policy, Request, Response, Stats, Url};
+use serde::{Deserialize, Serialize};
+
+pub use proxy::Tinyproxy;
+pub use server::{gzip_bomb, host_ip, violations, LogEntry, Robots, Servers, BOMB_SIZE, TEXT};
+
+/// One run of a driver: what to fetch, how.
+pub struct Run {
+    /// The scheduler's settings.
+    pub config: Config,
+    /// The policy.
+    pub policy: Box<dyn Policy>,
+    /// The requests, enqueued before the run starts.
+    pub requests: Vec<Probe>,
+    /// Driver settings.
+    pub options: Options,
+}
+
+/// Driver settings a case may need.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Trust this certificate (DER) besides the bundled roots.
+    pub extra_root_certificates: Vec<Vec<u8>>,
+    /// Proxy rules (as the `http_proxy`, `https_proxy`, `no_proxy` variables would give
+    /// them); `None`: no proxy (the environment is ignored in the suite).
+    pub proxy: Option<ProxyRules>,
+    /// Stop gracefully (finish in flight, keep the rest queued) once this many requests
+    /// are finished.
+    pub stop_after: Option<usize>,
+}
+
+/// Proxy rules, in the form of the environment variables.
+#[derive(Debug, Clone, Default)]
+pub struct ProxyRules {
+    /// `http_proxy`.
+    pub http: Option<String>,
+    /// `https_proxy`.
+    pub https: Option<String>,
+    /// `no_proxy`.
+    pub no: String,
+}
+
+/// What a run gave back.
+#[derive(Debug)]
+pub struct RunOutcome {
+    /// Finished requests, in the order they finished.
+    pub finished: Vec<Probe>,
+    /// Requests refused when enqueued, with the reason.
+    pub refused: Vec<(Probe, String)>,
+    /// Requests left queued (after a stop).
+    pub unfinished: Vec<Probe>,
+    /// The scheduler's counters at the end.
+    pub stats: Stats,
+}
+
+/// A driver under test.
+pub trait Driver: Clone + Send + 'static {
+    /// Runs to completion (or to the stop asked in the options) and returns everything.
+    fn run(&self, run: Run) -> RunOutcome;
+}
+
+/// The request type of the suite: records every callback it gets.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Probe {
+    /// The URL.
+    pub url: Url,
+    /// A number identifying it in the case.
+    pub tag: u64,
+    /// Panic in this callback (`"on_success"`, `"on_status"`, …).
+    pub panic_in: Option<String>,
+    /// Its own proxy.
+    pub proxy: Option<Url>,
+    /// Callbacks, in order: `status 200`, `headers`, `url <url>`, `success`, `error <kind>`,
+    /// `done`.
+    #[serde(skip)]
+    pub events: Vec<String>,
+    /// How it ended.
+    #[serde(skip)]
+    pub result: Option<ProbeResult>,
+}
+
+/// How a [`Probe`] ended, copied from its outcome in `on_done`.
+#[derive(Debug, Clone)]
+pub struct ProbeResult {
+    /// Whether it succeeded.
+    pub ok: bool,
+    /// The error's kind ([`FetchError::kind`]), or `"ok"`.
+    pub kind: String,
+    /// The error as text.
+    pub error: String,
+    /// The final status, if a response came.
+    pub status: Option<u16>,
+    /// The final body.
+    pub body: Vec<u8>,
+    /// The final response's headers (lower-case names).
+    pub headers: Vec<(String, String)>,
+    /// The last URL.
+    pub url: Url,
+    /// Redirects followed.
+    pub redirects: u32,
+    /// Retries.
+    pub retries: u32,
+}
+
+impl Probe {
+    /// A probe of this URL.
+    pub fn new(url: &str, tag: u64) -> Probe {
+        Probe {
+            url: Url::parse(url).unwrap_or_else(|e| panic!("{url}: {e}")),
+            tag,
+            panic_in: None,
+            proxy: None,
+            events: Vec::new(),
+            result: None,
+        }
+    }
+
+    /// The result; panics with the events when there is none.
+    pub fn result(&self) -> &ProbeResult {
+        self.result
+            .as_ref()
+            .unwrap_or_else(|| panic!("{} has no result; events {:?}", self.url, self.events))
+    }
+
+    fn maybe_panic(&self, callback: &str) {
+        if self.panic_in.as_deref() == Some(callback) {
+            panic!("probe {} panics in {callback} on purpose", self.tag);
+        }
+    }
+}
+
+impl Request for Probe {
+    fn url(&self) -> &Url {
+        &self.url
+    }
+
+    fn proxy(&self) -> Option<Url> {
+        self.proxy.clone()
+    }
+
+    fn on_url(&mut self, _ctx: &mut Context<Self>, url: &Url) {
+        self.events.push(format!("url {url}"));
+        self.maybe_panic("on_url");
+    }
+
+    fn on_status(
+        &mut self,
+        _ctx: &mut Context<Self>,
+        _version: http::Version,
+        status: http::StatusCode,
+    ) {
+        self.events.push(format!("status {}", status.as_u16()));
+        self.maybe_panic("on_status");
+    }
+
+    fn on_headers(&mut self, _ctx: &mut Context<Self>, _headers: &http::HeaderMap) {
+        self.events.push("headers".into());
+        self.maybe_panic("on_headers");
+    }
+
+    fn on_success(&mut self, _ctx: &mut Context<Self>, _response: &Response) {
+        self.events.push("success".into());
+        self.maybe_panic("on_success");
+    }
+
+    fn on_error(&mut self, _ctx: &mut Context<Self>, error: &FetchError) {
+        self.events.push(format!("error {}", error.kind()));
+        self.maybe_panic("on_error");
+    }
+
+    fn on_done(&mut self, _ctx: &mut Context<Self>, outcome: &Outcome) {
+        self.events.push("done".into());
+        let response = match &outcome.result {
+            Ok(r) => Some(r),
+            Err(e) => e.response(),
+        };
+        self.result = Some(ProbeResult {
+            ok: outcome.is_success(),
+            kind: match &outcome.result {
+                Ok(_) => "ok".into(),
+                Err(e) => e.kind().into(),
+            },
+            error: match &outcome.result {
+                Ok(_) => String::new(),
+                Err(e) => e.to_string(),
+            },
+            status: outcome.status().map(|s| s.as_u16()),
+            body: response.map(|r| r.body.to_vec()).unwrap_or_default(),
+            headers: response
+                .map(|r| {
+                    r.headers
+                        .iter()
+                        .map(|(n, v)| (n.to_string(), String::from_utf8_lossy(v.as_bytes()).into()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            url: outcome.url().clone(),
+            redirects: outcome.redirects,
+            retries: outcome.retries,
+        });
+        self.maybe_panic("on_done");
+    }
+}
+
+/// A config for tests: short timeouts and back-offs.
+pub fn test_config() -> Config {
+    Config {
+        concurrency: 32,
+        timeout: Duration::from_secs(10),
+        retry_base: Duration::from_millis(20),
+        retry_max: Duration::from_millis(200),
+        ..Config::default()
+    }
+}
+
+/// Expands to one `#[test]` per conformance case, run against the given driver value.
+#[macro_export]
+macro_rules! suite {
+    ($driver:expr) => {
+        $crate::suite!(@cases $driver;
+            callback_order_per_hop,
+            redirects_across_hosts_keep_each_hosts_politeness,
+            robots_allow,
+            robots_disallow,
+            robots_not_found_allows_all,
+            robots_server_error_makes_the_origin_unavailable,
+            robots_that_redirects_is_followed,
+            client_errors_are_not_retried,
+            server_errors_are_retried,
+            retry_after_503_is_honoured,
+            connection_reset_mid_body,
+            stalled_server_times_out,
+            huge_body_is_cut_at_the_cap,
+            gzip_bomb_is_cut_at_the_cap,
+            gzip_deflate_and_brotli_are_decoded,
+            corrupt_gzip_is_a_decode_error,
+            malformed_status_line,
+            malformed_header,
+            header_larger_than_the_limit,
+            invalid_urls_are_refused,
+            unresolvable_host,
+            connection_refused,
+            panicking_callback_is_trapped,
+            graceful_stop_keeps_the_rest_queued,
+            connections_are_reused,
+            user_agent_is_sent,
+            https_with_a_trusted_certificate,
+            https_with_an_untrusted_certificate_fails,
+            proxy_for_http,
+            proxy_for_https,
+            proxy_credentials,
+            proxy_per_request,
+            no_proxy_bypasses_the_proxy,
+            many_hosts_each_request_exactly_once_and_polite,
+        );
+    };
+    (@cases $driver:expr; $($name:ident,)*) => {
+        $(
+            #[test]
+            fn $name() {
+                $crate::cases::$name(&$driver)
+            }
+        )*
+    };
+}

@@ -1,0 +1,685 @@
+//! The HTTP client: one hop at a time over hyper, with TLS, proxies, limits and decoding.
+
+use std::collections::HashMap;
+use std::error::Error as StdError;
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use downpour::{Fetch, HopResponse, HopResult, TransportError, TransportErrorKind, Url};
+use http::header::{self, HeaderValue};
+use http::{HeaderMap, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper::rt::{Read, ReadBufCursor, Write};
+use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
+use hyper_util::client::legacy::connect::proxy::Tunnel;
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::proxy::matcher::Matcher;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use tower_service::Service;
+
+use crate::decode::{Body, Coding};
+use crate::{ClientOptions, Error, Proxy};
+
+type Stream = MaybeHttpsStream<TokioIo<TcpStream>>;
+type BoxError = Box<dyn StdError + Send + Sync>;
+type HyperClient = Client<Connector, Full<Bytes>>;
+
+/// Sends hops. Owned by the driver task; each hop future holds a cheap clone of
+/// the right pooled client.
+pub(crate) struct HttpClient {
+    options: Arc<Built>,
+    direct: HyperClient,
+    /// One pooled client per proxy (and its credentials), made on first use.
+    proxied: HashMap<ProxyKey, (HyperClient, Option<HeaderValue>)>,
+    env: Option<Matcher>,
+}
+
+struct Built {
+    tls: rustls::ClientConfig,
+    http2: bool,
+    connect_timeout: Duration,
+    max_header_size: usize,
+    pool_idle_timeout: Duration,
+    pool_max_idle_per_host: usize,
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct ProxyKey {
+    uri: String,
+    auth: Option<Vec<u8>>,
+}
+
+impl HttpClient {
+    pub(crate) fn new(options: &ClientOptions, max_header_size: usize) -> Result<Self, Error> {
+        // The crypto provider is chosen here, explicitly, so that nothing depends on a
+        // process-wide default being installed (or on which providers happen to be linked).
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        for der in &options.extra_root_certificates {
+            roots
+                .add(rustls::pki_types::CertificateDer::from(der.clone()))
+                .map_err(|e| Error::Tls(format!("extra root certificate refused: {e}")))?;
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::Tls(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let env = match &options.proxy {
+            Proxy::FromEnv => Some(Matcher::from_env()),
+            Proxy::None => None,
+            Proxy::Rules { http, https, no } => {
+                let mut b = Matcher::builder();
+                if let Some(u) = http {
+                    b = b.http(u.as_str());
+                }
+                if let Some(u) = https {
+                    b = b.https(u.as_str());
+                }
+                Some(b.no(no.as_str()).build())
+            }
+        };
+        let built = Arc::new(Built {
+            tls,
+            http2: options.http2,
+            connect_timeout: options.connect_timeout,
+            max_header_size,
+            pool_idle_timeout: options.pool_idle_timeout,
+            pool_max_idle_per_host: options.pool_max_idle_per_host,
+        });
+        let direct = build_client(&built, None);
+        Ok(HttpClient {
+            options: built,
+            direct,
+            proxied: HashMap::new(),
+            env,
+        })
+    }
+
+    /// Prepares one hop: picks the client (direct or through a proxy) and builds the request.
+    /// The returned future does the I/O.
+    pub(crate) fn hop(
+        &mut self,
+        fetch: Fetch,
+        user_agent: &HeaderValue,
+    ) -> impl Future<Output = HopResult> + Send + 'static {
+        let prepared = self.prepare(fetch, user_agent);
+        async move {
+            match prepared {
+                Ok((client, request, limits)) => {
+                    match tokio::time::timeout(limits.timeout, send(client, request, limits)).await
+                    {
+                        Ok(result) => result,
+                        Err(_) => HopResult::Failed(TransportError::new(
+                            TransportErrorKind::Timeout,
+                            format!("no complete response within {:?}", limits.timeout),
+                        )),
+                    }
+                }
+                Err(e) => HopResult::Failed(e),
+            }
+        }
+    }
+
+    fn prepare(
+        &mut self,
+        fetch: Fetch,
+        user_agent: &HeaderValue,
+    ) -> Result<(HyperClient, http::Request<Full<Bytes>>, Limits), TransportError> {
+        let uri: Uri = fetch.url.as_str().parse().map_err(|e| {
+            TransportError::new(
+                TransportErrorKind::Other,
+                format!("{} cannot be sent over HTTP: {e}", fetch.url),
+            )
+        })?;
+        let proxy = match &fetch.proxy {
+            Some(url) => Some(ProxyTarget::from_url(url)?),
+            None => self
+                .env
+                .as_ref()
+                .and_then(|m| m.intercept(&uri))
+                .map(|i| ProxyTarget {
+                    uri: strip_credentials(i.uri()),
+                    auth: i.basic_auth().cloned(),
+                }),
+        };
+        let (client, http_auth) = match proxy {
+            None => (self.direct.clone(), None),
+            Some(target) => {
+                let key = ProxyKey {
+                    uri: target.uri.to_string(),
+                    auth: target.auth.as_ref().map(|a| a.as_bytes().to_vec()),
+                };
+                let options = &self.options;
+                let (client, auth) = self
+                    .proxied
+                    .entry(key)
+                    .or_insert_with(|| (build_client(options, Some(&target)), target.auth.clone()));
+                // A plain-HTTP request goes to the proxy in absolute form and carries the
+                // credentials itself; an HTTPS one sends them in the CONNECT only.
+                let auth = if uri.scheme_str() == Some("http") {
+                    auth.clone()
+                } else {
+                    None
+                };
+                (client.clone(), auth)
+            }
+        };
+        let mut headers = fetch.headers;
+        if !headers.contains_key(header::USER_AGENT) {
+            headers.insert(header::USER_AGENT, user_agent.clone());
+        }
+        if !headers.contains_key(header::ACCEPT_ENCODING) {
+            headers.insert(
+                header::ACCEPT_ENCODING,
+                HeaderValue::from_static("gzip, deflate, br"),
+            );
+        }
+        if let Some(mut auth) = http_auth {
+            auth.set_sensitive(true);
+            headers.insert(header::PROXY_AUTHORIZATION, auth);
+        }
+        let mut request = http::Request::new(Full::new(fetch.body));
+        *request.method_mut() = fetch.method;
+        *request.uri_mut() = uri;
+        *request.headers_mut() = headers;
+        let limits = Limits {
+            timeout: fetch.timeout,
+            max_body_size: fetch.max_body_size,
+            max_header_size: fetch.max_header_size,
+        };
+        Ok((client, request, limits))
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Limits {
+    timeout: Duration,
+    max_body_size: u64,
+    max_header_size: usize,
+}
+
+async fn send(
+    client: HyperClient,
+    request: http::Request<Full<Bytes>>,
+    limits: Limits,
+) -> HopResult {
+    let response = match client.request(request).await {
+        Ok(r) => r,
+        Err(e) => return HopResult::Failed(classify(&e)),
+    };
+    let (parts, mut incoming) = response.into_parts();
+    let head = head_size(&parts.headers);
+    if head > limits.max_header_size {
+        return HopResult::Failed(TransportError::new(
+            TransportErrorKind::Protocol,
+            format!(
+                "response head of {head} bytes is larger than the limit of {} bytes",
+                limits.max_header_size
+            ),
+        ));
+    }
+    let mut headers = parts.headers;
+    let coding = Coding::of(&headers);
+    let mut body = Body::new(coding.unwrap_or(Coding::Identity), limits.max_body_size);
+    while !body.is_full() {
+        match incoming.frame().await {
+            None => break,
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    if let Err(e) = body.feed(&data) {
+                        return HopResult::Failed(TransportError::new(
+                            TransportErrorKind::Decode,
+                            e.0,
+                        ));
+                    }
+                }
+            }
+            Some(Err(e)) => return HopResult::Failed(classify(&e)),
+        }
+    }
+    // Dropping the rest of an unfinished body closes that connection; the pool keeps the others.
+    drop(incoming);
+    let (body, truncated) = match body.finish() {
+        Ok(b) => b,
+        Err(e) => {
+            return HopResult::Failed(TransportError::new(TransportErrorKind::Decode, e.0));
+        }
+    };
+    if matches!(
+        coding,
+        Some(Coding::Gzip | Coding::Deflate | Coding::Brotli)
+    ) {
+        // The body handed on is decoded: these described the bytes on the wire.
+        headers.remove(header::CONTENT_ENCODING);
+        headers.remove(header::CONTENT_LENGTH);
+    }
+    HopResult::Response(HopResponse {
+        status: parts.status,
+        version: parts.version,
+        headers,
+        body,
+        truncated,
+    })
+}
+
+/// The size of a response head as it came on the wire (status line, headers, blank line).
+fn head_size(headers: &HeaderMap) -> usize {
+    let status_line = "HTTP/1.1 200 OK\r\n".len();
+    status_line
+        + headers
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 4)
+            .sum::<usize>()
+        + 2
+}
+
+/// Sorts a failure into a [`TransportErrorKind`], with its causes in the message.
+fn classify(error: &(dyn StdError + 'static)) -> TransportError {
+    let mut kind = None;
+    let mut source: Option<&(dyn StdError + 'static)> = Some(error);
+    let mut messages: Vec<String> = Vec::new();
+    while let Some(e) = source {
+        let text = e.to_string();
+        if !messages.iter().any(|m| m.contains(&text)) {
+            messages.push(text.clone());
+        }
+        if kind.is_none() {
+            kind = kind_of(e, &text);
+        }
+        source = e.source();
+    }
+    TransportError::new(
+        kind.unwrap_or(TransportErrorKind::Other),
+        messages.join(": "),
+    )
+}
+
+fn kind_of(e: &(dyn StdError + 'static), text: &str) -> Option<TransportErrorKind> {
+    use TransportErrorKind as K;
+    if e.downcast_ref::<ProxyConnectError>().is_some() || text.starts_with("tunnel error") {
+        return Some(K::Proxy);
+    }
+    if e.downcast_ref::<rustls::Error>().is_some() {
+        return Some(K::Tls);
+    }
+    if let Some(h) = e.downcast_ref::<hyper::Error>() {
+        if h.is_parse() || h.is_parse_status() {
+            return Some(K::Protocol);
+        }
+        if h.is_incomplete_message() || h.is_canceled() {
+            return Some(K::Reset);
+        }
+        if h.is_timeout() {
+            return Some(K::Timeout);
+        }
+        return None;
+    }
+    if let Some(mut io) = e.downcast_ref::<io::Error>() {
+        // Connectors wrap I/O errors in I/O errors; the innermost one says what happened.
+        while let Some(inner) = io.get_ref().and_then(|i| i.downcast_ref::<io::Error>()) {
+            io = inner;
+        }
+        if io
+            .get_ref()
+            .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
+        {
+            return Some(K::Tls);
+        }
+        return match io.kind() {
+            io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::AddrNotAvailable
+            | io::ErrorKind::NetworkUnreachable
+            | io::ErrorKind::HostUnreachable => Some(K::Connect),
+            io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::UnexpectedEof => Some(K::Reset),
+            io::ErrorKind::TimedOut => Some(K::Timeout),
+            _ => None,
+        };
+    }
+    if text == "dns error" || text.starts_with("dns error") {
+        return Some(K::Dns);
+    }
+    if text.contains("tcp connect error") {
+        return Some(K::Connect);
+    }
+    if text.contains("HTTP connect timeout") || text.contains("connect timeout") {
+        return Some(K::Timeout);
+    }
+    None
+}
+
+/// A proxy to go through: where, and the credentials for `Proxy-Authorization`.
+struct ProxyTarget {
+    uri: Uri,
+    auth: Option<HeaderValue>,
+}
+
+impl ProxyTarget {
+    fn from_url(url: &Url) -> Result<Self, TransportError> {
+        let bad = |what: &str| {
+            TransportError::new(
+                TransportErrorKind::Proxy,
+                format!("unusable proxy {}: {what}", redact(url)),
+            )
+        };
+        if url.scheme() != "http" {
+            return Err(bad("only http:// proxies are supported"));
+        }
+        let host = url.host_str().ok_or_else(|| bad("no host"))?;
+        let port = url.port_or_known_default().unwrap_or(80);
+        let uri: Uri = format!("http://{host}:{port}")
+            .parse()
+            .map_err(|_| bad("not a valid URI"))?;
+        let auth = if url.username().is_empty() {
+            None
+        } else {
+            let user = percent_decode(url.username());
+            let pass = percent_decode(url.password().unwrap_or(""));
+            let mut value = HeaderValue::from_str(&format!(
+                "Basic {}",
+                base64(format!("{user}:{pass}").as_bytes())
+            ))
+            .map_err(|_| bad("credentials cannot be sent"))?;
+            value.set_sensitive(true);
+            Some(value)
+        };
+        Ok(ProxyTarget { uri, auth })
+    }
+}
+
+/// A proxy URL fit for messages: the credentials replaced.
+pub(crate) fn redact(url: &Url) -> String {
+    let mut url = url.clone();
+    if !url.username().is_empty() || url.password().is_some() {
+        let _ = url.set_username("***");
+        let _ = url.set_password(None);
+    }
+    url.to_string()
+}
+
+fn strip_credentials(uri: &Uri) -> Uri {
+    let Some(authority) = uri.authority() else {
+        return uri.clone();
+    };
+    let host_port = authority
+        .as_str()
+        .rsplit_once('@')
+        .map_or(authority.as_str(), |(_, hp)| hp);
+    format!("{}://{host_port}", uri.scheme_str().unwrap_or("http"))
+        .parse()
+        .unwrap_or_else(|_| uri.clone())
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+            if let Ok(b) = u8::from_str_radix(hex, 16) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn base64(input: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
+    for chunk in input.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        out.push(T[(n >> 18) as usize & 63] as char);
+        out.push(T[(n >> 12) as usize & 63] as char);
+        out.push(if chunk.len() > 1 {
+            T[(n >> 6) as usize & 63] as char
+        } else {
+            '='
+        });
+        out.push(if chunk.len() > 2 {
+            T[n as usize & 63] as char
+        } else {
+            '='
+        });
+    }
+    out
+}
+
+fn build_client(options: &Built, proxy: Option<&ProxyTarget>) -> HyperClient {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(options.connect_timeout));
+    let https = |inner| {
+        let b = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(options.tls.clone())
+            .https_or_http()
+            .enable_http1();
+        if options.http2 {
+            b.enable_http2().wrap_connector(inner)
+        } else {
+            b.wrap_connector(inner)
+        }
+    };
+    let connector = match proxy {
+        None => Connector::Direct(https(http)),
+        Some(target) => {
+            let mut tunnel = Tunnel::new(target.uri.clone(), http.clone());
+            if let Some(auth) = &target.auth {
+                tunnel = tunnel.with_auth(auth.clone());
+            }
+            Connector::Proxy {
+                plain: http,
+                proxy: target.uri.clone(),
+                tunnel: Box::new(https_tunnel(options, tunnel)),
+            }
+        }
+    };
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(options.pool_idle_timeout)
+        .pool_max_idle_per_host(options.pool_max_idle_per_host)
+        .http1_max_buf_size(options.max_header_size.saturating_add(4096).max(8192))
+        .http1_max_headers((options.max_header_size / 8).clamp(100, 10_000))
+        .http2_max_header_list_size(u32::try_from(options.max_header_size).unwrap_or(u32::MAX))
+        .retry_canceled_requests(true);
+    builder.build(connector)
+}
+
+fn https_tunnel(
+    options: &Built,
+    tunnel: Tunnel<HttpConnector>,
+) -> HttpsConnector<Tunnel<HttpConnector>> {
+    let b = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(options.tls.clone())
+        .https_or_http()
+        .enable_http1();
+    if options.http2 {
+        b.enable_http2().wrap_connector(tunnel)
+    } else {
+        b.wrap_connector(tunnel)
+    }
+}
+
+/// Connects directly, or through a proxy: CONNECT for `https`, absolute-form for `http`.
+#[derive(Clone)]
+enum Connector {
+    Direct(HttpsConnector<HttpConnector>),
+    Proxy {
+        plain: HttpConnector,
+        proxy: Uri,
+        tunnel: Box<HttpsConnector<Tunnel<HttpConnector>>>,
+    },
+}
+
+impl Service<Uri> for Connector {
+    type Response = Conn;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Conn, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        // Both connectors are always ready.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, dst: Uri) -> Self::Future {
+        match self {
+            Connector::Direct(c) => {
+                let fut = c.call(dst);
+                Box::pin(async move {
+                    Ok(Conn {
+                        inner: fut.await?,
+                        proxied: false,
+                    })
+                })
+            }
+            Connector::Proxy { tunnel, .. } if dst.scheme_str() == Some("https") => {
+                let fut = tunnel.call(dst);
+                Box::pin(async move {
+                    Ok(Conn {
+                        inner: fut.await?,
+                        proxied: false,
+                    })
+                })
+            }
+            Connector::Proxy { plain, proxy, .. } => {
+                let fut = plain.call(proxy.clone());
+                Box::pin(async move {
+                    let io = fut
+                        .await
+                        .map_err(|e| -> BoxError { Box::new(ProxyConnectError(e.to_string())) })?;
+                    Ok(Conn {
+                        inner: MaybeHttpsStream::Http(io),
+                        proxied: true,
+                    })
+                })
+            }
+        }
+    }
+}
+
+/// The proxy itself could not be reached.
+#[derive(Debug)]
+struct ProxyConnectError(String);
+
+impl fmt::Display for ProxyConnectError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "cannot connect to the proxy: {}", self.0)
+    }
+}
+
+impl StdError for ProxyConnectError {}
+
+/// A connection, marked as going to a proxy when requests on it must use absolute form.
+struct Conn {
+    inner: Stream,
+    proxied: bool,
+}
+
+impl Connection for Conn {
+    fn connected(&self) -> Connected {
+        let connected = self.inner.connected();
+        if self.proxied {
+            connected.proxy(true)
+        } else {
+            connected
+        }
+    }
+}
+
+impl Read for Conn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl Write for Conn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_rfc_4648() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(b"Aladdin:opensesame"), "QWxhZGRpbjpvcGVuc2VzYW1l");
+    }
+
+    #[test]
+    fn proxy_credentials_become_a_header_and_are_redacted() {
+        let url = Url::parse("http://us%40er:p%3Ass@proxy.example:3128").unwrap();
+        let target = ProxyTarget::from_url(&url).unwrap();
+        assert_eq!(target.uri.to_string(), "http://proxy.example:3128/");
+        let auth = target.auth.unwrap();
+        assert_eq!(auth, format!("Basic {}", base64(b"us@er:p:ss")).as_str());
+        assert!(auth.is_sensitive());
+        assert!(!redact(&url).contains("p%3Ass"));
+        assert!(!format!("{:?}", auth).contains("Basic"));
+    }
+
+    #[test]
+    fn head_size_counts_names_and_values() {
+        let mut h = HeaderMap::new();
+        h.insert("x-a", HeaderValue::from_static("bb"));
+        assert_eq!(head_size(&h), 17 + 3 + 2 + 4 + 2);
+    }
+}
