@@ -25,6 +25,8 @@ use crate::stats::{Stats, WaitSummary};
 
 /// Priority of robots.txt fetches: before every request of their host.
 const ROBOTS_PRIORITY: i32 = i32::MAX;
+/// The `robots` of an entry that is a user's request.
+const NOT_ROBOTS: OriginId = OriginId::MAX;
 /// A time stamp that is not set.
 const UNSET: u64 = u64::MAX;
 
@@ -90,7 +92,9 @@ struct Entry<R> {
     /// `None` for a robots.txt job, and while lent to the driver.
     request: Option<R>,
     /// For a robots.txt job: the origin it fetches for.
-    robots: Option<OriginId>,
+    /// For a robots.txt job: the origin it fetches for; `NOT_ROBOTS` for a request (a
+    /// sentinel rather than an `Option`, to keep entries small).
+    robots: OriginId,
     state: State,
     cancelled: bool,
     host: HostId,
@@ -289,7 +293,7 @@ impl<R: Request> Scheduler<R> {
         let Some(entry) = self.entry_mut(id) else {
             return false;
         };
-        if entry.robots.is_some() || entry.cancelled {
+        if entry.robots != NOT_ROBOTS || entry.cancelled {
             return false;
         }
         entry.cancelled = true;
@@ -349,7 +353,8 @@ impl<R: Request> Scheduler<R> {
                 State::WaitingRobots => self.waiting_robots -= 1,
                 _ => {}
             }
-            if let Some(origin) = entry.robots {
+            if entry.robots != NOT_ROBOTS {
+                let origin = entry.robots;
                 self.robots.abandon(origin);
             }
             self.release_host(None, entry.host);
@@ -392,7 +397,7 @@ impl<R: Request> Scheduler<R> {
             latency,
         };
         self.policy.handle_finish(now, host, &feedback);
-        if self.slot_entry(index).robots.is_some() {
+        if self.slot_entry(index).robots != NOT_ROBOTS {
             self.robots_result(now, index, result);
         } else {
             self.request_result(now, index, result, retry_after);
@@ -587,7 +592,7 @@ impl<R: Request> Scheduler<R> {
         let entry = Entry {
             priority: request.priority(),
             request: Some(request),
-            robots: None,
+            robots: NOT_ROBOTS,
             state: State::Queued,
             cancelled: false,
             host,
@@ -664,7 +669,7 @@ impl<R: Request> Scheduler<R> {
         self.seq += 1;
         let entry = Entry {
             request: None,
-            robots: Some(origin),
+            robots: origin,
             state: State::Queued,
             cancelled: false,
             host,
@@ -1024,7 +1029,8 @@ impl<R: Request> Scheduler<R> {
     fn robots_result(&mut self, now: Instant, index: u32, result: HopResult) {
         let max_redirects = self.config.robots.max_redirects;
         let entry = self.slot_entry(index);
-        let origin = entry.robots.expect("a robots job");
+        let origin = entry.robots;
+        debug_assert_ne!(origin, NOT_ROBOTS, "a robots job");
         let failure = match result {
             HopResult::Failed(error) => Some(error.to_string()),
             HopResult::Response(response) => {
@@ -1097,7 +1103,8 @@ impl<R: Request> Scheduler<R> {
     }
 
     fn robots_settled(&mut self, now: Instant, index: u32, body: Option<Bytes>) {
-        let origin = self.slot_entry(index).robots.expect("a robots job");
+        let origin = self.slot_entry(index).robots;
+        debug_assert_ne!(origin, NOT_ROBOTS, "a robots job");
         let expires = now + self.config.robots.ttl;
         let waiters = self.robots.set_rules(origin, body.as_deref(), expires);
         // Crawl-delay paces the host from this response on, even when no waiter is admitted
