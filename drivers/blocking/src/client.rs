@@ -1,0 +1,412 @@
+//! The HTTP client: one hop at a time over ureq, with TLS, proxies, limits and decoding.
+
+use std::cell::RefCell;
+use std::error::Error as StdError;
+use std::io::{self, Read};
+use std::sync::Arc;
+use std::time::Duration;
+
+use downpour::{Fetch, HopResponse, HopResult, TransportError, TransportErrorKind};
+use http::header::{self, HeaderValue};
+use http::Uri;
+use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
+use ureq::unversioned::transport::{
+    ConnectProxyConnector, Connector, RustlsConnector, TcpConnector,
+};
+use ureq::Agent;
+
+use crate::absolute::HttpProxyConnector;
+use crate::resolver::CachingResolver;
+
+use crate::decode::{Body, Coding};
+use crate::proxy::{Rules, Target};
+use crate::{ClientOptions, Error, Proxy};
+
+/// How many bytes a worker reads from a body at a time.
+const READ_CHUNK: usize = 64 << 10;
+
+/// Most agents (connection pools) the origins are spread over.
+const MAX_SHARDS: usize = 256;
+
+/// Sends hops. Shared by the worker threads; the agents pool connections for all of them.
+///
+/// ureq's pool scans its idle connections linearly (and, on every return, counts them per
+/// origin in quadratic time), which is fine for tens of connections and ruinous for the
+/// thousand hosts of a polite crawl. So origins are spread over many agents by a hash of
+/// the host and port: each pool stays small, and an origin's connections stay together.
+pub(crate) struct HttpClient {
+    agents: Vec<Agent>,
+    defaults: Defaults,
+    rules: Option<Rules>,
+    user_agent: HeaderValue,
+}
+
+impl HttpClient {
+    pub(crate) fn new(
+        options: &ClientOptions,
+        concurrency: usize,
+        timeout: Duration,
+        max_header_size: usize,
+        user_agent: HeaderValue,
+    ) -> Result<Self, Error> {
+        // The crypto provider is chosen here, explicitly: ring, and nothing process-wide.
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let roots = if options.extra_root_certificates.is_empty() {
+            RootCerts::WebPki
+        } else {
+            let mut certs: Vec<Certificate<'static>> = webpki_root_certs::TLS_SERVER_ROOT_CERTS
+                .iter()
+                .map(|c| Certificate::from_der(c.as_ref()))
+                .collect();
+            for der in &options.extra_root_certificates {
+                // Refuse what rustls would silently ignore.
+                let mut check = rustls::RootCertStore::empty();
+                check
+                    .add(rustls::pki_types::CertificateDer::from(der.as_slice()))
+                    .map_err(|e| Error::Tls(format!("extra root certificate refused: {e}")))?;
+                certs.push(Certificate::from_der(der).to_owned());
+            }
+            RootCerts::from(certs)
+        };
+        let tls = TlsConfig::builder()
+            .provider(TlsProvider::Rustls)
+            .unversioned_rustls_crypto_provider(provider)
+            .root_certs(roots)
+            .build();
+        let shards = concurrency.clamp(1, MAX_SHARDS).next_power_of_two();
+        let idle_total = concurrency.saturating_mul(2).max(16);
+        let idle_per_agent = (idle_total / shards).max(options.pool_max_idle_per_host);
+        let config = Agent::config_builder()
+            // One hop, as it came: the scheduler follows redirects and judges statuses.
+            .max_redirects(0)
+            .http_status_as_error(false)
+            .save_redirect_history(false)
+            // The proxy is chosen per hop, never by ureq from the environment.
+            .proxy(None)
+            .tls_config(tls)
+            .no_delay(true)
+            .timeout_connect(Some(options.connect_timeout))
+            .timeout_global(Some(timeout))
+            .max_response_header_size(max_header_size)
+            .input_buffer_size(max_header_size.saturating_add(4096).max(128 << 10))
+            .max_idle_connections(idle_per_agent)
+            .max_idle_connections_per_host(options.pool_max_idle_per_host)
+            .max_idle_age(options.pool_idle_timeout)
+            // Headers are ours: User-Agent from the config, our Accept-Encoding.
+            .user_agent(ureq::config::AutoHeaderValue::None)
+            .accept(ureq::config::AutoHeaderValue::None)
+            .accept_encoding(ureq::config::AutoHeaderValue::None)
+            .build();
+        let agents = (0..shards)
+            .map(|_| {
+                // ureq's default chain, with plain HTTP through a proxy taken first.
+                let connector =
+                    ().chain(HttpProxyConnector)
+                        .chain(ConnectProxyConnector::default())
+                        .chain(TcpConnector::default())
+                        .chain(RustlsConnector::default());
+                Agent::with_parts(config.clone(), connector, CachingResolver::default())
+            })
+            .collect();
+        let rules = match &options.proxy {
+            Proxy::FromEnv => Rules::from_env(),
+            Proxy::None => None,
+            Proxy::Rules { http, https, no } => Rules::new(http.clone(), https.clone(), no),
+        };
+        Ok(HttpClient {
+            agents,
+            defaults: Defaults {
+                timeout,
+                max_header_size,
+            },
+            rules,
+            user_agent,
+        })
+    }
+
+    /// Fetches one hop, blocking until it is done, failed or timed out.
+    pub(crate) fn hop(&self, fetch: Fetch) -> HopResult {
+        let proxy = match &fetch.proxy {
+            Some(url) => Some(Target::from_url(url)),
+            None => self
+                .rules
+                .as_ref()
+                .and_then(|r| r.proxy_for(&fetch.url))
+                .map(Target::from_url),
+        };
+        let proxy = match proxy.transpose() {
+            Ok(p) => p,
+            Err(e) => return HopResult::Failed(e),
+        };
+        match self.send(fetch, proxy.as_ref()) {
+            Ok(response) => HopResult::Response(response),
+            Err(mut e) => {
+                if let Some(target) = &proxy {
+                    e.message = target.scrub(e.message);
+                }
+                HopResult::Failed(e)
+            }
+        }
+    }
+
+    fn send(&self, fetch: Fetch, proxy: Option<&Target>) -> Result<HopResponse, TransportError> {
+        let url = &fetch.url;
+        let agent = self.agent_for(url);
+        let mut headers = fetch.headers;
+        if !headers.contains_key(header::USER_AGENT) {
+            headers.insert(header::USER_AGENT, self.user_agent.clone());
+        }
+        if !headers.contains_key(header::ACCEPT_ENCODING) {
+            headers.insert(
+                header::ACCEPT_ENCODING,
+                HeaderValue::from_static("gzip, deflate, br"),
+            );
+        }
+        let uri = parse_uri(url)?;
+        // Through a proxy: `CONNECT` for https (ureq's connector), absolute form for http
+        // (ours, first in the chain). Either way the proxy is part of the pool's key.
+        let ureq_proxy = match proxy {
+            None => None,
+            Some(target) => {
+                let mut proxy_url = format!("http://{}", target.authority);
+                if let Some((user, pass)) = &target.credentials {
+                    proxy_url = format!(
+                        "http://{}:{}@{}",
+                        percent_encode(user),
+                        percent_encode(pass),
+                        target.authority
+                    );
+                }
+                Some(ureq::Proxy::new(&proxy_url).map_err(|_| {
+                    TransportError::new(
+                        TransportErrorKind::Proxy,
+                        format!("unusable proxy {}", target.redacted),
+                    )
+                })?)
+            }
+        };
+        let limits = Limits {
+            proxied: proxy.is_some(),
+            max_body_size: fetch.max_body_size,
+        };
+        let hop = HopSettings {
+            timeout: fetch.timeout,
+            max_header_size: fetch.max_header_size,
+            proxy: ureq_proxy,
+        };
+        let response = if fetch.body.is_empty() {
+            let mut request = http::Request::new(());
+            *request.method_mut() = fetch.method;
+            *request.uri_mut() = uri;
+            *request.headers_mut() = headers;
+            self.run(agent, request, hop)
+        } else {
+            let mut request = http::Request::new(fetch.body.to_vec());
+            *request.method_mut() = fetch.method;
+            *request.uri_mut() = uri;
+            *request.headers_mut() = headers;
+            self.run(agent, request, hop)
+        };
+        receive(response, limits)
+    }
+
+    /// Sends a request; settings that differ from the agent's are set on the request only.
+    fn run<B: ureq::AsSendBody>(
+        &self,
+        agent: &Agent,
+        request: http::Request<B>,
+        hop: HopSettings,
+    ) -> Result<http::Response<ureq::Body>, ureq::Error> {
+        if hop.proxy.is_none()
+            && hop.timeout == self.defaults.timeout
+            && hop.max_header_size == self.defaults.max_header_size
+        {
+            return agent.run(request);
+        }
+        let request = agent
+            .configure_request(request)
+            .timeout_global(Some(hop.timeout))
+            .max_response_header_size(hop.max_header_size)
+            .proxy(hop.proxy)
+            .build();
+        agent.run(request)
+    }
+}
+
+/// What one hop may set differently from the agent.
+struct HopSettings {
+    timeout: Duration,
+    max_header_size: usize,
+    proxy: Option<ureq::Proxy>,
+}
+
+/// The agent's settings for every hop.
+#[derive(Clone, Copy)]
+struct Defaults {
+    timeout: Duration,
+    max_header_size: usize,
+}
+
+impl HttpClient {
+    /// The agent whose pool holds this origin's connections.
+    fn agent_for(&self, url: &downpour::Url) -> &Agent {
+        // FNV-1a over the host and port: stable, and spread well enough.
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        let port = url.port_or_known_default().unwrap_or(0).to_le_bytes();
+        for &b in url.host_str().unwrap_or("").as_bytes().iter().chain(&port) {
+            hash ^= u64::from(b);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        &self.agents[(hash as usize) & (self.agents.len() - 1)]
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Limits {
+    proxied: bool,
+    max_body_size: u64,
+}
+
+fn parse_uri(url: &downpour::Url) -> Result<Uri, TransportError> {
+    let mut url = url.clone();
+    url.set_fragment(None);
+    url.as_str().parse().map_err(|e| {
+        TransportError::new(
+            TransportErrorKind::Other,
+            format!("{url} cannot be sent over HTTP: {e}"),
+        )
+    })
+}
+
+/// Reads the response: its head, then the body up to the cap, decoded.
+fn receive(
+    response: Result<http::Response<ureq::Body>, ureq::Error>,
+    limits: Limits,
+) -> Result<HopResponse, TransportError> {
+    let response = response.map_err(|e| classify(&e, limits.proxied))?;
+    let (parts, body) = response.into_parts();
+    let mut headers = parts.headers;
+    let coding = Coding::of(&headers);
+    let mut decoded = Body::new(coding.unwrap_or(Coding::Identity), limits.max_body_size);
+    let mut reader = body.into_reader();
+    thread_local! {
+        // Each worker reads every body through the same buffer.
+        static CHUNK: RefCell<Vec<u8>> = RefCell::new(vec![0u8; READ_CHUNK]);
+    }
+    CHUNK.with(|chunk| -> Result<(), TransportError> {
+        let mut chunk = chunk.borrow_mut();
+        while !decoded.is_full() {
+            match reader.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => decoded
+                    .feed(&chunk[..n])
+                    .map_err(|e| TransportError::new(TransportErrorKind::Decode, e.0))?,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(classify(&ureq::Error::from(e), false)),
+            }
+        }
+        Ok(())
+    })?;
+    // Dropping a reader before the end of its body closes that connection.
+    drop(reader);
+    let (body, truncated) = decoded
+        .finish()
+        .map_err(|e| TransportError::new(TransportErrorKind::Decode, e.0))?;
+    if matches!(
+        coding,
+        Some(Coding::Gzip | Coding::Deflate | Coding::Brotli)
+    ) {
+        // The body handed on is decoded: these described the bytes on the wire.
+        headers.remove(header::CONTENT_ENCODING);
+        headers.remove(header::CONTENT_LENGTH);
+    }
+    Ok(HopResponse {
+        status: parts.status,
+        version: parts.version,
+        headers,
+        body,
+        truncated,
+    })
+}
+
+/// Sorts a ureq failure into a [`TransportErrorKind`], with its causes in the message.
+/// Through a proxy, failing to connect (or to resolve) is the proxy's failure.
+fn classify(error: &ureq::Error, proxied: bool) -> TransportError {
+    use TransportErrorKind as K;
+    let mut messages = vec![error.to_string()];
+    let mut source = error.source();
+    let mut tls = false;
+    while let Some(e) = source {
+        let text = e.to_string();
+        if !messages.iter().any(|m| m.contains(&text)) {
+            messages.push(text);
+        }
+        tls |= e.downcast_ref::<rustls::Error>().is_some();
+        source = e.source();
+    }
+    let kind = match error {
+        ureq::Error::HostNotFound => K::Dns,
+        ureq::Error::ConnectionFailed => K::Connect,
+        ureq::Error::Timeout(_) => K::Timeout,
+        ureq::Error::Protocol(_) | ureq::Error::LargeResponseHeader(..) => K::Protocol,
+        ureq::Error::Tls(_) | ureq::Error::Rustls(_) | ureq::Error::Pem(_) => K::Tls,
+        ureq::Error::ConnectProxyFailed(_) | ureq::Error::InvalidProxyUrl => K::Proxy,
+        ureq::Error::Io(e) if tls || io_inner_is_tls(e) => K::Tls,
+        // The system resolver's failure has no kind of its own.
+        ureq::Error::Io(e) if e.to_string().contains("failed to lookup address") => K::Dns,
+        ureq::Error::Io(e) => io_kind(e),
+        _ if tls => K::Tls,
+        _ => K::Other,
+    };
+    let kind = match kind {
+        K::Connect | K::Dns if proxied => K::Proxy,
+        k => k,
+    };
+    TransportError::new(kind, messages.join(": "))
+}
+
+fn io_inner_is_tls(e: &io::Error) -> bool {
+    e.get_ref()
+        .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
+}
+
+fn io_kind(e: &io::Error) -> TransportErrorKind {
+    use TransportErrorKind as K;
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused
+        | io::ErrorKind::AddrNotAvailable
+        | io::ErrorKind::NetworkUnreachable
+        | io::ErrorKind::HostUnreachable => K::Connect,
+        io::ErrorKind::ConnectionReset
+        | io::ErrorKind::ConnectionAborted
+        | io::ErrorKind::BrokenPipe
+        | io::ErrorKind::UnexpectedEof => K::Reset,
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => K::Timeout,
+        io::ErrorKind::InvalidData => K::Protocol,
+        _ => K::Other,
+    }
+}
+
+/// Percent-encodes a user name or password for a URL's user info.
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_encoding_keeps_unreserved() {
+        assert_eq!(percent_encode("a-b_c.d~e"), "a-b_c.d~e");
+        assert_eq!(percent_encode("p@ss:w/rd"), "p%40ss%3Aw%2Frd");
+    }
+}

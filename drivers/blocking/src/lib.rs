@@ -1,0 +1,592 @@
+//! downpour without an async runtime: fetch very many URLs, fast and politely, with ureq on
+//! a pool of threads.
+//!
+//! This crate drives the [`downpour`] scheduler (re-exported here, so one dependency line is
+//! enough) with plain threads, for programs that have no async runtime: the scheduler and
+//! your request's callbacks live on the thread that calls [`Fetcher::run`]; each hop it asks
+//! for is sent by one of a pool of worker threads over a shared ureq agent (HTTP/1.1, pooled
+//! keep-alive connections, TLS with rustls and bundled root certificates); the run loop
+//! waits for the next result exactly until the scheduler's next deadline.
+//!
+//! The API is the one of `downpour-tokio` and `downpour-smol`: switching from one to another
+//! changes the dependency line and how `run` is called, nothing else.
+//!
+//! # Example
+//!
+//! A polite fetcher, one second between requests to a host, printing every URL it fetched,
+//! for URLs read from a file:
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use downpour_blocking::{Config, Context, Fetcher, Polite, Request, Response, Url};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Serialize, Deserialize)]
+//! struct Page {
+//!     url: Url,
+//! }
+//!
+//! impl Request for Page {
+//!     fn url(&self) -> &Url {
+//!         &self.url
+//!     }
+//!     fn on_success(&mut self, _ctx: &mut Context<Self>, response: &Response) {
+//!         println!("Successfully fetched {}", response.url);
+//!     }
+//! }
+//!
+//! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let policy = Polite::new().delay(Duration::from_secs(1)).allow_all(true);
+//!     let mut fetcher = Fetcher::new(Config::default(), policy)?;
+//!     for line in std::fs::read_to_string("urls.txt")?.lines() {
+//!         if let Ok(url) = downpour_blocking::parse_url(line) {
+//!             fetcher.enqueue(Page { url })?;
+//!         }
+//!     }
+//!     let stats = fetcher.run();
+//!     eprintln!("{} fetched, {} failed", stats.succeeded, stats.failed);
+//!     Ok(())
+//! }
+//! ```
+//!
+//! # What the driver does
+//!
+//! - Hops run concurrently, up to [`Config::concurrency`], one per worker thread; workers
+//!   are started as they are needed (as many as hops were ever in flight at once) and live
+//!   as long as the [`Fetcher`]. Connections are pooled and reused per origin (and per proxy).
+//! - Every hop has the scheduler's overall timeout (resolve to last body byte) and the
+//!   [`ClientOptions::connect_timeout`]. Bodies are read up to `max_body_size` (decoded:
+//!   gzip, deflate and brotli are decoded with the same cap, so a decompression bomb stops
+//!   there); response heads larger than `max_header_size` fail the hop.
+//! - Redirects are not followed here and every status is a response: the scheduler
+//!   schedules each hop through its policy, so politeness holds for every host a request
+//!   visits.
+//! - Proxies: `http_proxy`, `https_proxy`, `all_proxy` and `no_proxy` (lower or upper case)
+//!   by default ([`Proxy::FromEnv`]), or rules of your own, or a proxy per request
+//!   ([`Request::proxy`]). Plain HTTP goes to the proxy in absolute form (so any forward
+//!   proxy works, including ones that allow `CONNECT` to port 443 only); HTTPS goes through
+//!   `CONNECT`. Credentials in the proxy URL are sent as `Proxy-Authorization` and never
+//!   appear in messages or `Debug` output.
+//! - A callback that panics ends its request with [`FetchError::CallbackPanicked`];
+//!   nothing else is disturbed. A panic in the HTTP stack fails only its hop.
+//! - [`Handle::stop`] stops gracefully: hops in flight finish and their callbacks run, the
+//!   rest stays queued ([`Fetcher::take_unfinished`]).
+//!
+//! # The run loop
+//!
+//! [`Fetcher::run`] is the loop of the [`downpour`] docs: after every input (hop results,
+//! commands from a [`Handle`], the deadline passing) it drains [`Scheduler::poll_action`],
+//! hands the fetches to the workers, runs the callbacks, then blocks on one channel that
+//! carries both the workers' results and the handles' commands, with a timeout that ends at
+//! [`Scheduler::poll_timeout`]. It returns when nothing is left (or, after a stop, nothing
+//! is in flight).
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod absolute;
+mod client;
+mod decode;
+mod proxy;
+mod resolver;
+
+use std::collections::HashSet;
+use std::fmt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub use downpour::*;
+
+use http::HeaderValue;
+
+use crate::client::HttpClient;
+
+/// Settings of the HTTP client. Start from [`ClientOptions::default`].
+///
+/// ```
+/// use std::time::Duration;
+/// let options = downpour_blocking::ClientOptions {
+///     connect_timeout: Duration::from_secs(5),
+///     proxy: downpour_blocking::Proxy::None,
+///     ..Default::default()
+/// };
+/// # let _ = options;
+/// ```
+///
+/// ureq speaks HTTP/1.1 only, so unlike the async drivers there is no `http2` switch.
+#[derive(Clone)]
+pub struct ClientOptions {
+    /// Longest time to establish a TCP connection (to the origin or the proxy). Default 10 s.
+    pub connect_timeout: Duration,
+    /// Which proxy to use when a request names none. Default [`Proxy::FromEnv`].
+    pub proxy: Proxy,
+    /// Certificates (DER) trusted besides the bundled web PKI roots, for private CAs and
+    /// self-signed test servers.
+    pub extra_root_certificates: Vec<Vec<u8>>,
+    /// How long an idle pooled connection is kept. Default 90 s.
+    pub pool_idle_timeout: Duration,
+    /// Most idle connections kept per origin. Default 32.
+    pub pool_max_idle_per_host: usize,
+    /// Stack size of each worker thread. Default 1 MiB.
+    pub worker_stack_size: usize,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            connect_timeout: Duration::from_secs(10),
+            proxy: Proxy::FromEnv,
+            extra_root_certificates: Vec::new(),
+            pool_idle_timeout: Duration::from_secs(90),
+            pool_max_idle_per_host: 32,
+            worker_stack_size: 1 << 20,
+        }
+    }
+}
+
+impl fmt::Debug for ClientOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientOptions")
+            .field("connect_timeout", &self.connect_timeout)
+            .field("proxy", &self.proxy)
+            .field(
+                "extra_root_certificates",
+                &self.extra_root_certificates.len(),
+            )
+            .field("pool_idle_timeout", &self.pool_idle_timeout)
+            .field("pool_max_idle_per_host", &self.pool_max_idle_per_host)
+            .field("worker_stack_size", &self.worker_stack_size)
+            .finish()
+    }
+}
+
+/// Which proxy requests go through (a request's own [`Request::proxy`] always wins).
+#[derive(Clone, Default)]
+pub enum Proxy {
+    /// `http_proxy`, `https_proxy`, `all_proxy` and `no_proxy`, upper or lower case, read
+    /// once when the [`Fetcher`] is made (as curl reads them).
+    #[default]
+    FromEnv,
+    /// Never a proxy (besides a request's own).
+    None,
+    /// These rules, in the same form as the environment variables.
+    Rules {
+        /// Proxy for `http` URLs, e.g. `http://user:pass@proxy:3128`.
+        http: Option<Url>,
+        /// Proxy for `https` URLs (reached with `CONNECT`).
+        https: Option<Url>,
+        /// Hosts that go direct, comma separated, as `no_proxy` (`localhost,.example.com,10.0.0.0/8`).
+        no: String,
+    },
+}
+
+impl fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Proxy::FromEnv => f.write_str("FromEnv"),
+            Proxy::None => f.write_str("None"),
+            Proxy::Rules { http, https, no } => f
+                .debug_struct("Rules")
+                .field("http", &http.as_ref().map(proxy::redact))
+                .field("https", &https.as_ref().map(proxy::redact))
+                .field("no", no)
+                .finish(),
+        }
+    }
+}
+
+/// Why a [`Fetcher`] could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The scheduler's configuration cannot work.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The TLS setup failed (an extra root certificate was refused).
+    #[error("TLS setup failed: {0}")]
+    Tls(String),
+}
+
+/// A [`Handle`] could not pass a request on.
+#[derive(Debug, thiserror::Error)]
+pub enum HandleError<R> {
+    /// The request can never be fetched (bad URL); it is handed back.
+    #[error(transparent)]
+    Refused(EnqueueError<R>),
+    /// The fetcher is gone; the request is handed back.
+    #[error("the fetcher was dropped")]
+    Closed(R),
+}
+
+/// What reaches the run loop: a command from a handle, or a worker's result.
+enum Message<R> {
+    Enqueue(R),
+    Stop,
+    StopNow,
+    /// A hop's result, from this worker.
+    Hop(FetchId, usize, HopResult),
+}
+
+/// Controls a running [`Fetcher`] from other threads (or from its own callbacks' thread).
+/// Cheap to clone.
+pub struct Handle<R> {
+    tx: mpsc::Sender<Message<R>>,
+}
+
+impl<R> Clone for Handle<R> {
+    fn clone(&self) -> Self {
+        Handle {
+            tx: self.tx.clone(),
+        }
+    }
+}
+
+impl<R> fmt::Debug for Handle<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Handle").finish_non_exhaustive()
+    }
+}
+
+impl<R: Request> Handle<R> {
+    /// Enqueues a request. Its URL is checked now; it is fetched once the fetcher runs.
+    pub fn enqueue(&self, request: R) -> Result<(), HandleError<R>> {
+        if let Err(reason) = parse_url(request.url().as_str()) {
+            return Err(HandleError::Refused(EnqueueError { reason, request }));
+        }
+        self.tx
+            .send(Message::Enqueue(request))
+            .map_err(|e| match e.0 {
+                Message::Enqueue(r) => HandleError::Closed(r),
+                _ => unreachable!("sent an enqueue"),
+            })
+    }
+
+    /// Stops gracefully: no new fetch starts; hops in flight finish and their callbacks run;
+    /// the rest stays queued. [`Fetcher::run`] then returns.
+    pub fn stop(&self) {
+        let _ = self.tx.send(Message::Stop);
+    }
+
+    /// Stops at once: like [`stop`](Handle::stop), and hops in flight are given up; their
+    /// requests end with a [`TransportErrorKind::Other`] error ("aborted"). (A worker
+    /// thread cannot be interrupted: it finishes or times out its hop in the background,
+    /// and the result is dropped.)
+    pub fn stop_now(&self) {
+        let _ = self.tx.send(Message::StopNow);
+    }
+}
+
+type OnFinished<R> = Box<dyn FnMut(R) + Send>;
+
+/// One hop for a worker, and where to send its result.
+struct Job<R> {
+    fetch: Fetch,
+    results: mpsc::Sender<Message<R>>,
+}
+
+/// The worker threads. Each has a queue of its own; the run loop hands a hop to an idle
+/// worker (or starts one), so no two workers ever contend for a job.
+struct Pool<R> {
+    workers: Vec<mpsc::Sender<Job<R>>>,
+    /// Workers waiting for a job, by index.
+    idle: Vec<usize>,
+    client: Arc<HttpClient>,
+    stack_size: usize,
+}
+
+impl<R: Send + 'static> Pool<R> {
+    fn new(client: HttpClient, stack_size: usize) -> Self {
+        Pool {
+            workers: Vec::new(),
+            idle: Vec::new(),
+            client: Arc::new(client),
+            stack_size,
+        }
+    }
+
+    /// Hands a hop to an idle worker, starting one when none is idle.
+    fn submit(&mut self, job: Job<R>) {
+        let mut job = job;
+        loop {
+            let worker = match self.idle.pop() {
+                Some(w) => w,
+                None => match self.start() {
+                    Some(w) => w,
+                    None => {
+                        let failed = TransportError::new(
+                            TransportErrorKind::Other,
+                            "cannot start a worker thread",
+                        );
+                        let _ = job.results.send(Message::Hop(
+                            job.fetch.id,
+                            usize::MAX,
+                            HopResult::Failed(failed),
+                        ));
+                        return;
+                    }
+                },
+            };
+            match self.workers[worker].send(job) {
+                Ok(()) => return,
+                // That worker is gone (it cannot be, short of a bug): try another.
+                Err(mpsc::SendError(back)) => job = back,
+            }
+        }
+    }
+
+    fn start(&mut self) -> Option<usize> {
+        let index = self.workers.len();
+        let (tx, rx) = mpsc::channel::<Job<R>>();
+        let client = self.client.clone();
+        std::thread::Builder::new()
+            .name("downpour-worker".into())
+            .stack_size(self.stack_size)
+            .spawn(move || worker(index, &rx, &client))
+            .ok()?;
+        self.workers.push(tx);
+        Some(index)
+    }
+
+    /// A worker answered: it is idle again.
+    fn done(&mut self, worker: usize) {
+        if worker < self.workers.len() {
+            self.idle.push(worker);
+        }
+    }
+}
+
+fn worker<R>(index: usize, jobs: &mpsc::Receiver<Job<R>>, client: &HttpClient) {
+    // Ends when the fetcher (and with it the sending side) is gone.
+    while let Ok(job) = jobs.recv() {
+        let id = job.fetch.id;
+        let result =
+            catch_unwind(AssertUnwindSafe(|| client.hop(job.fetch))).unwrap_or_else(|_| {
+                HopResult::Failed(TransportError::new(
+                    TransportErrorKind::Other,
+                    "the hop failed unexpectedly (panic in the HTTP stack)",
+                ))
+            });
+        let _ = job.results.send(Message::Hop(id, index, result));
+    }
+}
+
+/// Fetches requests with a [`Scheduler`] on a pool of threads. See the [crate docs](crate).
+pub struct Fetcher<R> {
+    scheduler: Scheduler<R>,
+    pool: Pool<R>,
+    /// Hops whose results the scheduler waits for.
+    hop_ids: HashSet<FetchId>,
+    tx: mpsc::Sender<Message<R>>,
+    rx: mpsc::Receiver<Message<R>>,
+    on_finished: Option<OnFinished<R>>,
+}
+
+impl<R> fmt::Debug for Fetcher<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Fetcher")
+            .field("in_flight", &self.hop_ids.len())
+            .field("threads", &self.pool.workers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R: Request + Send + 'static> Fetcher<R> {
+    /// A fetcher with this configuration and policy, and the default [`ClientOptions`].
+    pub fn new(config: Config, policy: impl Policy + 'static) -> Result<Self, Error> {
+        Fetcher::with_options(config, policy, ClientOptions::default())
+    }
+
+    /// A fetcher with these client options.
+    pub fn with_options(
+        config: Config,
+        policy: impl Policy + 'static,
+        options: ClientOptions,
+    ) -> Result<Self, Error> {
+        Fetcher::from_scheduler(Scheduler::new(config, policy)?, options)
+    }
+
+    /// A fetcher driving a scheduler you made (for example with
+    /// [`Scheduler::with_policy`], or one holding restored requests).
+    pub fn from_scheduler(scheduler: Scheduler<R>, options: ClientOptions) -> Result<Self, Error> {
+        let config = scheduler.config();
+        config.validate()?;
+        let user_agent = HeaderValue::from_str(&config.user_agent)
+            .map_err(|_| ConfigError::BadUserAgent(config.user_agent.clone()))?;
+        let client = HttpClient::new(
+            &options,
+            config.concurrency,
+            config.timeout,
+            config.max_header_size,
+            user_agent,
+        )?;
+        let (tx, rx) = mpsc::channel();
+        Ok(Fetcher {
+            scheduler,
+            pool: Pool::new(client, options.worker_stack_size.max(64 << 10)),
+            hop_ids: HashSet::new(),
+            tx,
+            rx,
+            on_finished: None,
+        })
+    }
+
+    /// Calls `f` with every request once it is finished (after its `on_done`), so you get
+    /// your requests back. Without it, finished requests are dropped.
+    pub fn on_finished(&mut self, f: impl FnMut(R) + Send + 'static) -> &mut Self {
+        self.on_finished = Some(Box::new(f));
+        self
+    }
+
+    /// A handle to enqueue requests and stop the fetcher from elsewhere.
+    pub fn handle(&self) -> Handle<R> {
+        Handle {
+            tx: self.tx.clone(),
+        }
+    }
+
+    /// Enqueues a request. One that could never be fetched comes back in the error.
+    pub fn enqueue(&mut self, request: R) -> Result<RequestId, EnqueueError<R>> {
+        self.scheduler.enqueue(Instant::now(), request)
+    }
+
+    /// Enqueues many requests; returns those refused, each with its reason.
+    #[must_use = "refused requests are handed back"]
+    pub fn extend(&mut self, requests: impl IntoIterator<Item = R>) -> Vec<EnqueueError<R>> {
+        self.scheduler.extend(Instant::now(), requests)
+    }
+
+    /// Stops gracefully (see [`Handle::stop`]).
+    pub fn stop(&mut self) {
+        self.scheduler.stop();
+    }
+
+    /// Starts fetching again after a stop.
+    pub fn resume(&mut self) {
+        self.scheduler.resume(Instant::now());
+    }
+
+    /// Takes back the requests that did not start (after a stop), in order of acceptance.
+    pub fn take_unfinished(&mut self) -> Vec<R> {
+        self.scheduler
+            .take_unfinished()
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect()
+    }
+
+    /// The scheduler, for its counters and state.
+    pub fn scheduler(&self) -> &Scheduler<R> {
+        &self.scheduler
+    }
+
+    /// Counters and current sizes.
+    pub fn stats(&self) -> Stats {
+        self.scheduler.stats()
+    }
+
+    /// Fetches until nothing is left to do (or, after a stop, until nothing is in flight),
+    /// then returns the counters. Blocks the calling thread, where the callbacks run. Call
+    /// it again after enqueueing more.
+    pub fn run(&mut self) -> Stats {
+        loop {
+            // Everything that already arrived, then the actions it led to, in one batch.
+            while let Ok(message) = self.rx.try_recv() {
+                self.message(message);
+            }
+            self.expire();
+            self.drain_actions();
+            if self.scheduler.is_idle() && self.hop_ids.is_empty() {
+                match self.rx.try_recv() {
+                    Ok(message) => {
+                        self.message(message);
+                        continue;
+                    }
+                    Err(_) => break,
+                }
+            }
+            // Wait for a result or a command, at most until the scheduler's deadline.
+            let received = match self.scheduler.poll_timeout() {
+                Some(deadline) => self
+                    .rx
+                    .recv_timeout(deadline.saturating_duration_since(Instant::now())),
+                None => self.rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            };
+            match received {
+                Ok(message) => self.message(message),
+                Err(RecvTimeoutError::Timeout) => self.scheduler.handle_timeout(Instant::now()),
+                // The fetcher holds a sender: the channel never closes.
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        self.scheduler.stats()
+    }
+
+    /// Tells the scheduler that its deadline passed, when it did: under a steady stream of
+    /// results the wait above may never time out.
+    fn expire(&mut self) {
+        if let Some(deadline) = self.scheduler.poll_timeout() {
+            let now = Instant::now();
+            if deadline <= now {
+                self.scheduler.handle_timeout(now);
+            }
+        }
+    }
+
+    fn message(&mut self, message: Message<R>) {
+        match message {
+            Message::Hop(id, worker, result) => {
+                self.pool.done(worker);
+                if self.hop_ids.remove(&id) {
+                    let _ = self.scheduler.handle_fetch(Instant::now(), id, result);
+                }
+            }
+            Message::Enqueue(request) => {
+                // Checked by the handle already: the scheduler applies the same check.
+                let _ = self.scheduler.enqueue(Instant::now(), request);
+            }
+            Message::Stop => self.scheduler.stop(),
+            Message::StopNow => {
+                self.scheduler.stop();
+                let now = Instant::now();
+                for id in std::mem::take(&mut self.hop_ids) {
+                    let aborted = TransportError::new(
+                        TransportErrorKind::Other,
+                        "aborted: the fetcher was stopped",
+                    );
+                    let _ = self
+                        .scheduler
+                        .handle_fetch(now, id, HopResult::Failed(aborted));
+                }
+            }
+        }
+    }
+
+    fn drain_actions(&mut self) {
+        while let Some(action) = self.scheduler.poll_action() {
+            match action {
+                Action::Fetch(fetch) => {
+                    self.hop_ids.insert(fetch.id);
+                    let job = Job {
+                        fetch,
+                        results: self.tx.clone(),
+                    };
+                    self.pool.submit(job);
+                }
+                Action::Callback(callbacks) => {
+                    // `run` traps a panic in each callback.
+                    let report = callbacks.run();
+                    if let Ok(Some(request)) =
+                        self.scheduler.handle_callback(Instant::now(), report)
+                    {
+                        if let Some(f) = &mut self.on_finished {
+                            let _ = catch_unwind(AssertUnwindSafe(|| f(request)));
+                        }
+                    }
+                }
+                // Persistence is not enabled by this driver.
+                Action::Persist(_) => {}
+            }
+        }
+    }
+}

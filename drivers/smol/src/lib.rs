@@ -1,0 +1,526 @@
+//! downpour on smol: fetch very many URLs, fast and politely, with an isahc (libcurl) client.
+//!
+//! This crate drives the [`downpour`] scheduler (re-exported here, so one dependency line is
+//! enough) on smol: each hop it asks for is sent with isahc, whose libcurl agent thread
+//! does the network I/O (HTTP/1.1, HTTP/2 over ALPN, TLS with the system's libcurl and
+//! OpenSSL), your request's callbacks run between I/O on the driver task, and one async-io
+//! timer sleeps exactly until the scheduler's next deadline. It needs no particular
+//! executor: [`Fetcher::run`] is a plain future; the example runs it with `smol::block_on`.
+//!
+//! Building needs the system's libcurl and its headers (Debian: `libcurl4-openssl-dev`,
+//! with `pkg-config`).
+//!
+//! The API is the one of `downpour-tokio` and `downpour-blocking`: switching from one to
+//! another changes the dependency line and how `run` is called, nothing else.
+//!
+//! # Example
+//!
+//! A polite fetcher, one second between requests to a host, printing every URL it fetched,
+//! for URLs read from a file:
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use downpour_smol::{Config, Context, Fetcher, Polite, Request, Response, Url};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Serialize, Deserialize)]
+//! struct Page {
+//!     url: Url,
+//! }
+//!
+//! impl Request for Page {
+//!     fn url(&self) -> &Url {
+//!         &self.url
+//!     }
+//!     fn on_success(&mut self, _ctx: &mut Context<Self>, response: &Response) {
+//!         println!("Successfully fetched {}", response.url);
+//!     }
+//! }
+//!
+//! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let policy = Polite::new().delay(Duration::from_secs(1)).allow_all(true);
+//!     let mut fetcher = Fetcher::new(Config::default(), policy)?;
+//!     for line in std::fs::read_to_string("urls.txt")?.lines() {
+//!         if let Ok(url) = downpour_smol::parse_url(line) {
+//!             fetcher.enqueue(Page { url })?;
+//!         }
+//!     }
+//!     let stats = smol::block_on(fetcher.run());
+//!     eprintln!("{} fetched, {} failed", stats.succeeded, stats.failed);
+//!     Ok(())
+//! }
+//! ```
+//!
+//! # What the driver does
+//!
+//! - Hops run concurrently, up to [`Config::concurrency`], on the driver task; curl's agent
+//!   thread multiplexes their connections, which are pooled and reused per origin (and per
+//!   proxy).
+//! - Every hop has the scheduler's overall timeout (connect to last body byte, enforced by
+//!   curl) and the [`ClientOptions::connect_timeout`]. Bodies are read up to `max_body_size` (decoded:
+//!   gzip, deflate and brotli are decoded with the same cap, so a decompression bomb stops
+//!   there; curl's own decompression is off); response heads larger than
+//!   `max_header_size` fail the hop.
+//! - Redirects are not followed here (curl's redirect following is off): the scheduler
+//!   schedules each hop through its policy, so politeness holds for every host a request
+//!   visits.
+//! - TLS trusts the system's certificate store, or, when you add roots of your own
+//!   ([`ClientOptions::extra_root_certificates`]), the bundled web PKI roots and yours.
+//! - Proxies: `http_proxy`, `https_proxy`, `all_proxy` and `no_proxy` (lower or upper case)
+//!   by default ([`Proxy::FromEnv`]), or rules of your own, or a proxy per request
+//!   ([`Request::proxy`]). HTTPS goes through `CONNECT`; credentials in the proxy URL are
+//!   sent as `Proxy-Authorization` and never appear in messages or `Debug` output.
+//! - A callback that panics ends its request with [`FetchError::CallbackPanicked`];
+//!   nothing else is disturbed.
+//! - [`Handle::stop`] stops gracefully: hops in flight finish and their callbacks run, the
+//!   rest stays queued ([`Fetcher::take_unfinished`]).
+//!
+//! # The run loop
+//!
+//! [`Fetcher::run`] is the loop of the [`downpour`] docs: after every input (a hop's result,
+//! a command from a [`Handle`], the timer) it drains [`Scheduler::poll_action`], starts the
+//! fetches, runs the callbacks, then waits for the next hop to finish, a command, or
+//! [`Scheduler::poll_timeout`] — one [`async_io::Timer`], reset only when that deadline
+//! changes. It returns when nothing is left (or, after a stop, nothing is in flight).
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod client;
+mod decode;
+mod proxy;
+
+use std::collections::HashSet;
+use std::fmt;
+use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+pub use downpour::*;
+
+use futures_lite::{FutureExt, StreamExt};
+use futures_util::stream::FuturesUnordered;
+use http::HeaderValue;
+
+use crate::client::HttpClient;
+
+/// Settings of the HTTP client. Start from [`ClientOptions::default`].
+///
+/// ```
+/// use std::time::Duration;
+/// let options = downpour_smol::ClientOptions {
+///     connect_timeout: Duration::from_secs(5),
+///     http2: false,
+///     proxy: downpour_smol::Proxy::None,
+///     ..Default::default()
+/// };
+/// # let _ = options;
+/// ```
+#[derive(Clone)]
+pub struct ClientOptions {
+    /// Longest time to establish a TCP connection (to the origin or the proxy). Default 10 s.
+    pub connect_timeout: Duration,
+    /// Offer HTTP/2 in TLS (ALPN). Default `true`. Plain-text HTTP is always HTTP/1.1.
+    pub http2: bool,
+    /// Which proxy to use when a request names none. Default [`Proxy::FromEnv`].
+    pub proxy: Proxy,
+    /// Certificates (DER) trusted besides the web PKI roots, for private CAs and self-signed
+    /// test servers. Without any, curl trusts the system's certificate store; with some,
+    /// the bundled web PKI roots and these.
+    pub extra_root_certificates: Vec<Vec<u8>>,
+    /// How long an idle pooled connection is kept. Default 90 s.
+    pub pool_idle_timeout: Duration,
+    /// Most idle connections kept. curl keeps one cache for every origin, of
+    /// `2 × concurrency` connections or this many, whichever is more. Default 32.
+    pub pool_max_idle_per_host: usize,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            connect_timeout: Duration::from_secs(10),
+            http2: true,
+            proxy: Proxy::FromEnv,
+            extra_root_certificates: Vec::new(),
+            pool_idle_timeout: Duration::from_secs(90),
+            pool_max_idle_per_host: 32,
+        }
+    }
+}
+
+impl fmt::Debug for ClientOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientOptions")
+            .field("connect_timeout", &self.connect_timeout)
+            .field("http2", &self.http2)
+            .field("proxy", &self.proxy)
+            .field(
+                "extra_root_certificates",
+                &self.extra_root_certificates.len(),
+            )
+            .field("pool_idle_timeout", &self.pool_idle_timeout)
+            .field("pool_max_idle_per_host", &self.pool_max_idle_per_host)
+            .finish()
+    }
+}
+
+/// Which proxy requests go through (a request's own [`Request::proxy`] always wins).
+#[derive(Clone, Default)]
+pub enum Proxy {
+    /// `http_proxy`, `https_proxy`, `all_proxy` and `no_proxy`, upper or lower case, read
+    /// once when the [`Fetcher`] is made (as curl reads them).
+    #[default]
+    FromEnv,
+    /// Never a proxy (besides a request's own).
+    None,
+    /// These rules, in the same form as the environment variables.
+    Rules {
+        /// Proxy for `http` URLs, e.g. `http://user:pass@proxy:3128`.
+        http: Option<Url>,
+        /// Proxy for `https` URLs (reached with `CONNECT`).
+        https: Option<Url>,
+        /// Hosts that go direct, comma separated, as `no_proxy` (`localhost,.example.com,10.0.0.0/8`).
+        no: String,
+    },
+}
+
+impl fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Proxy::FromEnv => f.write_str("FromEnv"),
+            Proxy::None => f.write_str("None"),
+            Proxy::Rules { http, https, no } => f
+                .debug_struct("Rules")
+                .field("http", &http.as_ref().map(proxy::redact))
+                .field("https", &https.as_ref().map(proxy::redact))
+                .field("no", no)
+                .finish(),
+        }
+    }
+}
+
+/// Why a [`Fetcher`] could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The scheduler's configuration cannot work.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The TLS setup failed (an extra root certificate was refused).
+    #[error("TLS setup failed: {0}")]
+    Tls(String),
+    /// The HTTP client (libcurl) could not start.
+    #[error("{0}")]
+    Http(String),
+}
+
+/// A [`Handle`] could not pass a request on.
+#[derive(Debug, thiserror::Error)]
+pub enum HandleError<R> {
+    /// The request can never be fetched (bad URL); it is handed back.
+    #[error(transparent)]
+    Refused(EnqueueError<R>),
+    /// The fetcher is gone; the request is handed back.
+    #[error("the fetcher was dropped")]
+    Closed(R),
+}
+
+enum Command<R> {
+    Enqueue(R),
+    Stop,
+    StopNow,
+}
+
+/// Controls a running [`Fetcher`] from other tasks or threads. Cheap to clone.
+pub struct Handle<R> {
+    tx: async_channel::Sender<Command<R>>,
+}
+
+impl<R> Clone for Handle<R> {
+    fn clone(&self) -> Self {
+        Handle {
+            tx: self.tx.clone(),
+        }
+    }
+}
+
+impl<R> fmt::Debug for Handle<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Handle")
+            .field("closed", &self.tx.is_closed())
+            .finish()
+    }
+}
+
+impl<R: Request> Handle<R> {
+    /// Enqueues a request. Its URL is checked now; it is fetched once the fetcher runs.
+    pub fn enqueue(&self, request: R) -> Result<(), HandleError<R>> {
+        if let Err(reason) = parse_url(request.url().as_str()) {
+            return Err(HandleError::Refused(EnqueueError { reason, request }));
+        }
+        self.tx
+            .try_send(Command::Enqueue(request))
+            .map_err(|e| match e.into_inner() {
+                Command::Enqueue(r) => HandleError::Closed(r),
+                _ => unreachable!("sent an enqueue"),
+            })
+    }
+
+    /// Stops gracefully: no new fetch starts; hops in flight finish and their callbacks run;
+    /// the rest stays queued. [`Fetcher::run`] then returns.
+    pub fn stop(&self) {
+        let _ = self.tx.try_send(Command::Stop);
+    }
+
+    /// Stops at once: like [`stop`](Handle::stop), and hops in flight are aborted; their
+    /// requests end with a [`TransportErrorKind::Other`] error ("aborted").
+    pub fn stop_now(&self) {
+        let _ = self.tx.try_send(Command::StopNow);
+    }
+}
+
+type OnFinished<R> = Box<dyn FnMut(R) + Send>;
+
+/// Fetches requests with a [`Scheduler`] on smol (or any executor). See the [crate docs](crate).
+pub struct Fetcher<R> {
+    scheduler: Scheduler<R>,
+    client: HttpClient,
+    /// Hops in flight, polled on the driver's task (as a `buffer_unordered` loop would).
+    hops: FuturesUnordered<HopFuture>,
+    hop_ids: HashSet<FetchId>,
+    tx: async_channel::Sender<Command<R>>,
+    /// Boxed: a receiver waiting for a message must not move.
+    rx: Pin<Box<async_channel::Receiver<Command<R>>>>,
+    on_finished: Option<OnFinished<R>>,
+}
+
+impl<R> fmt::Debug for Fetcher<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Fetcher")
+            .field("in_flight", &self.hops.len())
+            .finish_non_exhaustive()
+    }
+}
+
+type HopFuture = Pin<Box<dyn Future<Output = (FetchId, HopResult)> + Send>>;
+
+enum Event<R> {
+    Hop(FetchId, HopResult),
+    Command(Command<R>),
+    Timer,
+}
+
+impl<R: Request + Send + 'static> Fetcher<R> {
+    /// A fetcher with this configuration and policy, and the default [`ClientOptions`].
+    pub fn new(config: Config, policy: impl Policy + 'static) -> Result<Self, Error> {
+        Fetcher::with_options(config, policy, ClientOptions::default())
+    }
+
+    /// A fetcher with these client options.
+    pub fn with_options(
+        config: Config,
+        policy: impl Policy + 'static,
+        options: ClientOptions,
+    ) -> Result<Self, Error> {
+        Fetcher::from_scheduler(Scheduler::new(config, policy)?, options)
+    }
+
+    /// A fetcher driving a scheduler you made (for example with
+    /// [`Scheduler::with_policy`], or one holding restored requests).
+    pub fn from_scheduler(scheduler: Scheduler<R>, options: ClientOptions) -> Result<Self, Error> {
+        let config = scheduler.config();
+        config.validate()?;
+        let user_agent = HeaderValue::from_str(&config.user_agent)
+            .map_err(|_| ConfigError::BadUserAgent(config.user_agent.clone()))?;
+        let client = HttpClient::new(&options, config.concurrency, user_agent.clone())?;
+        let (tx, rx) = async_channel::unbounded();
+        Ok(Fetcher {
+            scheduler,
+            client,
+            hops: FuturesUnordered::new(),
+            hop_ids: HashSet::new(),
+            tx,
+            rx: Box::pin(rx),
+            on_finished: None,
+        })
+    }
+
+    /// Calls `f` with every request once it is finished (after its `on_done`), so you get
+    /// your requests back. Without it, finished requests are dropped.
+    pub fn on_finished(&mut self, f: impl FnMut(R) + Send + 'static) -> &mut Self {
+        self.on_finished = Some(Box::new(f));
+        self
+    }
+
+    /// A handle to enqueue requests and stop the fetcher from elsewhere.
+    pub fn handle(&self) -> Handle<R> {
+        Handle {
+            tx: self.tx.clone(),
+        }
+    }
+
+    /// Enqueues a request. One that could never be fetched comes back in the error.
+    pub fn enqueue(&mut self, request: R) -> Result<RequestId, EnqueueError<R>> {
+        self.scheduler.enqueue(Instant::now(), request)
+    }
+
+    /// Enqueues many requests; returns those refused, each with its reason.
+    #[must_use = "refused requests are handed back"]
+    pub fn extend(&mut self, requests: impl IntoIterator<Item = R>) -> Vec<EnqueueError<R>> {
+        self.scheduler.extend(Instant::now(), requests)
+    }
+
+    /// Stops gracefully (see [`Handle::stop`]).
+    pub fn stop(&mut self) {
+        self.scheduler.stop();
+    }
+
+    /// Starts fetching again after a stop.
+    pub fn resume(&mut self) {
+        self.scheduler.resume(Instant::now());
+    }
+
+    /// Takes back the requests that did not start (after a stop), in order of acceptance.
+    pub fn take_unfinished(&mut self) -> Vec<R> {
+        self.scheduler
+            .take_unfinished()
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect()
+    }
+
+    /// The scheduler, for its counters and state.
+    pub fn scheduler(&self) -> &Scheduler<R> {
+        &self.scheduler
+    }
+
+    /// Counters and current sizes.
+    pub fn stats(&self) -> Stats {
+        self.scheduler.stats()
+    }
+
+    /// Fetches until nothing is left to do (or, after a stop, until nothing is in flight),
+    /// then returns the counters. Call it again after enqueueing more.
+    pub async fn run(&mut self) -> Stats {
+        let mut timer = async_io::Timer::never();
+        let mut armed: Option<Instant> = None;
+        loop {
+            while let Ok(command) = self.rx.try_recv() {
+                self.command(command);
+            }
+            self.drain_actions();
+            if self.scheduler.is_idle() && self.hops.is_empty() {
+                match self.rx.try_recv() {
+                    Ok(command) => {
+                        self.command(command);
+                        continue;
+                    }
+                    Err(_) => break,
+                }
+            }
+            let deadline = self.scheduler.poll_timeout();
+            if deadline != armed {
+                match deadline {
+                    Some(at) => timer.set_at(at),
+                    None => timer = async_io::Timer::never(),
+                }
+                armed = deadline;
+            }
+            // Hops first, then commands, then the timer.
+            let hops = &mut self.hops;
+            let rx = &mut self.rx;
+            let event = std::future::poll_fn(|cx| {
+                if !hops.is_empty() {
+                    if let Poll::Ready(Some((id, result))) = hops.poll_next(cx) {
+                        return Poll::Ready(Event::Hop(id, result));
+                    }
+                }
+                if let Poll::Ready(Some(command)) = rx.poll_next(cx) {
+                    return Poll::Ready(Event::Command(command));
+                }
+                if armed.is_some() && timer.poll(cx).is_ready() {
+                    return Poll::Ready(Event::Timer);
+                }
+                Poll::Pending
+            })
+            .await;
+            match event {
+                Event::Hop(id, result) => self.hop_done(id, result),
+                Event::Command(command) => self.command(command),
+                Event::Timer => {
+                    // Fired: the next deadline re-arms it, even if it is the same instant.
+                    armed = None;
+                    self.scheduler.handle_timeout(Instant::now());
+                }
+            }
+        }
+        self.scheduler.stats()
+    }
+
+    fn command(&mut self, command: Command<R>) {
+        match command {
+            Command::Enqueue(request) => {
+                // Checked by the handle already: the scheduler applies the same check.
+                let _ = self.scheduler.enqueue(Instant::now(), request);
+            }
+            Command::Stop => self.scheduler.stop(),
+            Command::StopNow => {
+                self.scheduler.stop();
+                // Dropping the hops closes their connections.
+                self.hops = FuturesUnordered::new();
+                let now = Instant::now();
+                for id in std::mem::take(&mut self.hop_ids) {
+                    let aborted = TransportError::new(
+                        TransportErrorKind::Other,
+                        "aborted: the fetcher was stopped",
+                    );
+                    let _ = self
+                        .scheduler
+                        .handle_fetch(now, id, HopResult::Failed(aborted));
+                }
+            }
+        }
+    }
+
+    fn hop_done(&mut self, id: FetchId, result: HopResult) {
+        if self.hop_ids.remove(&id) {
+            let _ = self.scheduler.handle_fetch(Instant::now(), id, result);
+        }
+    }
+
+    fn drain_actions(&mut self) {
+        while let Some(action) = self.scheduler.poll_action() {
+            match action {
+                Action::Fetch(fetch) => {
+                    let id = fetch.id;
+                    let hop = AssertUnwindSafe(self.client.hop(fetch)).catch_unwind();
+                    let hop = async move {
+                        let result = hop.await.unwrap_or_else(|_| {
+                            HopResult::Failed(TransportError::new(
+                                TransportErrorKind::Other,
+                                "the hop failed unexpectedly (panic in the HTTP stack)",
+                            ))
+                        });
+                        (id, result)
+                    };
+                    self.hops.push(Box::pin(hop));
+                    self.hop_ids.insert(id);
+                }
+                Action::Callback(callbacks) => {
+                    // `run` traps a panic in each callback.
+                    let report = callbacks.run();
+                    if let Ok(Some(request)) =
+                        self.scheduler.handle_callback(Instant::now(), report)
+                    {
+                        if let Some(f) = &mut self.on_finished {
+                            let _ = catch_unwind(AssertUnwindSafe(|| f(request)));
+                        }
+                    }
+                }
+                // Persistence is not enabled by this driver.
+                Action::Persist(_) => {}
+            }
+        }
+    }
+}
