@@ -18,7 +18,7 @@ const CONCURRENCY: usize = 64;
 const FIFO_HOSTS: usize = 8;
 const FIFO_REQUESTS: usize = 40_000;
 const POLITE_HOSTS: usize = 1_000;
-const POLITE_PER_HOST: usize = 30;
+const POLITE_PER_HOST: usize = 100;
 const POLITE_DELAY: Duration = Duration::from_millis(100);
 
 /// The smallest request: a URL, no callbacks.
