@@ -86,8 +86,8 @@
 
 mod absolute;
 mod client;
-mod decode;
-mod proxy;
+use downpour_common::decode;
+use downpour_common::proxy;
 mod resolver;
 
 use std::collections::HashSet;

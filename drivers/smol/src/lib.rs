@@ -87,8 +87,8 @@
 #![warn(missing_docs)]
 
 mod client;
-mod decode;
-mod proxy;
+use downpour_common::decode;
+use downpour_common::proxy;
 
 use std::collections::HashSet;
 use std::fmt;

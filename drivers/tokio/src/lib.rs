@@ -77,7 +77,7 @@
 #![warn(missing_docs)]
 
 mod client;
-mod decode;
+use downpour_common::decode;
 
 use std::collections::HashSet;
 use std::fmt;

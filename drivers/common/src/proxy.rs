@@ -7,7 +7,7 @@ use downpour::{url, TransportError, TransportErrorKind, Url};
 
 /// Proxies by scheme, and the hosts that go direct.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Rules {
+pub struct Rules {
     http: Option<Url>,
     https: Option<Url>,
     no: NoProxy,
@@ -15,7 +15,7 @@ pub(crate) struct Rules {
 
 impl Rules {
     /// Rules of this form; `None` when they name no proxy at all.
-    pub(crate) fn new(http: Option<Url>, https: Option<Url>, no: &str) -> Option<Rules> {
+    pub fn new(http: Option<Url>, https: Option<Url>, no: &str) -> Option<Rules> {
         if http.is_none() && https.is_none() {
             return None;
         }
@@ -28,7 +28,7 @@ impl Rules {
 
     /// The environment's rules, read as curl reads them: lower case first; the upper-case
     /// `HTTP_PROXY` is ignored under CGI (where a client can set it through a header).
-    pub(crate) fn from_env() -> Option<Rules> {
+    pub fn from_env() -> Option<Rules> {
         fn var(names: &[&str]) -> Option<String> {
             names
                 .iter()
@@ -59,7 +59,7 @@ impl Rules {
     }
 
     /// The proxy for this URL, if any.
-    pub(crate) fn proxy_for(&self, url: &Url) -> Option<&Url> {
+    pub fn proxy_for(&self, url: &Url) -> Option<&Url> {
         let proxy = match url.scheme() {
             "http" => self.http.as_ref(),
             "https" => self.https.as_ref(),
@@ -154,17 +154,17 @@ impl NoProxy {
 
 /// A proxy taken apart: where it is, and its credentials (decoded).
 #[derive(Debug, Clone)]
-pub(crate) struct Target {
+pub struct Target {
     /// `host:port` (IPv6 in brackets).
-    pub(crate) authority: String,
+    pub authority: String,
     /// Decoded user name and password, when the URL has credentials.
-    pub(crate) credentials: Option<(String, String)>,
+    pub credentials: Option<(String, String)>,
     /// The URL without credentials, for messages.
-    pub(crate) redacted: String,
+    pub redacted: String,
 }
 
 impl Target {
-    pub(crate) fn from_url(url: &Url) -> Result<Target, TransportError> {
+    pub fn from_url(url: &Url) -> Result<Target, TransportError> {
         let bad = |what: &str| {
             TransportError::new(
                 TransportErrorKind::Proxy,
@@ -194,7 +194,7 @@ impl Target {
     }
 
     /// Removes the credentials from a message, in every form they could take.
-    pub(crate) fn scrub(&self, message: String) -> String {
+    pub fn scrub(&self, message: String) -> String {
         let Some((user, pass)) = &self.credentials else {
             return message;
         };
@@ -210,7 +210,7 @@ impl Target {
 }
 
 /// A proxy URL fit for messages: the credentials replaced.
-pub(crate) fn redact(url: &Url) -> String {
+pub fn redact(url: &Url) -> String {
     let mut url = url.clone();
     if !url.username().is_empty() || url.password().is_some() {
         let _ = url.set_username("***");
@@ -238,7 +238,7 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-pub(crate) fn base64(input: &[u8]) -> String {
+pub fn base64(input: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
     for chunk in input.chunks(3) {

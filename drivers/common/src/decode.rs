@@ -51,7 +51,7 @@ impl Write for Capped {
 
 /// The content codings a response can be decoded from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Coding {
+pub enum Coding {
     Identity,
     Gzip,
     Deflate,
@@ -61,7 +61,7 @@ pub(crate) enum Coding {
 impl Coding {
     /// The coding named by `Content-Encoding`, or `None` when it is one we do not decode
     /// (the body is then passed through as it came).
-    pub(crate) fn of(headers: &HeaderMap) -> Option<Coding> {
+    pub fn of(headers: &HeaderMap) -> Option<Coding> {
         let mut values = headers.get_all(http::header::CONTENT_ENCODING).iter();
         let Some(value) = values.next() else {
             return Some(Coding::Identity);
@@ -95,7 +95,7 @@ enum State {
 }
 
 /// A body being read: feed it frames, then [`finish`](Body::finish).
-pub(crate) struct Body {
+pub struct Body {
     state: State,
     /// The identity body collects here.
     plain: Capped,
@@ -103,10 +103,10 @@ pub(crate) struct Body {
 
 /// The body could not be decoded.
 #[derive(Debug)]
-pub(crate) struct DecodeError(pub(crate) String);
+pub struct DecodeError(pub String);
 
 impl Body {
-    pub(crate) fn new(coding: Coding, cap: u64) -> Self {
+    pub fn new(coding: Coding, cap: u64) -> Self {
         let state = match coding {
             Coding::Identity => State::Identity,
             Coding::Gzip => State::Gzip(flate2::write::GzDecoder::new(Capped::new(cap))),
@@ -122,7 +122,7 @@ impl Body {
     }
 
     /// Whether the cap is reached: stop reading.
-    pub(crate) fn is_full(&self) -> bool {
+    pub fn is_full(&self) -> bool {
         match &self.state {
             State::Identity | State::Done => self.plain.truncated,
             State::Gzip(d) => d.get_ref().truncated,
@@ -134,7 +134,7 @@ impl Body {
     }
 
     /// Feeds raw bytes from the wire.
-    pub(crate) fn feed(&mut self, data: &[u8]) -> Result<(), DecodeError> {
+    pub fn feed(&mut self, data: &[u8]) -> Result<(), DecodeError> {
         let result = match &mut self.state {
             State::Identity | State::Done => {
                 self.plain.push(data);
@@ -178,7 +178,7 @@ impl Body {
     }
 
     /// The body read (at most the cap) and whether it was cut.
-    pub(crate) fn finish(mut self) -> Result<(Bytes, bool), DecodeError> {
+    pub fn finish(mut self) -> Result<(Bytes, bool), DecodeError> {
         let full = self.is_full();
         let bad = |e: io::Error| DecodeError(format!("cannot decode the body: {e}"));
         let out = match std::mem::replace(&mut self.state, State::Done) {
