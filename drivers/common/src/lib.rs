@@ -9,3 +9,16 @@
 
 pub mod decode;
 pub mod proxy;
+
+use downpour::EnqueueError;
+
+/// A driver's `Handle` could not pass a request on.
+#[derive(Debug, thiserror::Error)]
+pub enum HandleError<R> {
+    /// The request can never be fetched (bad URL); it is handed back.
+    #[error(transparent)]
+    Refused(EnqueueError<R>),
+    /// The fetcher is gone; the request is handed back.
+    #[error("the fetcher was dropped")]
+    Closed(R),
+}

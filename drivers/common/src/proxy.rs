@@ -1,6 +1,7 @@
 //! Proxy rules: which proxy a URL goes through (`http_proxy`, `https_proxy`, `all_proxy`,
 //! `no_proxy`, or rules of the same form), and a proxy URL taken apart.
 
+use std::fmt;
 use std::net::IpAddr;
 
 use downpour::{url, TransportError, TransportErrorKind, Url};
@@ -262,6 +263,41 @@ pub fn base64(input: &[u8]) -> String {
         });
     }
     out
+}
+
+/// Which proxy requests go through (a request's own `Request::proxy` always wins).
+#[derive(Clone, Default)]
+pub enum Proxy {
+    /// `http_proxy`, `https_proxy`, `all_proxy` and `no_proxy`, upper or lower case, read
+    /// once when the fetcher is made (as curl reads them).
+    #[default]
+    FromEnv,
+    /// Never a proxy (besides a request's own).
+    None,
+    /// These rules, in the same form as the environment variables.
+    Rules {
+        /// Proxy for `http` URLs, e.g. `http://user:pass@proxy:3128`.
+        http: Option<Url>,
+        /// Proxy for `https` URLs (reached with `CONNECT`).
+        https: Option<Url>,
+        /// Hosts that go direct, comma separated, as `no_proxy` (`localhost,.example.com,10.0.0.0/8`).
+        no: String,
+    },
+}
+
+impl fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Proxy::FromEnv => f.write_str("FromEnv"),
+            Proxy::None => f.write_str("None"),
+            Proxy::Rules { http, https, no } => f
+                .debug_struct("Rules")
+                .field("http", &http.as_ref().map(redact))
+                .field("https", &https.as_ref().map(redact))
+                .field("no", no)
+                .finish(),
+        }
+    }
 }
 
 #[cfg(test)]

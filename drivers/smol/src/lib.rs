@@ -99,6 +99,8 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 pub use downpour::*;
+pub use downpour_common::proxy::Proxy;
+pub use downpour_common::HandleError;
 
 use futures_lite::{FutureExt, StreamExt};
 use futures_util::stream::FuturesUnordered;
@@ -166,41 +168,6 @@ impl fmt::Debug for ClientOptions {
     }
 }
 
-/// Which proxy requests go through (a request's own [`Request::proxy`] always wins).
-#[derive(Clone, Default)]
-pub enum Proxy {
-    /// `http_proxy`, `https_proxy`, `all_proxy` and `no_proxy`, upper or lower case, read
-    /// once when the [`Fetcher`] is made (as curl reads them).
-    #[default]
-    FromEnv,
-    /// Never a proxy (besides a request's own).
-    None,
-    /// These rules, in the same form as the environment variables.
-    Rules {
-        /// Proxy for `http` URLs, e.g. `http://user:pass@proxy:3128`.
-        http: Option<Url>,
-        /// Proxy for `https` URLs (reached with `CONNECT`).
-        https: Option<Url>,
-        /// Hosts that go direct, comma separated, as `no_proxy` (`localhost,.example.com,10.0.0.0/8`).
-        no: String,
-    },
-}
-
-impl fmt::Debug for Proxy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Proxy::FromEnv => f.write_str("FromEnv"),
-            Proxy::None => f.write_str("None"),
-            Proxy::Rules { http, https, no } => f
-                .debug_struct("Rules")
-                .field("http", &http.as_ref().map(proxy::redact))
-                .field("https", &https.as_ref().map(proxy::redact))
-                .field("no", no)
-                .finish(),
-        }
-    }
-}
-
 /// Why a [`Fetcher`] could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -213,17 +180,6 @@ pub enum Error {
     /// The HTTP client (libcurl) could not start.
     #[error("{0}")]
     Http(String),
-}
-
-/// A [`Handle`] could not pass a request on.
-#[derive(Debug, thiserror::Error)]
-pub enum HandleError<R> {
-    /// The request can never be fetched (bad URL); it is handed back.
-    #[error(transparent)]
-    Refused(EnqueueError<R>),
-    /// The fetcher is gone; the request is handed back.
-    #[error("the fetcher was dropped")]
-    Closed(R),
 }
 
 enum Command<R> {

@@ -1,0 +1,263 @@
+//! One request per input line, and the JSON record written for it.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use downpour_tokio::http::{HeaderName, StatusCode, Version};
+use downpour_tokio::{Context, FetchError, Outcome, Request, Response, Url};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// What every request needs to know to build its record (shared, read-only).
+#[derive(Debug)]
+pub struct Shared {
+    /// When the run started: fetch start offsets are measured from here.
+    pub started: Instant,
+    /// Response headers copied into the record.
+    pub headers: Vec<HeaderName>,
+    /// Where successful bodies are saved, named by their SHA-256.
+    pub save_bodies: Option<PathBuf>,
+}
+
+/// The request of one input line.
+#[derive(Serialize, Deserialize)]
+pub struct CliRequest {
+    /// The line number in the input (1-based).
+    pub line: u64,
+    /// The line as read (trimmed).
+    pub input: String,
+    /// The URL it parsed to.
+    pub url: Url,
+    #[serde(skip)]
+    pub shared: Option<Arc<Shared>>,
+    /// When the first response head of the request arrived.
+    #[serde(skip)]
+    pub first_byte: Option<Instant>,
+    /// The record, filled by `on_done`.
+    #[serde(skip)]
+    pub record: Option<Record>,
+}
+
+/// Why a line produced no response.
+#[derive(Debug, Serialize)]
+pub struct ErrorRecord {
+    /// A short stable name (`FetchError::kind`, `invalid_url` or `not_fetched`).
+    pub kind: String,
+    /// The full message.
+    pub message: String,
+}
+
+/// Timings of a request, in milliseconds.
+#[derive(Debug, Default, Serialize)]
+pub struct Timings {
+    /// From the start of the run to the first hop's start.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start_offset_ms: Option<f64>,
+    /// From acceptance to the first hop's start (waiting for politeness, robots.txt, a slot).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queued_ms: Option<f64>,
+    /// From the first hop's start to the first response head.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_byte_ms: Option<f64>,
+    /// From the first hop's start to the end (all redirects and retries).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fetch_ms: Option<f64>,
+    /// From acceptance to the end.
+    pub total_ms: f64,
+}
+
+/// The JSON line of one input line.
+#[derive(Debug, Serialize)]
+pub struct Record {
+    /// The input line number (1-based).
+    pub line: u64,
+    /// The input line (trimmed).
+    pub input: String,
+    /// The URL requested.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// The last URL tried (after redirects).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub final_url: Option<String>,
+    /// The final status, when a response arrived.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// The selected headers of the final response.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// Bytes of the (decoded) body of the final response.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body_size: Option<u64>,
+    /// SHA-256 of that body, in hex.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// Where the body was saved.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub saved: Option<String>,
+    /// Redirects followed.
+    pub redirects: u32,
+    /// Attempts retried.
+    pub retries: u32,
+    /// Timings.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timings: Option<Timings>,
+    /// Why the request failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorRecord>,
+}
+
+impl Record {
+    /// A record for a line that produced no request or was never fetched.
+    pub fn failed(
+        line: u64,
+        input: String,
+        url: Option<&Url>,
+        kind: &str,
+        message: String,
+    ) -> Self {
+        Record {
+            line,
+            input,
+            url: url.map(Url::to_string),
+            final_url: None,
+            status: None,
+            headers: BTreeMap::new(),
+            body_size: None,
+            sha256: None,
+            saved: None,
+            redirects: 0,
+            retries: 0,
+            timings: None,
+            error: Some(ErrorRecord {
+                kind: kind.to_string(),
+                message,
+            }),
+        }
+    }
+
+    /// Whether the request failed.
+    pub fn is_error(&self) -> bool {
+        self.error.is_some()
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+impl CliRequest {
+    fn build(&self, outcome: &Outcome) -> Record {
+        let shared = self.shared.as_deref();
+        let response: Option<&Response> = match &outcome.result {
+            Ok(r) => Some(r),
+            Err(e) => e.response(),
+        };
+        let mut record = Record {
+            line: self.line,
+            input: self.input.clone(),
+            url: Some(self.url.to_string()),
+            final_url: Some(outcome.url().to_string()),
+            status: outcome.status().map(|s| s.as_u16()),
+            headers: BTreeMap::new(),
+            body_size: None,
+            sha256: None,
+            saved: None,
+            redirects: outcome.redirects,
+            retries: outcome.retries,
+            timings: None,
+            error: outcome
+                .result
+                .as_ref()
+                .err()
+                .map(|e: &FetchError| ErrorRecord {
+                    kind: e.kind().to_string(),
+                    message: e.to_string(),
+                }),
+        };
+        if let Some(response) = response {
+            if let Some(shared) = shared {
+                for name in &shared.headers {
+                    let values: Vec<&str> = response
+                        .headers
+                        .get_all(name)
+                        .iter()
+                        .filter_map(|v| v.to_str().ok())
+                        .collect();
+                    if !values.is_empty() {
+                        record
+                            .headers
+                            .insert(name.as_str().to_string(), values.join(", "));
+                    }
+                }
+            }
+            let digest = hex(&Sha256::digest(&response.body));
+            record.body_size = Some(response.body.len() as u64);
+            if let (Some(dir), true) = (
+                shared.and_then(|s| s.save_bodies.as_ref()),
+                outcome.is_success(),
+            ) {
+                let path = dir.join(&digest);
+                let saved = if path.exists() {
+                    Ok(())
+                } else {
+                    std::fs::write(&path, &response.body)
+                };
+                match saved {
+                    Ok(()) => record.saved = Some(path.display().to_string()),
+                    Err(e) => {
+                        record.error = Some(ErrorRecord {
+                            kind: "save".to_string(),
+                            message: format!("cannot write {}: {e}", path.display()),
+                        })
+                    }
+                }
+            }
+            record.sha256 = Some(digest);
+        }
+        let mut timings = Timings {
+            total_ms: ms(outcome
+                .finished_at
+                .saturating_duration_since(outcome.enqueued_at)),
+            ..Timings::default()
+        };
+        if let Some(started) = outcome.started_at {
+            if let Some(shared) = shared {
+                timings.start_offset_ms =
+                    Some(ms(started.saturating_duration_since(shared.started)));
+            }
+            timings.queued_ms = Some(ms(started.saturating_duration_since(outcome.enqueued_at)));
+            timings.first_byte_ms = self
+                .first_byte
+                .map(|t| ms(t.saturating_duration_since(started)));
+            timings.fetch_ms = Some(ms(outcome.finished_at.saturating_duration_since(started)));
+        }
+        record.timings = Some(timings);
+        record
+    }
+}
+
+impl Request for CliRequest {
+    fn url(&self) -> &Url {
+        &self.url
+    }
+
+    fn on_status(&mut self, ctx: &mut Context<Self>, _version: Version, _status: StatusCode) {
+        if self.first_byte.is_none() {
+            self.first_byte = Some(ctx.now());
+        }
+    }
+
+    fn on_done(&mut self, _ctx: &mut Context<Self>, outcome: &Outcome) {
+        self.record = Some(self.build(outcome));
+    }
+}
