@@ -242,6 +242,81 @@ pub fn test_config() -> Config {
     }
 }
 
+/// The whole suite for a driver crate with the common `Fetcher` API, in one line: it writes
+/// the [`Driver`] adapter (proxy rules, client options, finished requests collected, a stop
+/// after `stop_after` of them) and expands [`suite!`]. The drivers differ only in how `run`
+/// is driven, given last as `|fetcher| …`; a setup such as a runtime may come before it.
+///
+/// ```ignore
+/// downpour_conformance::driver_suite!(Blocking, downpour_blocking, |fetcher| fetcher.run());
+/// downpour_conformance::driver_suite!(Smol, downpour_smol, |fetcher| smol::block_on(fetcher.run()));
+/// downpour_conformance::driver_suite!(Tokio, downpour_tokio,
+///     let runtime = tokio::runtime::Runtime::new().unwrap();
+///     |fetcher| runtime.block_on(fetcher.run()));
+/// ```
+#[macro_export]
+macro_rules! driver_suite {
+    ($name:ident, $krate:ident, $(let $setup:ident = $setup_expr:expr;)? |$fetcher:ident| $run:expr) => {
+        #[derive(Clone)]
+        struct $name;
+
+        impl $crate::Driver for $name {
+            fn run(&self, run: $crate::Run) -> $crate::RunOutcome {
+                use $krate::{ClientOptions, Fetcher, Proxy, Scheduler, Url};
+                $(let $setup = $setup_expr;)?
+                let proxy = match run.options.proxy {
+                    None => Proxy::None,
+                    Some(rules) => Proxy::Rules {
+                        http: rules.http.map(|u| Url::parse(&u).expect("proxy URL")),
+                        https: rules.https.map(|u| Url::parse(&u).expect("proxy URL")),
+                        no: rules.no,
+                    },
+                };
+                let options = ClientOptions {
+                    proxy,
+                    extra_root_certificates: run.options.extra_root_certificates,
+                    ..ClientOptions::default()
+                };
+                let scheduler = Scheduler::with_policy(run.config, run.policy).expect("config");
+                let mut fetcher = Fetcher::from_scheduler(scheduler, options).expect("fetcher");
+                let finished = ::std::sync::Arc::new(::std::sync::Mutex::new(Vec::new()));
+                let handle = fetcher.handle();
+                let stop_after = run.options.stop_after;
+                let sink = finished.clone();
+                fetcher.on_finished(move |probe: $crate::Probe| {
+                    let mut finished = sink.lock().unwrap();
+                    finished.push(probe);
+                    if stop_after == Some(finished.len()) {
+                        handle.stop();
+                    }
+                });
+                let refused = fetcher
+                    .extend(run.requests)
+                    .into_iter()
+                    .map(|e| {
+                        let why = e.reason.to_string();
+                        (e.request, why)
+                    })
+                    .collect();
+                let stats = {
+                    let $fetcher = &mut fetcher;
+                    $run
+                };
+                let unfinished = fetcher.take_unfinished();
+                let finished = ::std::mem::take(&mut *finished.lock().unwrap());
+                $crate::RunOutcome {
+                    finished,
+                    refused,
+                    unfinished,
+                    stats,
+                }
+            }
+        }
+
+        $crate::suite!($name);
+    };
+}
+
 /// Expands to one `#[test]` per conformance case, run against the given driver value.
 #[macro_export]
 macro_rules! suite {
