@@ -521,6 +521,43 @@ pub fn graceful_stop_keeps_the_rest_queued<D: Driver>(driver: &D) {
     );
 }
 
+/// `stop_now` gives up the hops in flight at once: their requests end with an "aborted"
+/// transport error, and `run` returns without waiting for them.
+pub fn stop_now_aborts_the_hops_in_flight<D: Driver>(driver: &D) {
+    let s = Servers::start(1);
+    // One quick request and four that take 20 s: all five start together, so when the
+    // quick one is finished the slow ones are in flight.
+    let mut requests = vec![Probe::new(&s.url(0, "/quick"), 0)];
+    for i in 1..5 {
+        requests.push(Probe::new(&s.url(0, &format!("/delay?ms=20000&i={i}")), i));
+    }
+    let mut run_spec = fifo(
+        Config {
+            concurrency: 5,
+            timeout: Duration::from_secs(60),
+            ..test_config()
+        },
+        requests,
+    );
+    run_spec.options.stop_now_after = Some(1);
+    let started = Instant::now();
+    let out = run(driver, run_spec);
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(10), "stop_now waited {took:?}");
+    assert_eq!(out.finished.len(), 5, "every request finished");
+    for p in &out.finished {
+        let r = p.result();
+        if p.tag == 0 {
+            assert!(r.ok, "{r:?}");
+        } else {
+            assert_eq!(r.kind, "transport", "{r:?}");
+            assert!(r.error.contains("aborted"), "{}", r.error);
+        }
+    }
+    assert_eq!(out.stats.succeeded, 1);
+    assert!(out.unfinished.is_empty());
+}
+
 /// Many requests to one host share a few kept-alive connections.
 pub fn connections_are_reused<D: Driver>(driver: &D) {
     let s = Servers::start(1);

@@ -56,6 +56,8 @@ pub struct Options {
     /// Stop gracefully (finish in flight, keep the rest queued) once this many requests
     /// are finished.
     pub stop_after: Option<usize>,
+    /// Stop at once (hops in flight aborted) once this many requests are finished.
+    pub stop_now_after: Option<usize>,
 }
 
 /// Proxy rules, in the form of the environment variables.
@@ -244,7 +246,7 @@ pub fn test_config() -> Config {
 
 /// The whole suite for a driver crate with the common `Fetcher` API, in one line: it writes
 /// the [`Driver`] adapter (proxy rules, client options, finished requests collected, a stop
-/// after `stop_after` of them) and expands [`suite!`]. The drivers differ only in how `run`
+/// after `stop_after` or `stop_now_after` of them) and expands [`suite!`]. The drivers differ only in how `run`
 /// is driven, given last as `|fetcher| …`; a setup such as a runtime may come before it.
 ///
 /// ```ignore
@@ -282,12 +284,16 @@ macro_rules! driver_suite {
                 let finished = ::std::sync::Arc::new(::std::sync::Mutex::new(Vec::new()));
                 let handle = fetcher.handle();
                 let stop_after = run.options.stop_after;
+                let stop_now_after = run.options.stop_now_after;
                 let sink = finished.clone();
                 fetcher.on_finished(move |probe: $crate::Probe| {
                     let mut finished = sink.lock().unwrap();
                     finished.push(probe);
                     if stop_after == Some(finished.len()) {
                         handle.stop();
+                    }
+                    if stop_now_after == Some(finished.len()) {
+                        handle.stop_now();
                     }
                 });
                 let refused = fetcher
@@ -346,6 +352,7 @@ macro_rules! suite {
             connection_refused,
             panicking_callback_is_trapped,
             graceful_stop_keeps_the_rest_queued,
+            stop_now_aborts_the_hops_in_flight,
             connections_are_reused,
             user_agent_is_sent,
             https_with_a_trusted_certificate,
