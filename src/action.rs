@@ -22,8 +22,9 @@ pub enum Action<R> {
 /// `Accepted` of every follow-up its callbacks enqueued, so a crash never loses work.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Persist {
-    /// A request was accepted: store it (serialize it from
-    /// [`Scheduler::request`](crate::Scheduler::request) now).
+    /// A request was accepted: store it. Serialize it from
+    /// [`Scheduler::request`](crate::Scheduler::request) before polling the next action
+    /// (the request is still there, even when its callbacks are the next action).
     Accepted {
         /// The request.
         id: RequestId,

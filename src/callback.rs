@@ -150,6 +150,13 @@ impl<R> CallbackReport<R> {
     pub fn follow_ups(&self) -> &[R] {
         &self.follow_ups
     }
+
+    /// Follow-up requests the callbacks enqueued, to take some out before the report goes
+    /// back to the scheduler: a distributed driver sends the ones whose host another worker
+    /// owns to that worker's queue instead.
+    pub fn follow_ups_mut(&mut self) -> &mut Vec<R> {
+        &mut self.follow_ups
+    }
 }
 
 fn panic_message(payload: &(dyn Any + Send)) -> String {

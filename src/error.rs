@@ -29,6 +29,14 @@ pub enum InvalidRequest {
         /// The URL.
         url: String,
     },
+    /// Durable storage (Redis) holds requests serialized, and this one failed to serialize.
+    #[error("the request for {url} cannot be serialized for storage: {message}")]
+    Unserializable {
+        /// The URL.
+        url: String,
+        /// What the serializer said.
+        message: String,
+    },
 }
 
 /// A request was refused; it is handed back so that nothing is lost.

@@ -47,7 +47,9 @@ pub struct Scheduler<R> {
     robots: RobotsCache,
     /// Entries waiting for a retry (or a robots.txt retry), by when.
     timers: BinaryHeap<Reverse<(Instant, RequestId)>>,
-    actions: VecDeque<Action<R>>,
+    /// Callbacks hold no request here: it leaves its slot when the action is polled, so a
+    /// `Persist::Accepted` polled before can still read it.
+    actions: VecDeque<Pending>,
     rng: fastrand::Rng,
     /// Time stamps are kept as nanoseconds since this (the first `now` seen), to keep entries small.
     epoch: Option<Instant>,
@@ -60,6 +62,24 @@ pub struct Scheduler<R> {
     waiting_robots: usize,
     stopped: bool,
     stats: Stats,
+}
+
+/// An action waiting to be polled.
+// Most queued actions are fetches: boxing them would cost an allocation per hop.
+#[allow(clippy::large_enum_variant)]
+enum Pending {
+    Fetch(Fetch),
+    Callback(Box<Lent>),
+    Persist(Persist),
+}
+
+/// An [`Action::Callback`] without its request, which stays in its slot until polled.
+struct Lent {
+    id: RequestId,
+    now: Instant,
+    hop: Option<HopEvents>,
+    redirect: Option<Url>,
+    outcome: Option<Box<Outcome>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -446,7 +466,7 @@ impl<R: Request> Scheduler<R> {
             }
             if self.config.persist {
                 self.actions
-                    .push_back(Action::Persist(Persist::Finished { id }));
+                    .push_back(Pending::Persist(Persist::Finished { id }));
             }
             self.release_host(Some(now), entry.host);
             self.fill(now);
@@ -486,7 +506,32 @@ impl<R: Request> Scheduler<R> {
 
     /// The next thing for the driver to do.
     pub fn poll_action(&mut self) -> Option<Action<R>> {
-        self.actions.pop_front()
+        Some(match self.actions.pop_front()? {
+            Pending::Fetch(fetch) => Action::Fetch(fetch),
+            Pending::Persist(persist) => Action::Persist(persist),
+            Pending::Callback(lent) => {
+                let Lent {
+                    id,
+                    now,
+                    hop,
+                    redirect,
+                    outcome,
+                } = *lent;
+                let request = self
+                    .slot_entry_mut(id.index)
+                    .request
+                    .take()
+                    .expect("a request is lent only once");
+                Action::Callback(Callback {
+                    id,
+                    request,
+                    now,
+                    hop,
+                    redirect,
+                    outcome,
+                })
+            }
+        })
     }
 
     /// When to call [`handle_timeout`](Scheduler::handle_timeout) next, if anything waits on
@@ -611,7 +656,7 @@ impl<R: Request> Scheduler<R> {
         self.stats.accepted += 1;
         if persist && self.config.persist {
             self.actions
-                .push_back(Action::Persist(Persist::Accepted { id, parent }));
+                .push_back(Pending::Persist(Persist::Accepted { id, parent }));
         }
         self.admit(now, id.index);
         Ok(id)
@@ -792,7 +837,7 @@ impl<R: Request> Scheduler<R> {
         };
         self.in_flight += 1;
         self.stats.fetches += 1;
-        self.actions.push_back(Action::Fetch(fetch));
+        self.actions.push_back(Pending::Fetch(fetch));
     }
 
     fn request_result(
@@ -986,16 +1031,15 @@ impl<R: Request> Scheduler<R> {
         let entry = self.slot_entry_mut(index);
         entry.state = State::Lent;
         entry.after = after;
-        let request = entry.request.take().expect("a request is lent only once");
+        debug_assert!(entry.request.is_some(), "a request is lent only once");
         self.lent += 1;
-        self.actions.push_back(Action::Callback(Callback {
+        self.actions.push_back(Pending::Callback(Box::new(Lent {
             id,
-            request,
             now,
             hop,
             redirect,
             outcome,
-        }));
+        })));
     }
 
     fn follow_redirect(&mut self, now: Instant, index: u32, next: Redirect) {

@@ -806,3 +806,43 @@ fn host_waits_are_explained() {
     assert_eq!(wait.remaining(h.now), Some(Duration::from_secs(30)));
     assert_eq!(h.s.wait_summary(h.now).backoff, 1);
 }
+
+#[test]
+fn an_accepted_request_can_be_serialized_even_when_it_ends_at_once() {
+    let config = Config {
+        persist: true,
+        ..Config::default()
+    };
+    let mut h = Harness::new(config, Polite::new().delay(Duration::ZERO));
+    h.enqueue(Req::new("http://a.test/public"));
+    h.answer(
+        "http://a.test/robots.txt",
+        ok("User-agent: *\nDisallow: /private\n"),
+    );
+    h.answer("http://a.test/public", ok(""));
+    // robots.txt is cached now: this one is refused inside `enqueue`, and its callbacks
+    // are queued right behind its `Accepted`.
+    h.s.enqueue(h.now, Req::new("http://a.test/private/x"))
+        .unwrap();
+    let mut order = Vec::new();
+    while let Some(action) = h.s.poll_action() {
+        match action {
+            Action::Persist(Persist::Accepted { id, .. }) => {
+                let stored = h.s.request(id).map(|r| serde_json::to_string(r).unwrap());
+                assert!(
+                    stored.as_deref().is_some_and(|s| s.contains("private/x")),
+                    "the request must still be readable when its Accepted is polled"
+                );
+                order.push("accepted");
+            }
+            Action::Persist(Persist::Finished { .. }) => order.push("finished"),
+            Action::Callback(cb) => {
+                order.push("callback");
+                let report = cb.run();
+                h.s.handle_callback(h.now, report).unwrap();
+            }
+            Action::Fetch(_) => panic!("a disallowed URL is never fetched"),
+        }
+    }
+    assert_eq!(order, vec!["accepted", "callback", "finished"]);
+}

@@ -2,13 +2,18 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use downpour_tokio::http::{HeaderName, StatusCode, Version};
-use downpour_tokio::{Context, FetchError, Outcome, Request, Response, Url};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+use crate::driver::lib::http::{HeaderName, StatusCode, Version};
+use crate::driver::lib::{
+    Context, FetchError, Outcome, Request, Response, TransportErrorKind, Url,
+};
+use crate::warc::Warc;
 
 /// What every request needs to know to build its record (shared, read-only).
 #[derive(Debug)]
@@ -19,6 +24,10 @@ pub struct Shared {
     pub headers: Vec<HeaderName>,
     /// Where successful bodies are saved, named by their SHA-256.
     pub save_bodies: Option<PathBuf>,
+    /// Where every response is archived.
+    pub warc: Option<Warc>,
+    /// Set by the second Ctrl-C: fetches in flight are being aborted.
+    pub aborting: AtomicBool,
 }
 
 /// The request of one input line.
@@ -43,7 +52,8 @@ pub struct CliRequest {
 /// Why a line produced no response.
 #[derive(Debug, Serialize)]
 pub struct ErrorRecord {
-    /// A short stable name (`FetchError::kind`, `invalid_url` or `not_fetched`).
+    /// A short stable name: `FetchError::kind`, or `invalid_url`, `not_fetched`,
+    /// `interrupted`, `save` or `warc`.
     pub kind: String,
     /// The full message.
     pub message: String,
@@ -143,6 +153,24 @@ impl Record {
     }
 }
 
+/// The error of a finished request; a fetch cut short by the second Ctrl-C is `interrupted`.
+fn error_record(error: &FetchError, shared: Option<&Shared>) -> ErrorRecord {
+    let aborting = shared.is_some_and(|s| s.aborting.load(Ordering::SeqCst));
+    match error {
+        FetchError::Transport(e) if aborting && e.kind == TransportErrorKind::Other => {
+            ErrorRecord {
+                kind: "interrupted".to_string(),
+                message: "the fetch was in flight when the run was aborted (second Ctrl-C)"
+                    .to_string(),
+            }
+        }
+        _ => ErrorRecord {
+            kind: error.kind().to_string(),
+            message: error.to_string(),
+        },
+    }
+}
+
 fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
@@ -179,10 +207,7 @@ impl CliRequest {
                 .result
                 .as_ref()
                 .err()
-                .map(|e: &FetchError| ErrorRecord {
-                    kind: e.kind().to_string(),
-                    message: e.to_string(),
-                }),
+                .map(|e| error_record(e, shared)),
         };
         if let Some(response) = response {
             if let Some(shared) = shared {
@@ -223,6 +248,14 @@ impl CliRequest {
                 }
             }
             record.sha256 = Some(digest);
+            if let Some(warc) = shared.and_then(|s| s.warc.as_ref()) {
+                if let Err(message) = warc.write_response(response) {
+                    record.error = Some(ErrorRecord {
+                        kind: "warc".to_string(),
+                        message,
+                    });
+                }
+            }
         }
         let mut timings = Timings {
             total_ms: ms(outcome

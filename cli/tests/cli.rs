@@ -1,9 +1,12 @@
 //! The `downpour` binary against loopback servers.
 
-use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
-use downpour_conformance::Servers;
+use downpour_conformance::{Robots, Servers, Tinyproxy};
 use serde_json::Value;
 
 fn scratch(name: &str) -> PathBuf {
@@ -23,6 +26,24 @@ fn downpour(args: &[&str]) -> Output {
         .env_remove("ALL_PROXY")
         .output()
         .expect("run downpour")
+}
+
+/// Waits until `ready` holds, polling; fails the test after 20 s.
+fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ready() {
+        assert!(Instant::now() < deadline, "gave up waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Sends SIGINT, as Ctrl-C does.
+fn interrupt(child: &Child) {
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
 }
 
 fn records(stdout: &[u8]) -> Vec<Value> {
@@ -252,12 +273,11 @@ fn ctrl_c_stops_gracefully_and_reports_what_is_left() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(800));
-    let kill = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
+    // One request is done once the second has arrived (one at a time per host).
+    wait_for("two requests at the server", || {
+        servers.hits("/delay").len() >= 2
+    });
+    interrupt(&child);
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(130), "{out:?}");
     let records = records(&out.stdout);
@@ -272,4 +292,420 @@ fn ctrl_c_stops_gracefully_and_reports_what_is_left() {
         stderr.contains(&format!("{left} URLs were not fetched")),
         "{stderr}"
     );
+}
+
+#[test]
+fn version_and_summary_name_the_driver() {
+    let out = downpour(&["--version"]);
+    assert!(out.status.success(), "{out:?}");
+    let version = String::from_utf8_lossy(&out.stdout);
+    let driver = ["tokio", "smol", "blocking"]
+        .into_iter()
+        .find(|d| version.contains(&format!("({d} driver)")))
+        .unwrap_or_else(|| panic!("no driver in {version:?}"));
+
+    let servers = Servers::start(1);
+    let dir = scratch("driver");
+    let list = dir.join("urls.txt");
+    std::fs::write(&list, servers.url(0, "/a")).unwrap();
+    let out = downpour(&["fetch", list.to_str().unwrap(), "--allow-all"]);
+    assert!(out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("({driver} driver)")), "{stderr}");
+}
+
+fn read_warc(path: &Path) -> Vec<warc::Record<warc::BufferedBody>> {
+    let records: Result<Vec<_>, _> = if path.to_string_lossy().ends_with(".gz") {
+        warc::WarcReader::from_path_gzip(path)
+            .unwrap()
+            .iter_records()
+            .collect()
+    } else {
+        // Not `WarcReader::from_path`: it asks to create the file without write access,
+        // which fails.
+        let file = std::fs::File::open(path).unwrap();
+        warc::WarcReader::new(BufReader::new(file))
+            .iter_records()
+            .collect()
+    };
+    records.unwrap_or_else(|e| panic!("{} is not a valid WARC file: {e}", path.display()))
+}
+
+/// The status code and the body of an `application/http` block.
+fn http_status_and_body(block: &[u8]) -> (u16, &[u8]) {
+    let end = block
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("an HTTP head");
+    let head = std::str::from_utf8(&block[..end]).unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, &block[end + 4..])
+}
+
+#[test]
+fn writes_warc_files_that_the_warc_crate_reads() {
+    use warc::{RecordType, WarcHeader};
+    let servers = Servers::start(1);
+    let dir = scratch("warc");
+    let list = dir.join("urls.txt");
+    let urls = [
+        servers.url(0, "/one"),
+        servers.url(0, "/gzip"),
+        servers.url(0, "/redirect?to=/two"),
+        servers.url(0, "/status/404"),
+        "not a url".to_string(),
+    ];
+    std::fs::write(&list, urls.join("\n")).unwrap();
+    for name in ["crawl.warc", "crawl.warc.gz"] {
+        let path = dir.join(name);
+        let out = downpour(&[
+            "fetch",
+            list.to_str().unwrap(),
+            "--delay",
+            "0ms",
+            "--allow-all",
+            "--retries",
+            "0",
+            "--warc",
+            path.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(records(&out.stdout).len(), 5);
+
+        let warc = read_warc(&path);
+        assert_eq!(warc.len(), 5, "a warcinfo and four responses");
+        assert_eq!(warc[0].warc_type(), &RecordType::WarcInfo);
+        assert_eq!(warc[0].warc_version(), "1.1");
+        let info = String::from_utf8_lossy(warc[0].body());
+        assert!(info.contains("software: downpour/"), "{info}");
+        assert_eq!(warc[0].header(WarcHeader::Filename).as_deref(), Some(name));
+
+        let mut ids: Vec<&str> = warc.iter().map(|r| r.warc_id()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), 5, "unique record ids");
+
+        let response = |path: &str| {
+            let url = servers.url(0, path);
+            let found: Vec<_> = warc
+                .iter()
+                .filter(|r| r.header(WarcHeader::TargetURI).as_deref() == Some(url.as_str()))
+                .collect();
+            assert_eq!(found.len(), 1, "one record for {url}");
+            let r = found[0];
+            assert_eq!(r.warc_type(), &RecordType::Response);
+            assert_eq!(
+                r.header(WarcHeader::ContentType).as_deref(),
+                Some("application/http; msgtype=response")
+            );
+            assert_eq!(
+                r.header(WarcHeader::WarcInfoID).as_deref(),
+                Some(warc[0].warc_id())
+            );
+            assert!(r
+                .header(WarcHeader::BlockDigest)
+                .is_some_and(|d| d.starts_with("sha1:") && d.len() == 37));
+            r
+        };
+        let one = response("/one");
+        assert_eq!(http_status_and_body(one.body()), (200, &b"ok /one"[..]));
+        assert_eq!(
+            one.header(WarcHeader::PayloadDigest).as_deref(),
+            Some("sha1:TNHY4A57JGFA4WVBI775FB5YZZP7YMCG")
+        );
+        // The redirect's target is archived under its own URL.
+        let two = response("/two");
+        assert_eq!(http_status_and_body(two.body()), (200, &b"ok /two"[..]));
+        assert_eq!(
+            two.header(WarcHeader::PayloadDigest).as_deref(),
+            Some("sha1:I5UDGDUOBVFAAK52RNEPQZBA2J5WKXRL")
+        );
+        let missing = response("/status/404");
+        assert_eq!(
+            http_status_and_body(missing.body()),
+            (404, &b"status 404"[..])
+        );
+        // Stored decoded, and says so.
+        let gzip = response("/gzip");
+        assert_eq!(
+            http_status_and_body(gzip.body()),
+            (200, downpour_conformance::TEXT)
+        );
+        let head = String::from_utf8_lossy(gzip.body()).to_lowercase();
+        assert!(!head.contains("\r\ncontent-encoding:"), "{head}");
+        assert!(
+            head.contains(&format!(
+                "\r\ncontent-length: {}\r\n",
+                downpour_conformance::TEXT.len()
+            )),
+            "{head}"
+        );
+    }
+}
+
+#[test]
+fn an_unwritable_warc_file_fails_with_one_line() {
+    let dir = scratch("warc-unwritable");
+    let list = dir.join("urls.txt");
+    std::fs::write(&list, "http://127.0.0.1:9/\n").unwrap();
+    let target = dir.join("no-such-dir").join("crawl.warc");
+    let out = downpour(&[
+        "fetch",
+        list.to_str().unwrap(),
+        "--warc",
+        target.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("cannot create WARC file"), "{stderr}");
+}
+
+#[cfg(unix)]
+#[test]
+fn a_second_ctrl_c_aborts_the_fetches_in_flight() {
+    let servers = Servers::start(1);
+    let dir = scratch("interrupt-twice");
+    let list = dir.join("urls.txt");
+    let mut urls: Vec<String> = (0..3)
+        .map(|i| servers.url(0, &format!("/stall?i={i}")))
+        .collect();
+    urls.extend((0..5).map(|i| servers.url(0, &format!("/a?i={i}"))));
+    std::fs::write(&list, urls.join("\n")).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_downpour"))
+        .args([
+            "fetch",
+            list.to_str().unwrap(),
+            "--delay",
+            "0ms",
+            "--allow-all",
+            "--per-host",
+            "3",
+            "--concurrency",
+            "3",
+            "--retries",
+            "0",
+            "--timeout",
+            "60s",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines, stderr_lines) = mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            all.push_str(&line);
+            all.push('\n');
+            let _ = lines.send(line);
+        }
+        all
+    });
+
+    wait_for("three stalled requests", || {
+        servers.hits("/stall").len() == 3
+    });
+    interrupt(&child);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let line = stderr_lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("a note that the run is stopping");
+        if line.contains("stopping") {
+            break;
+        }
+    }
+    // The stalled fetches hold the graceful stop: the command is still running.
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "exited on the first Ctrl-C"
+    );
+
+    interrupt(&child);
+    let stopped = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_secs(10),
+            "still running 10 s after the second Ctrl-C"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(status.code(), Some(130));
+    let mut stdout = Vec::new();
+    std::io::Read::read_to_end(&mut child.stdout.take().unwrap(), &mut stdout).unwrap();
+    let records = records(&stdout);
+    assert_eq!(records.len(), 8, "one record per line: {records:#?}");
+    let kinds = |kind: &str| {
+        records
+            .iter()
+            .filter(|r| r["error"]["kind"] == kind)
+            .count()
+    };
+    assert_eq!(kinds("interrupted"), 3, "{records:#?}");
+    assert_eq!(kinds("not_fetched"), 5, "{records:#?}");
+    let stderr = reader.join().unwrap();
+    assert!(stderr.contains("aborting"), "{stderr}");
+    assert!(stderr.contains("5 URLs were not fetched"), "{stderr}");
+}
+
+/// Whether the server saw this path come through tinyproxy (its `Via` header).
+fn came_through_tinyproxy(servers: &Servers, path: &str) -> bool {
+    let hits = servers.hits(path);
+    assert_eq!(hits.len(), 1, "{path} fetched once");
+    hits[0]
+        .headers
+        .iter()
+        .any(|(name, value)| name == "via" && value.contains("tinyproxy"))
+}
+
+#[test]
+fn fetches_through_a_proxy_given_or_from_the_environment() {
+    let Some(proxy) = Tinyproxy::start(None) else {
+        return;
+    };
+    let servers = Servers::start(1);
+    let dir = scratch("proxy");
+    let run = |path: &str, extra: &[&str], env_proxy: Option<&str>| {
+        let list = dir.join("urls.txt");
+        std::fs::write(&list, servers.url(0, path)).unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_downpour"));
+        command
+            .args([
+                "fetch",
+                list.to_str().unwrap(),
+                "--allow-all",
+                "--retries",
+                "0",
+            ])
+            .args(extra)
+            .stdin(Stdio::null());
+        for name in [
+            "http_proxy",
+            "HTTP_PROXY",
+            "all_proxy",
+            "ALL_PROXY",
+            "no_proxy",
+            "NO_PROXY",
+        ] {
+            command.env_remove(name);
+        }
+        if let Some(url) = env_proxy {
+            command.env("http_proxy", url);
+        }
+        let out = command.output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let records = records(&out.stdout);
+        assert_eq!(records.len(), 1);
+        records[0].clone()
+    };
+
+    let given = run("/given", &["--proxy", &proxy.url()], None);
+    assert_eq!(given["status"], 200, "{given:#}");
+    assert!(came_through_tinyproxy(&servers, "/given"));
+    assert!(proxy.log().contains("/given"), "{}", proxy.log());
+
+    let from_env = run("/from-env", &[], Some(&proxy.url()));
+    assert_eq!(from_env["status"], 200, "{from_env:#}");
+    assert!(came_through_tinyproxy(&servers, "/from-env"));
+
+    let ignored = run("/env-ignored", &["--no-proxy-env"], Some(&proxy.url()));
+    assert_eq!(ignored["status"], 200, "{ignored:#}");
+    assert!(!came_through_tinyproxy(&servers, "/env-ignored"));
+}
+
+#[test]
+fn a_proxy_that_is_not_listening_gives_an_error_record() {
+    let servers = Servers::start(1);
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let dir = scratch("proxy-closed");
+    let list = dir.join("urls.txt");
+    std::fs::write(&list, servers.url(0, "/a")).unwrap();
+    let out = downpour(&[
+        "fetch",
+        list.to_str().unwrap(),
+        "--allow-all",
+        "--retries",
+        "0",
+        "--proxy",
+        &format!("http://127.0.0.1:{closed}"),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let records = records(&out.stdout);
+    assert_eq!(records.len(), 1);
+    let kind = records[0]["error"]["kind"].as_str().unwrap_or_default();
+    assert!(["proxy", "connect"].contains(&kind), "{records:#?}");
+    assert!(
+        servers.hits("/a").is_empty(),
+        "the origin was reached directly"
+    );
+}
+
+#[test]
+fn robots_attempts_bounds_the_wait_for_an_unavailable_robots_txt() {
+    let servers = Servers::start(1);
+    servers.set_robots(0, Robots::Status(503));
+    let dir = scratch("robots");
+    let list = dir.join("urls.txt");
+    std::fs::write(
+        &list,
+        [servers.url(0, "/a"), servers.url(0, "/b")].join("\n"),
+    )
+    .unwrap();
+    let started = Instant::now();
+    let out = downpour(&[
+        "fetch",
+        list.to_str().unwrap(),
+        "--delay",
+        "0ms",
+        "--no-proxy-env",
+        "--robots-attempts",
+        "2",
+        "--robots-retry-delay",
+        "100ms",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    // The defaults (3 attempts, 30 s doubling) would take 90 s.
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    let records = records(&out.stdout);
+    for line in [1, 2] {
+        assert_eq!(
+            by_line(&records, line)["error"]["kind"],
+            "robots_unavailable",
+            "{records:#?}"
+        );
+    }
+    assert_eq!(servers.hits("/robots.txt").len(), 2, "two attempts");
+    assert!(servers.hits("/a").is_empty() && servers.hits("/b").is_empty());
+}
+
+#[test]
+fn robots_options_need_robots_obeyed() {
+    let dir = scratch("robots-options");
+    let list = dir.join("urls.txt");
+    std::fs::write(&list, "http://127.0.0.1:9/\n").unwrap();
+    let list = list.to_str().unwrap();
+    for extra in [
+        &["--allow-all", "--robots-attempts", "1"][..],
+        &["--policy", "fifo", "--robots-retry-delay", "1s"][..],
+        &["--robots-attempts", "0"][..],
+    ] {
+        let out = downpour(&[&["fetch", list][..], extra].concat());
+        assert_eq!(out.status.code(), Some(2), "{extra:?}: {out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains("robots"), "{stderr}");
+    }
 }

@@ -176,3 +176,50 @@ pub trait Policy: Send {
         let _ = host;
     }
 }
+
+/// A boxed policy is a policy, so one chosen at run time (`Box<dyn Policy>`) goes wherever
+/// a policy does.
+impl<P: Policy + ?Sized> Policy for Box<P> {
+    fn configure(&mut self, config: &Config) -> Result<(), ConfigError> {
+        (**self).configure(config)
+    }
+    fn obeys_robots(&self) -> bool {
+        (**self).obeys_robots()
+    }
+    fn push(&mut self, now: Instant, item: Queued) {
+        (**self).push(now, item)
+    }
+    fn pop(&mut self, now: Instant) -> Option<Queued> {
+        (**self).pop(now)
+    }
+    fn remove(&mut self, item: &Queued) -> bool {
+        (**self).remove(item)
+    }
+    fn handle_finish(&mut self, now: Instant, host: HostId, feedback: &Feedback) {
+        (**self).handle_finish(now, host, feedback)
+    }
+    fn poll_timeout(&mut self) -> Option<Instant> {
+        (**self).poll_timeout()
+    }
+    fn len(&self) -> usize {
+        (**self).len()
+    }
+    fn is_empty(&self) -> bool {
+        (**self).is_empty()
+    }
+    fn drain(&mut self) -> Vec<Queued> {
+        (**self).drain()
+    }
+    fn set_crawl_delay(&mut self, host: HostId, delay: Duration) {
+        (**self).set_crawl_delay(host, delay)
+    }
+    fn wait(&self, now: Instant, host: HostId) -> Option<Wait> {
+        (**self).wait(now, host)
+    }
+    fn forget_at(&self, host: HostId) -> Option<Instant> {
+        (**self).forget_at(host)
+    }
+    fn forget_host(&mut self, host: HostId) {
+        (**self).forget_host(host)
+    }
+}

@@ -3,12 +3,17 @@
 //! cap; and proxy rules (`http_proxy`, `https_proxy`, `all_proxy`, `no_proxy`, in either
 //! case), with credentials kept out of every message.
 //!
+//! With the `redis` feature, [`store`] holds the durable queues in Redis: the layout,
+//! scripts and replies, as a state machine each driver runs on its own connection.
+//!
 //! The drivers re-export the core; this crate is an implementation detail of theirs.
 
 #![forbid(unsafe_code)]
 
 pub mod decode;
 pub mod proxy;
+#[cfg(feature = "redis")]
+pub mod store;
 
 use downpour::EnqueueError;
 

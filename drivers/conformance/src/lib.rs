@@ -23,6 +23,7 @@
 
 pub mod cases;
 mod proxy;
+pub mod redis;
 mod server;
 
 use std::time::Duration;

@@ -1,0 +1,53 @@
+//! Where the JSON lines go: a file or stdout, shared by the callbacks and the run loop.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use crate::record::Record;
+
+/// The JSON lines' destination. Cheap to clone.
+#[derive(Clone)]
+pub struct Output(Arc<Mutex<BufWriter<Box<dyn Write + Send>>>>);
+
+impl Output {
+    /// The file at `path`, or stdout.
+    pub fn open(path: Option<&Path>) -> Result<Self, String> {
+        let sink: Box<dyn Write + Send> = match path {
+            Some(path) => Box::new(
+                File::create(path)
+                    .map_err(|e| format!("cannot create output file {}: {e}", path.display()))?,
+            ),
+            None => Box::new(io::stdout()),
+        };
+        Ok(Output(Arc::new(Mutex::new(BufWriter::new(sink)))))
+    }
+
+    /// Writes one record as a line.
+    pub fn write(&self, record: &Record) {
+        let mut out = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let written = serde_json::to_writer(&mut *out, record)
+            .map_err(io::Error::from)
+            .and_then(|()| out.write_all(b"\n"));
+        if let Err(e) = written {
+            // Nothing sensible is left to do with a closed stdout (e.g. `| head`).
+            eprintln!("downpour: cannot write output: {e}");
+            std::process::exit(1);
+        }
+    }
+
+    /// Flushes, for the end of the run.
+    pub fn flush(&self) -> Result<(), String> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .flush()
+            .map_err(|e| format!("cannot write output: {e}"))
+    }
+
+    /// Flushes what was written so far, during the run (a failure shows at the end).
+    pub fn flush_quietly(&self) {
+        let _ = self.0.lock().map(|mut o| o.flush());
+    }
+}

@@ -1,0 +1,1205 @@
+//! Durable, shared queues in Redis, written once for every driver.
+//!
+//! [`Store`] is a state machine like the scheduler: it never touches a socket or a clock.
+//! It turns the scheduler's [`Persist`] actions and the application's enqueues into Redis
+//! pipelines, reads the replies, and restores stored requests into the scheduler. A
+//! driver only runs the pipelines it hands out, one at a time, on its own kind of
+//! connection:
+//!
+//! ```text
+//! loop {
+//!     drain scheduler.poll_action(): Persist(p) => store.handle_persist(p, &scheduler), ...
+//!     if store.is_finished(&scheduler) { break }
+//!     if no pipeline is running { if let Some(p) = store.poll_pipeline(now, &mut scheduler) { run p } }
+//!     wait for: a hop, the pipeline's reply (store.handle_reply), or the earlier of
+//!               scheduler.poll_timeout() and store.poll_timeout()
+//! }
+//! ```
+//!
+//! What it guarantees:
+//! - Every unfinished request is in Redis. Requests enqueued by the application go to an
+//!   inbox first and reach the scheduler only once stored; follow-ups are stored before the
+//!   request whose callback enqueued them is removed. After a crash, whatever was in flight
+//!   is fetched again (at least once).
+//! - Hosts are split into partitions by a stable hash ([`partition_of`]); one worker at a
+//!   time runs a partition, holding a lease that it renews. Requests for a host of another
+//!   partition go to that partition's inbox, so one worker fetches each host and politeness
+//!   holds across all workers. A worker whose lease lapses stops fetching before anybody
+//!   else can take the partition.
+//! - When Redis goes away, fetches in flight finish, writes wait, and the connection is
+//!   retried with back-off; after [`RedisOptions::give_up_after`] the run ends with
+//!   [`StoreError::Unreachable`], everything unfinished still in Redis.
+//! - When a worker's partition is done it helps: it takes over a partition whose worker
+//!   died. It finishes once no partition holds work.
+
+mod keys;
+mod scripts;
+
+use std::collections::VecDeque;
+use std::marker::PhantomData;
+use std::time::{Duration, Instant};
+
+use downpour::{parse_url, CallbackReport, EnqueueError, InvalidRequest, Persist, Request};
+use downpour::{RequestId, Scheduler};
+use redis::{ErrorKind, RedisError, RedisResult, ServerErrorKind, Value};
+use rustc_hash::{FxHashMap, FxHashSet};
+
+pub use keys::{partition_of, Keys, PartitionKeys, FORMAT};
+
+/// Where and how a crawl is kept in Redis.
+///
+/// ```
+/// use std::time::Duration;
+/// let options = downpour_common::store::RedisOptions {
+///     url: "redis://127.0.0.1:6379/".into(),
+///     prefix: "news-crawl".into(),
+///     partitions: 8,
+///     ..Default::default()
+/// };
+/// assert!(options.validate().is_ok());
+/// ```
+#[derive(Debug, Clone)]
+pub struct RedisOptions {
+    /// The server, as `redis://[user:password@]host:port/db`. Default `redis://127.0.0.1:6379/`.
+    pub url: String,
+    /// Prefix of every key, so that several crawls share one Redis. No `{` or `}`.
+    /// Default `downpour`.
+    pub prefix: String,
+    /// How many partitions the hosts are split into: the most workers that can fetch at
+    /// once. Fixed when the crawl starts. Default 1.
+    pub partitions: u32,
+    /// Run this partition only (waiting for it if another worker holds it). Default `None`:
+    /// the first free one.
+    pub partition: Option<u32>,
+    /// How long a lease outlives its worker. A worker renews it every third of this; a
+    /// killed worker's partition waits this long for another worker. Default 10 s.
+    pub lease_ttl: Duration,
+    /// How often the inbox is read, and how often an idle worker looks for work. Default 100 ms.
+    pub poll_interval: Duration,
+    /// Most writes in one pipeline. Default 1024.
+    pub batch_size: usize,
+    /// Most requests held in memory; the rest wait in Redis. Default 100,000.
+    pub max_in_memory: usize,
+    /// How long Redis may stay unreachable before the run ends with an error. Default 120 s.
+    pub give_up_after: Duration,
+}
+
+impl Default for RedisOptions {
+    fn default() -> Self {
+        RedisOptions {
+            url: "redis://127.0.0.1:6379/".into(),
+            prefix: "downpour".into(),
+            partitions: 1,
+            partition: None,
+            lease_ttl: Duration::from_secs(10),
+            poll_interval: Duration::from_millis(100),
+            batch_size: 1024,
+            max_in_memory: 100_000,
+            give_up_after: Duration::from_secs(120),
+        }
+    }
+}
+
+impl RedisOptions {
+    /// Checks the options.
+    pub fn validate(&self) -> Result<(), StoreError> {
+        let bad = |message: String| Err(StoreError::Options(message));
+        if self.prefix.is_empty() || self.prefix.contains(['{', '}']) {
+            return bad(format!(
+                "prefix `{}` must be non-empty without `{{` or `}}`",
+                self.prefix
+            ));
+        }
+        if self.partitions == 0 {
+            return bad("partitions must be at least 1".into());
+        }
+        if let Some(p) = self.partition {
+            if p >= self.partitions {
+                return bad(format!(
+                    "partition {p} does not exist: there are {} (0 to {})",
+                    self.partitions,
+                    self.partitions - 1
+                ));
+            }
+        }
+        if self.lease_ttl < Duration::from_millis(300) {
+            return bad("lease_ttl must be at least 300 ms".into());
+        }
+        if self.batch_size == 0 || self.max_in_memory == 0 {
+            return bad("batch_size and max_in_memory must be at least 1".into());
+        }
+        if self.poll_interval.is_zero() {
+            return bad("poll_interval must be more than 0".into());
+        }
+        Ok(())
+    }
+}
+
+/// Why a run with Redis ended early, or could not start.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The options cannot work.
+    #[error("invalid Redis options: {0}")]
+    Options(String),
+    /// Redis stayed unreachable too long.
+    #[error("Redis at {url} unreachable for {waited:?} ({last}); the run stopped, everything unfinished is still stored there")]
+    Unreachable {
+        /// The server (without its password).
+        url: String,
+        /// How long it was unreachable.
+        waited: Duration,
+        /// The last error.
+        last: String,
+    },
+    /// A key under the prefix holds data this layout did not write.
+    #[error("Redis key {key} holds foreign data ({message}); use another prefix or remove it")]
+    Foreign {
+        /// The key.
+        key: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The crawl was started with other settings.
+    #[error("the crawl under prefix `{prefix}` was started with {stored}; this worker was given {given}")]
+    Mismatch {
+        /// The prefix.
+        prefix: String,
+        /// The stored setting.
+        stored: String,
+        /// This worker's setting.
+        given: String,
+    },
+    /// Redis answered with an error.
+    #[error("Redis refused {what}: {message}")]
+    Refused {
+        /// What was asked.
+        what: String,
+        /// What Redis said.
+        message: String,
+    },
+}
+
+/// A change to write, in order.
+#[derive(Debug, Clone)]
+enum Write {
+    /// Store a request of the worker's partition.
+    Put { id: Box<str>, json: String },
+    /// Remove a finished request.
+    Delete { id: Box<str> },
+    /// Send a request to a partition's inbox.
+    Inbox { partition: u32, json: String },
+    /// Move an unreadable entry aside.
+    Reject { id: Box<str>, text: String },
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Meta,
+    Acquire(u32),
+    Scan(u64),
+    Write(Vec<Write>),
+    Claim,
+    Renew,
+    Status,
+    Release,
+}
+
+impl Op {
+    fn name(&self) -> String {
+        match self {
+            Op::Write(w) => format!("write {}", w.len()),
+            other => format!("{other:?}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Checking the crawl's settings.
+    Meta,
+    /// Looking for a partition to run.
+    Acquire,
+    /// Running a partition.
+    Running,
+    /// The lease was lost: waiting for what is in flight, then looking again.
+    Draining,
+    /// Nothing is left anywhere (or the application stopped): giving the lease back.
+    Releasing,
+    Done,
+    Failed,
+}
+
+/// The partition a worker runs.
+#[derive(Debug, Clone)]
+struct Owned {
+    partition: u32,
+    keys: PartitionKeys,
+    epoch: i64,
+    /// Until when no other worker can hold it, by this worker's clock (with a margin).
+    valid_until: Instant,
+}
+
+/// Durable queues for one worker. See the [module docs](self).
+pub struct Store<R> {
+    options: RedisOptions,
+    keys: Keys,
+    token: String,
+    phase: Phase,
+    owned: Option<Owned>,
+    /// Next partition to try, and how many were tried in this round.
+    candidate: u32,
+    tried: u32,
+    writes: VecDeque<Write>,
+    /// Stored id of every request in the scheduler that is stored.
+    ids: FxHashMap<RequestId, Box<str>>,
+    /// The same ids, to skip entries a scan returns twice or that are in memory already.
+    in_memory: FxHashSet<Box<str>>,
+    next_id: u64,
+    scan: Option<u64>,
+    running: Option<(Op, Instant)>,
+    failed: Option<Op>,
+    retry_at: Option<Instant>,
+    down_since: Option<Instant>,
+    last_failure: String,
+    backoff: Duration,
+    next_renew: Option<Instant>,
+    next_poll: Option<Instant>,
+    status_due: bool,
+    stopped: bool,
+    /// The lease ran out by this worker's clock: fetching is paused until it is renewed.
+    paused: bool,
+    waiting_logged: bool,
+    error: Option<StoreError>,
+    _requests: PhantomData<fn() -> R>,
+}
+
+const MIN_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+impl<R: Request> Store<R> {
+    /// A store for one worker; `token` names it in leases (unique per process: random).
+    pub fn new(options: RedisOptions, token: String) -> Result<Store<R>, StoreError> {
+        options.validate()?;
+        let keys = Keys::new(&options.prefix, options.partitions);
+        let candidate = options.partition.unwrap_or(0);
+        Ok(Store {
+            options,
+            keys,
+            token,
+            phase: Phase::Meta,
+            owned: None,
+            candidate,
+            tried: 0,
+            writes: VecDeque::new(),
+            ids: FxHashMap::default(),
+            in_memory: FxHashSet::default(),
+            next_id: 0,
+            scan: None,
+            running: None,
+            failed: None,
+            retry_at: None,
+            down_since: None,
+            last_failure: String::new(),
+            backoff: MIN_BACKOFF,
+            next_renew: None,
+            next_poll: None,
+            status_due: false,
+            stopped: false,
+            paused: false,
+            waiting_logged: false,
+            error: None,
+            _requests: PhantomData,
+        })
+    }
+
+    /// The options.
+    pub fn options(&self) -> &RedisOptions {
+        &self.options
+    }
+
+    /// The partition this worker runs now, if any.
+    pub fn partition(&self) -> Option<u32> {
+        self.owned.as_ref().map(|o| o.partition)
+    }
+
+    /// Why the run ended early, if it did.
+    pub fn error(&self) -> Option<&StoreError> {
+        self.error.as_ref()
+    }
+
+    /// Writes not yet acknowledged by Redis.
+    pub fn pending_writes(&self) -> usize {
+        self.writes.len()
+            + match &self.running {
+                Some((Op::Write(w), _)) => w.len(),
+                _ => 0,
+            }
+            + match &self.failed {
+                Some(Op::Write(w)) => w.len(),
+                _ => 0,
+            }
+    }
+
+    /// Whether the run is over: the whole crawl is done (or the application stopped) and
+    /// every write is acknowledged, or Redis stayed away too long and nothing is in flight.
+    pub fn is_finished(&self, scheduler: &Scheduler<R>) -> bool {
+        match self.phase {
+            Phase::Done => true,
+            Phase::Failed => scheduler.in_flight() == 0,
+            _ => false,
+        }
+    }
+
+    // ----- inputs -----
+
+    /// A request from the application: checked, then written to the inbox of its host's
+    /// partition. It reaches a scheduler (this worker's or another's) once stored.
+    pub fn enqueue(&mut self, request: R) -> Result<(), EnqueueError<R>> {
+        if let Err(reason) = parse_url(request.url().as_str()) {
+            return Err(EnqueueError { reason, request });
+        }
+        let json = match serde_json::to_string(&request) {
+            Ok(json) => json,
+            Err(e) => {
+                let reason = InvalidRequest::Unserializable {
+                    url: request.url().to_string(),
+                    message: e.to_string(),
+                };
+                return Err(EnqueueError { reason, request });
+            }
+        };
+        let partition = self
+            .keys
+            .partition_of(request.url().host_str().unwrap_or(""));
+        self.writes.push_back(Write::Inbox { partition, json });
+        Ok(())
+    }
+
+    /// A [`Persist`] action, as soon as it is polled.
+    pub fn handle_persist(&mut self, persist: Persist, scheduler: &Scheduler<R>) {
+        match persist {
+            Persist::Accepted { id, .. } => {
+                let Some(request) = scheduler.request(id) else {
+                    return;
+                };
+                match serde_json::to_string(request) {
+                    Ok(json) => {
+                        let stored = self.new_id();
+                        self.ids.insert(id, stored.clone());
+                        self.in_memory.insert(stored.clone());
+                        self.writes.push_back(Write::Put { id: stored, json });
+                    }
+                    Err(e) => log::error!(
+                        "request {id} for {} cannot be serialized ({e}): it is kept in memory only",
+                        request.url()
+                    ),
+                }
+            }
+            Persist::Finished { id } => {
+                if let Some(stored) = self.ids.remove(&id) {
+                    self.in_memory.remove(&stored);
+                    self.writes.push_back(Write::Delete { id: stored });
+                }
+            }
+        }
+    }
+
+    /// Takes the follow-ups of a callback report whose host another partition owns, and
+    /// writes them to that partition's inbox. Call it before handing the report back.
+    pub fn route_follow_ups(&mut self, report: &mut CallbackReport<R>) {
+        let own = self.owned.as_ref().map(|o| o.partition);
+        let follow_ups = report.follow_ups_mut();
+        if follow_ups.is_empty() {
+            return;
+        }
+        let mut kept = Vec::with_capacity(follow_ups.len());
+        for request in follow_ups.drain(..) {
+            let partition = self
+                .keys
+                .partition_of(request.url().host_str().unwrap_or(""));
+            if Some(partition) == own && self.phase != Phase::Draining {
+                kept.push(request);
+                continue;
+            }
+            match serde_json::to_string(&request) {
+                Ok(json) => self.writes.push_back(Write::Inbox { partition, json }),
+                Err(_) => kept.push(request),
+            }
+        }
+        *follow_ups = kept;
+    }
+
+    /// The application stops: fetching ends, writes are flushed, the lease is given back.
+    pub fn stop(&mut self) {
+        self.stopped = true;
+    }
+
+    /// When [`poll_pipeline`](Store::poll_pipeline) has something to do next (a lease
+    /// renewal, a poll of the inbox, a retry after back-off).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        // The lease's end pauses fetching; once passed it is no deadline any more.
+        let lease = self
+            .owned
+            .as_ref()
+            .filter(|_| !self.paused)
+            .map(|o| o.valid_until);
+        if self.running.is_some() {
+            // Everything else waits for the reply.
+            return lease;
+        }
+        [self.retry_at, self.next_renew, self.next_poll, lease]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// The next pipeline to run, if any. Call it when no pipeline is running, after any
+    /// input; it also stops and resumes the scheduler as the lease comes and goes.
+    pub fn poll_pipeline(
+        &mut self,
+        now: Instant,
+        scheduler: &mut Scheduler<R>,
+    ) -> Option<redis::Pipeline> {
+        self.sync(now, scheduler);
+        if self.running.is_some() {
+            return None;
+        }
+        let op = self.next_op(now, scheduler)?;
+        log::debug!(
+            "{:?} phase {:?}: {}",
+            self.owned.as_ref().map(|o| o.partition),
+            self.phase,
+            op.name()
+        );
+        let pipeline = self.build(&op);
+        self.running = Some((op, now));
+        Some(pipeline)
+    }
+
+    /// The reply to the last pipeline handed out.
+    pub fn handle_reply(
+        &mut self,
+        now: Instant,
+        reply: RedisResult<Vec<Value>>,
+        scheduler: &mut Scheduler<R>,
+    ) {
+        let Some((op, sent)) = self.running.take() else {
+            return;
+        };
+        log::debug!(
+            "reply to {}: {}",
+            op.name(),
+            if reply.is_ok() { "ok" } else { "error" }
+        );
+        match reply {
+            Ok(values) => {
+                if self.down_since.take().is_some() {
+                    log::warn!("Redis at {} is reachable again", self.redacted_url());
+                }
+                self.backoff = MIN_BACKOFF;
+                if let Err(e) = self.apply(now, sent, op, values, scheduler) {
+                    self.fail(e, scheduler);
+                }
+            }
+            Err(e) if transient(&e) => {
+                let since = *self.down_since.get_or_insert(now);
+                if self.last_failure.is_empty() || since == now {
+                    log::warn!(
+                        "Redis at {} unreachable ({e}); fetches in flight go on, writes wait, retrying",
+                        self.redacted_url()
+                    );
+                }
+                self.last_failure = e.to_string();
+                if now.duration_since(since) >= self.options.give_up_after {
+                    let error = StoreError::Unreachable {
+                        url: self.redacted_url(),
+                        waited: now.duration_since(since),
+                        last: self.last_failure.clone(),
+                    };
+                    self.fail(error, scheduler);
+                    return;
+                }
+                self.failed = Some(op);
+                self.retry_at = Some(now + self.backoff);
+                self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+            }
+            Err(e) => {
+                let error = self.refused(&op, &e);
+                self.fail(error, scheduler);
+            }
+        }
+    }
+
+    // ----- internals -----
+
+    fn new_id(&mut self) -> Box<str> {
+        self.next_id += 1;
+        format!("{}-{:x}", self.token, self.next_id).into_boxed_str()
+    }
+
+    fn redacted_url(&self) -> String {
+        redacted_url(&self.options.url)
+    }
+
+    fn fail(&mut self, error: StoreError, scheduler: &mut Scheduler<R>) {
+        log::error!("{error}");
+        self.error = Some(error);
+        self.phase = Phase::Failed;
+        self.running = None;
+        self.failed = None;
+        scheduler.stop();
+    }
+
+    /// Keeps the scheduler fetching exactly while this worker may.
+    fn sync(&mut self, now: Instant, scheduler: &mut Scheduler<R>) {
+        if let Some(owned) = &self.owned {
+            let expired = now >= owned.valid_until;
+            if self.phase == Phase::Running && expired && !self.paused {
+                // Renewal may still succeed (`RENEW` takes the lease back if nobody else
+                // had it); fetching resumes then.
+                log::warn!(
+                    "the lease on partition {} could not be renewed in time: fetching paused",
+                    owned.partition
+                );
+            }
+            if self.paused && !expired {
+                log::warn!(
+                    "lease on partition {} renewed: fetching again",
+                    owned.partition
+                );
+            }
+            self.paused = expired;
+        } else {
+            self.paused = false;
+        }
+        let may_fetch = !self.stopped
+            && self.phase == Phase::Running
+            && self.owned.as_ref().is_some_and(|o| now < o.valid_until);
+        if may_fetch && scheduler.is_stopped() {
+            scheduler.resume(now);
+        } else if !may_fetch && !scheduler.is_stopped() {
+            scheduler.stop();
+        }
+        // Drivers run callbacks as soon as they are polled, so none is out here.
+        let quiet = scheduler.in_flight() == 0;
+        if self.phase == Phase::Draining && quiet && self.pending_writes() == 0 {
+            // What is left is stored: whoever holds the partition now runs it.
+            drop(scheduler.take_unfinished());
+            self.ids.clear();
+            self.in_memory.clear();
+            self.owned = None;
+            self.scan = None;
+            self.next_renew = None;
+            self.next_poll = Some(now);
+            self.phase = Phase::Acquire;
+            self.candidate = self.options.partition.unwrap_or(0);
+            self.tried = 0;
+        }
+        if self.stopped
+            && matches!(self.phase, Phase::Running | Phase::Acquire | Phase::Meta)
+            && quiet
+            && self.pending_writes() == 0
+        {
+            self.phase = Phase::Releasing;
+        }
+    }
+
+    fn next_op(&mut self, now: Instant, scheduler: &Scheduler<R>) -> Option<Op> {
+        if let Some(op) = self.failed.take() {
+            if self.retry_at.is_some_and(|at| now < at) {
+                self.failed = Some(op);
+                return None;
+            }
+            self.retry_at = None;
+            return Some(op);
+        }
+        match self.phase {
+            Phase::Done | Phase::Failed => None,
+            Phase::Meta => Some(Op::Meta),
+            Phase::Acquire => {
+                if self.next_poll.is_some_and(|at| now < at) {
+                    return self.take_writes_if_any();
+                }
+                self.next_poll = None;
+                if self.status_due {
+                    self.status_due = false;
+                    return Some(Op::Status);
+                }
+                Some(Op::Acquire(self.candidate))
+            }
+            Phase::Releasing => {
+                if self.pending_writes() > 0 {
+                    return self.take_writes_if_any();
+                }
+                if self.owned.is_some() {
+                    Some(Op::Release)
+                } else {
+                    self.phase = Phase::Done;
+                    None
+                }
+            }
+            Phase::Running | Phase::Draining => {
+                if self.next_renew.is_some_and(|at| now >= at) {
+                    return Some(Op::Renew);
+                }
+                if let Some(op) = self.take_writes_if_any() {
+                    return Some(op);
+                }
+                if self.phase == Phase::Draining || self.stopped {
+                    return None;
+                }
+                let room = scheduler.stats().unfinished < self.options.max_in_memory;
+                if let Some(cursor) = self.scan {
+                    return room.then_some(Op::Scan(cursor));
+                }
+                if self.next_poll.is_some_and(|at| now < at) {
+                    return None;
+                }
+                self.next_poll = Some(now + self.options.poll_interval);
+                if self.status_due {
+                    self.status_due = false;
+                    return Some(Op::Status);
+                }
+                room.then_some(Op::Claim)
+            }
+        }
+    }
+
+    fn take_writes_if_any(&mut self) -> Option<Op> {
+        if self.writes.is_empty() {
+            return None;
+        }
+        let n = self.writes.len().min(self.options.batch_size);
+        Some(Op::Write(self.writes.drain(..n).collect()))
+    }
+
+    fn build(&self, op: &Op) -> redis::Pipeline {
+        let mut pipe = redis::pipe();
+        let ttl = self.options.lease_ttl.as_millis() as u64;
+        match op {
+            Op::Meta => {
+                let meta = self.keys.meta();
+                pipe.cmd("HSETNX").arg(&meta).arg("format").arg(FORMAT);
+                pipe.cmd("HSETNX")
+                    .arg(&meta)
+                    .arg("partitions")
+                    .arg(self.options.partitions);
+                pipe.cmd("HGET").arg(&meta).arg("format");
+                pipe.cmd("HGET").arg(&meta).arg("partitions");
+            }
+            Op::Acquire(p) => {
+                let keys = self.keys.partition(*p);
+                pipe.cmd("EVAL")
+                    .arg(scripts::ACQUIRE)
+                    .arg(2)
+                    .arg(&keys.lease)
+                    .arg(&keys.epoch)
+                    .arg(&self.token)
+                    .arg(ttl);
+            }
+            Op::Scan(cursor) => {
+                let owned = self
+                    .owned
+                    .as_ref()
+                    .expect("a scan runs on an owned partition");
+                let count = self.options.batch_size;
+                pipe.cmd("HSCAN")
+                    .arg(&owned.keys.requests)
+                    .arg(*cursor)
+                    .arg("COUNT")
+                    .arg(count);
+            }
+            Op::Write(writes) => {
+                pipe.atomic();
+                self.build_writes(&mut pipe, writes);
+            }
+            Op::Claim => {
+                let owned = self
+                    .owned
+                    .as_ref()
+                    .expect("claims run on an owned partition");
+                pipe.cmd("EVAL")
+                    .arg(scripts::CLAIM)
+                    .arg(4)
+                    .arg(&owned.keys.lease)
+                    .arg(&owned.keys.inbox)
+                    .arg(&owned.keys.requests)
+                    .arg(&owned.keys.seq)
+                    .arg(&self.token)
+                    .arg(self.options.batch_size);
+            }
+            Op::Renew => {
+                let owned = self.owned.as_ref().expect("renewing an owned partition");
+                pipe.cmd("EVAL")
+                    .arg(scripts::RENEW)
+                    .arg(2)
+                    .arg(&owned.keys.lease)
+                    .arg(&owned.keys.epoch)
+                    .arg(&self.token)
+                    .arg(ttl)
+                    .arg(owned.epoch);
+            }
+            Op::Status => {
+                for p in 0..self.keys.partitions() {
+                    let keys = self.keys.partition(p);
+                    pipe.cmd("HLEN").arg(&keys.requests);
+                    pipe.cmd("LLEN").arg(&keys.inbox);
+                    pipe.cmd("EXISTS").arg(&keys.lease);
+                }
+            }
+            Op::Release => {
+                let owned = self.owned.as_ref().expect("releasing an owned partition");
+                pipe.cmd("EVAL")
+                    .arg(scripts::RELEASE)
+                    .arg(1)
+                    .arg(&owned.keys.lease)
+                    .arg(&self.token);
+            }
+        }
+        pipe
+    }
+
+    fn build_writes(&self, pipe: &mut redis::Pipeline, writes: &[Write]) {
+        let mut i = 0;
+        while i < writes.len() {
+            match &writes[i] {
+                Write::Put { .. } => {
+                    let owned = self
+                        .owned
+                        .as_ref()
+                        .expect("puts come from an owned partition");
+                    let cmd = pipe
+                        .cmd("EVAL")
+                        .arg(scripts::PUT)
+                        .arg(3)
+                        .arg(&owned.keys.requests)
+                        .arg(&owned.keys.lease)
+                        .arg(&owned.keys.inbox)
+                        .arg(&self.token);
+                    while let Some(Write::Put { id, json }) = writes.get(i) {
+                        cmd.arg(&**id).arg(json);
+                        i += 1;
+                    }
+                }
+                Write::Delete { .. } => {
+                    let owned = self
+                        .owned
+                        .as_ref()
+                        .expect("deletes come from an owned partition");
+                    let cmd = pipe.cmd("HDEL").arg(&owned.keys.requests);
+                    while let Some(Write::Delete { id }) = writes.get(i) {
+                        cmd.arg(&**id);
+                        i += 1;
+                    }
+                }
+                Write::Inbox { partition, .. } => {
+                    let target = *partition;
+                    let cmd = pipe.cmd("RPUSH").arg(self.keys.partition(target).inbox);
+                    while let Some(Write::Inbox { partition, json }) = writes.get(i) {
+                        if *partition != target {
+                            break;
+                        }
+                        cmd.arg(json);
+                        i += 1;
+                    }
+                }
+                Write::Reject { id, text } => {
+                    let owned = self
+                        .owned
+                        .as_ref()
+                        .expect("rejects come from an owned partition");
+                    pipe.cmd("EVAL")
+                        .arg(scripts::REJECT)
+                        .arg(2)
+                        .arg(&owned.keys.requests)
+                        .arg(&owned.keys.rejected)
+                        .arg(&**id)
+                        .arg(text);
+                    i += 1;
+                }
+            }
+        }
+    }
+
+    fn apply(
+        &mut self,
+        now: Instant,
+        sent: Instant,
+        op: Op,
+        values: Vec<Value>,
+        scheduler: &mut Scheduler<R>,
+    ) -> Result<(), StoreError> {
+        let ttl = self.options.lease_ttl;
+        // A lease is ours until `sent + ttl` by Redis's clock; keep a fifth as margin.
+        let valid_until = sent + ttl - ttl / 5;
+        match op {
+            Op::Meta => {
+                let meta = self.keys.meta();
+                let format = text(values.get(2));
+                let partitions = text(values.get(3));
+                if format.as_deref() != Some(FORMAT) {
+                    return Err(StoreError::Foreign {
+                        key: meta,
+                        message: format!("layout format {format:?}, expected {FORMAT}"),
+                    });
+                }
+                let given = self.options.partitions.to_string();
+                if partitions.as_deref() != Some(given.as_str()) {
+                    return Err(StoreError::Mismatch {
+                        prefix: self.options.prefix.clone(),
+                        stored: format!("{} partitions", partitions.unwrap_or_default()),
+                        given: format!("{given} partitions"),
+                    });
+                }
+                self.phase = Phase::Acquire;
+            }
+            Op::Acquire(p) => {
+                let epoch = int(values.first()).unwrap_or(0);
+                if epoch > 0 {
+                    log::info!(
+                        "running partition {p} of {} (prefix `{}`)",
+                        self.options.partitions,
+                        self.options.prefix
+                    );
+                    self.owned = Some(Owned {
+                        partition: p,
+                        keys: self.keys.partition(p),
+                        epoch,
+                        valid_until,
+                    });
+                    self.phase = Phase::Running;
+                    self.scan = Some(0);
+                    self.next_renew = Some(sent + ttl / 3);
+                    self.next_poll = None;
+                    self.waiting_logged = false;
+                } else if let Some(fixed) = self.options.partition {
+                    if !self.waiting_logged {
+                        log::info!("partition {fixed} is held by another worker: waiting for its lease to end");
+                        self.waiting_logged = true;
+                    }
+                    self.next_poll = Some(now + self.options.poll_interval);
+                } else {
+                    self.tried += 1;
+                    self.candidate = (self.candidate + 1) % self.options.partitions;
+                    if self.tried >= self.options.partitions {
+                        // No partition is free: look at the whole crawl (it may be done).
+                        self.tried = 0;
+                        self.status_due = true;
+                    }
+                }
+            }
+            Op::Scan(_) => {
+                let (cursor, items) = scan_reply(values)
+                    .ok_or_else(|| self.foreign_requests("unexpected HSCAN reply"))?;
+                for pair in items.chunks(2) {
+                    self.restore(now, &pair[0], &pair[1], scheduler);
+                }
+                if cursor == 0 {
+                    self.scan = None;
+                    self.next_poll = Some(now);
+                } else {
+                    self.scan = Some(cursor);
+                }
+            }
+            Op::Write(writes) => {
+                let lost = values
+                    .iter()
+                    .zip(write_commands(&writes))
+                    .any(|(v, put)| put && matches!(int(Some(v)), Some(0)));
+                if lost {
+                    self.lose_lease("a write found another worker's lease");
+                }
+            }
+            Op::Claim => {
+                let mut items = flatten(values);
+                if items.first().and_then(|v| int(Some(v))) != Some(1) {
+                    self.lose_lease("the inbox is another worker's now");
+                    return Ok(());
+                }
+                items.remove(0);
+                let claimed = items.len() / 2;
+                for pair in items.chunks(2) {
+                    self.restore(now, &pair[0], &pair[1], scheduler);
+                }
+                if claimed >= self.options.batch_size {
+                    self.next_poll = Some(now);
+                } else if claimed == 0
+                    && scheduler.stats().unfinished == 0
+                    && self.writes.is_empty()
+                {
+                    self.status_due = true;
+                    self.next_poll = Some(now);
+                }
+            }
+            Op::Renew => {
+                self.next_renew = Some(sent + ttl / 3);
+                if int(values.first()) == Some(1) {
+                    if let Some(owned) = &mut self.owned {
+                        owned.valid_until = valid_until;
+                    }
+                } else {
+                    self.lose_lease("another worker holds it");
+                }
+            }
+            Op::Status => {
+                return self.apply_status(now, &values);
+            }
+            Op::Release => {
+                self.owned = None;
+                self.phase = if self.stopped {
+                    Phase::Done
+                } else {
+                    Phase::Acquire
+                };
+                self.tried = 0;
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_status(&mut self, now: Instant, values: &[Value]) -> Result<(), StoreError> {
+        let own = self.owned.as_ref().map(|o| o.partition);
+        let mut total = 0;
+        let mut takeover = None;
+        for (p, counts) in values.chunks(3).enumerate() {
+            let p = p as u32;
+            let stored = int(counts.first()).unwrap_or(0);
+            let inbox = int(counts.get(1)).unwrap_or(0);
+            let leased = int(counts.get(2)).unwrap_or(0) == 1;
+            total += stored + inbox;
+            if Some(p) == own {
+                if stored > 0 {
+                    // Entries this worker does not have in memory: read them.
+                    self.scan = Some(0);
+                }
+            } else if stored + inbox > 0 && !leased && takeover.is_none() {
+                takeover = Some(p);
+            }
+        }
+        if total == 0 {
+            log::info!("nothing left in any partition: the crawl is done");
+            self.phase = if self.owned.is_some() {
+                Phase::Releasing
+            } else {
+                Phase::Done
+            };
+            self.stopped = true;
+            return Ok(());
+        }
+        if let (Some(p), None) = (takeover, self.options.partition) {
+            if self.scan.is_none() {
+                log::info!("partition {p} has work and no worker: taking it over");
+                self.candidate = p;
+                self.tried = 0;
+                self.phase = if self.owned.is_some() {
+                    Phase::Releasing
+                } else {
+                    Phase::Acquire
+                };
+                self.next_poll = None;
+                return Ok(());
+            }
+        }
+        if self.owned.is_none() {
+            if !self.waiting_logged {
+                log::info!("every partition with work has a worker: waiting for one to free up");
+                self.waiting_logged = true;
+            }
+            self.next_poll = Some(now + self.options.poll_interval);
+        }
+        Ok(())
+    }
+
+    fn lose_lease(&mut self, why: &str) {
+        if self.phase != Phase::Running {
+            return;
+        }
+        if let Some(owned) = &self.owned {
+            log::warn!(
+                "lost the lease on partition {} ({why}): finishing what is in flight, leaving the rest to its new worker",
+                owned.partition
+            );
+        }
+        self.phase = Phase::Draining;
+        self.next_renew = None;
+    }
+
+    fn restore(&mut self, now: Instant, id: &Value, json: &Value, scheduler: &mut Scheduler<R>) {
+        let (Some(id), Some(json)) = (text(Some(id)), text(Some(json))) else {
+            return;
+        };
+        if self.in_memory.contains(id.as_str()) {
+            return;
+        }
+        let key = self
+            .owned
+            .as_ref()
+            .map(|o| o.keys.requests.clone())
+            .unwrap_or_default();
+        let reason = match serde_json::from_str::<R>(&json) {
+            Ok(request) => match scheduler.restore(now, request) {
+                Ok(request_id) => {
+                    let id: Box<str> = id.into();
+                    self.ids.insert(request_id, id.clone());
+                    self.in_memory.insert(id);
+                    return;
+                }
+                Err(e) => e.reason.to_string(),
+            },
+            Err(e) => format!("not a request of this program: {e}"),
+        };
+        log::error!("Redis key {key}, entry {id}: {reason}; moved to the rejected entries");
+        self.writes.push_back(Write::Reject {
+            id: id.into(),
+            text: json,
+        });
+    }
+
+    fn foreign_requests(&self, message: &str) -> StoreError {
+        StoreError::Foreign {
+            key: self
+                .owned
+                .as_ref()
+                .map(|o| o.keys.requests.clone())
+                .unwrap_or_default(),
+            message: message.into(),
+        }
+    }
+
+    fn refused(&self, op: &Op, e: &RedisError) -> StoreError {
+        let what = match op {
+            Op::Meta => format!("reading the crawl's settings at {}", self.keys.meta()),
+            Op::Acquire(p) => format!("taking partition {p}"),
+            Op::Scan(_) | Op::Claim | Op::Write(_) | Op::Renew | Op::Release => match &self.owned {
+                Some(o) => format!(
+                    "an update of partition {} ({})",
+                    o.partition, o.keys.requests
+                ),
+                None => "an update of the inboxes".to_string(),
+            },
+            Op::Status => "reading the partitions' sizes".to_string(),
+        };
+        if e.code() == Some("WRONGTYPE") {
+            return StoreError::Foreign {
+                key: what,
+                message: e.to_string(),
+            };
+        }
+        StoreError::Refused {
+            what,
+            message: e.to_string(),
+        }
+    }
+}
+
+/// Whether an error may go away by itself (Redis restarting, the network).
+fn transient(e: &RedisError) -> bool {
+    e.is_io_error()
+        || e.is_connection_refusal()
+        || e.is_connection_dropped()
+        || e.is_timeout()
+        || e.is_unrecoverable_error()
+        || matches!(
+            e.kind(),
+            ErrorKind::Server(ServerErrorKind::BusyLoading | ServerErrorKind::TryAgain)
+        )
+        || matches!(e.code(), Some("LOADING" | "MASTERDOWN" | "READONLY"))
+}
+
+/// For each command of a write batch, whether it is a `PUT` script (whose 0 means the lease
+/// was lost).
+fn write_commands(writes: &[Write]) -> Vec<bool> {
+    let mut commands = Vec::new();
+    let mut i = 0;
+    while i < writes.len() {
+        let kind = std::mem::discriminant(&writes[i]);
+        commands.push(matches!(writes[i], Write::Put { .. }));
+        match &writes[i] {
+            Write::Reject { .. } => i += 1,
+            Write::Inbox { partition, .. } => {
+                let target = *partition;
+                while matches!(writes.get(i), Some(Write::Inbox { partition, .. }) if *partition == target)
+                {
+                    i += 1;
+                }
+            }
+            _ => {
+                while writes
+                    .get(i)
+                    .is_some_and(|w| std::mem::discriminant(w) == kind)
+                {
+                    i += 1;
+                }
+            }
+        }
+    }
+    commands
+}
+
+fn text(value: Option<&Value>) -> Option<String> {
+    match value? {
+        Value::BulkString(bytes) => Some(String::from_utf8_lossy(bytes).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::Okay => Some("OK".into()),
+        Value::Int(i) => Some(i.to_string()),
+        _ => None,
+    }
+}
+
+fn int(value: Option<&Value>) -> Option<i64> {
+    match value? {
+        Value::Int(i) => Some(*i),
+        Value::BulkString(bytes) => std::str::from_utf8(bytes).ok()?.parse().ok(),
+        Value::SimpleString(s) => s.parse().ok(),
+        Value::Okay => Some(1),
+        Value::Boolean(b) => Some(i64::from(*b)),
+        Value::Nil => Some(0),
+        _ => None,
+    }
+}
+
+/// A script's array reply (wrapped in the pipeline's array of one).
+fn flatten(mut values: Vec<Value>) -> Vec<Value> {
+    match values.pop() {
+        Some(Value::Array(items)) => items,
+        Some(other) => vec![other],
+        None => Vec::new(),
+    }
+}
+
+fn scan_reply(mut values: Vec<Value>) -> Option<(u64, Vec<Value>)> {
+    let Value::Array(mut parts) = values.pop()? else {
+        return None;
+    };
+    if parts.len() != 2 {
+        return None;
+    }
+    let items = match parts.pop()? {
+        Value::Array(items) => items,
+        Value::Map(pairs) => pairs.into_iter().flat_map(|(k, v)| [k, v]).collect(),
+        _ => return None,
+    };
+    let cursor = text(parts.first())?.parse().ok()?;
+    Some((cursor, items))
+}
+
+/// A token naming this process in leases: its pid and the time it started, so two
+/// processes never share one (even on one machine).
+pub fn worker_token() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    format!("w{:x}.{:x}", std::process::id(), nanos)
+}
+
+/// A Redis URL fit for messages: its password replaced by `***`.
+pub fn redacted_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_string(),
+    }
+}

@@ -1,0 +1,764 @@
+//! The Redis part of the suite: a real `redis-server` started on a free port, worker
+//! processes killed with SIGKILL, several workers sharing one crawl, Redis going away.
+//!
+//! A driver's test file expands [`redis_suite!`](crate::redis_suite): it implements
+//! [`RedisDriver`] and adds a `redis_worker` test that, when started by a case as a child
+//! process (the test binary runs itself), runs one worker of a shared crawl.
+
+use std::collections::BTreeMap;
+use std::fs::OpenOptions;
+use std::io::Write as _;
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use downpour::{Config, Policy, Polite, Stats};
+use downpour_common::store::{partition_of, Keys, RedisOptions};
+use serde::{Deserialize, Serialize};
+
+use crate::{test_config, Probe, Servers};
+
+/// A `redis-server` of the test's own, on a free port, with its data on disk (append-only
+/// file), so that it can be stopped and started again without losing anything.
+pub struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl RedisServer {
+    /// Starts one. Panics with the fix when `redis-server` is not installed.
+    pub fn start() -> RedisServer {
+        let port = free_port();
+        let dir =
+            std::env::temp_dir().join(format!("downpour-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("redis directory");
+        let mut server = RedisServer {
+            child: None,
+            port,
+            dir,
+        };
+        server.start_again();
+        server
+    }
+
+    /// The server's URL.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Starts it again (after [`stop`](RedisServer::stop)), on the same port and data.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "yes", "--appendfsync", "always"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start redis-server ({e}); install it (Debian: apt-get install redis-server)")
+            });
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(mut c) = self.connection() {
+                if redis::cmd("PING").query::<String>(&mut c).is_ok() {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops it cleanly (its data stays on disk).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+        // Wait for the port to be free for `start_again`.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect((Ipv4Addr::LOCALHOST, self.port)).is_ok()
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// A connection, for a test to look inside.
+    pub fn connection(&self) -> redis::RedisResult<redis::Connection> {
+        redis::Client::open(self.url())?.get_connection_with_timeout(Duration::from_secs(2))
+    }
+
+    /// How many requests a crawl still holds (stored and in inboxes), over all partitions.
+    pub fn unfinished(&self, prefix: &str, partitions: u32) -> usize {
+        let keys = Keys::new(prefix, partitions);
+        let mut c = self.connection().expect("redis connection");
+        (0..partitions)
+            .map(|p| {
+                let k = keys.partition(p);
+                let stored: usize = redis::cmd("HLEN").arg(&k.requests).query(&mut c).unwrap();
+                let inbox: usize = redis::cmd("LLEN").arg(&k.inbox).query(&mut c).unwrap();
+                stored + inbox
+            })
+            .sum()
+    }
+
+    /// Writes requests straight into the inboxes of a crawl, as any worker would.
+    pub fn seed(&self, prefix: &str, partitions: u32, requests: &[Probe]) {
+        let keys = Keys::new(prefix, partitions);
+        let mut c = self.connection().expect("redis connection");
+        let mut by_partition: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+        for r in requests {
+            let p = partition_of(r.url.host_str().unwrap_or(""), partitions);
+            by_partition
+                .entry(p)
+                .or_default()
+                .push(serde_json::to_string(r).unwrap());
+        }
+        for (p, items) in by_partition {
+            for chunk in items.chunks(1000) {
+                let _: () = redis::cmd("RPUSH")
+                    .arg(keys.partition(p).inbox)
+                    .arg(chunk)
+                    .query(&mut c)
+                    .unwrap();
+            }
+        }
+    }
+}
+
+/// Prints the store's log lines on stderr (warnings and errors; everything with
+/// `DOWNPOUR_LOG=debug`), tagged with the process id, so a failing case shows what Redis did.
+pub fn log_to_stderr() {
+    struct Stderr(log::LevelFilter);
+    impl log::Log for Stderr {
+        fn enabled(&self, m: &log::Metadata) -> bool {
+            m.level() <= self.0
+        }
+        fn log(&self, r: &log::Record) {
+            if self.enabled(r.metadata()) {
+                eprintln!("[{} {}] {}", std::process::id(), r.level(), r.args());
+            }
+        }
+        fn flush(&self) {}
+    }
+    let level = match std::env::var("DOWNPOUR_LOG").as_deref() {
+        Ok("debug") => log::LevelFilter::Debug,
+        Ok("info") => log::LevelFilter::Info,
+        _ => log::LevelFilter::Warn,
+    };
+    let logger: &'static Stderr = Box::leak(Box::new(Stderr(level)));
+    if log::set_logger(logger).is_ok() {
+        log::set_max_level(level);
+    }
+}
+
+fn free_port() -> u16 {
+    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("a free port");
+    l.local_addr().expect("local address").port()
+}
+
+/// One run of a driver with Redis, in this process.
+pub struct RedisRun {
+    /// The scheduler's settings (`persist` is turned on by the driver).
+    pub config: Config,
+    /// The policy.
+    pub policy: Box<dyn Policy>,
+    /// Requests enqueued through the fetcher before the run.
+    pub requests: Vec<Probe>,
+    /// Where the crawl lives.
+    pub redis: RedisOptions,
+    /// Called with every finished request, as it finishes.
+    pub on_finished: Box<dyn FnMut(&Probe) + Send>,
+}
+
+/// What a run with Redis gave back.
+#[derive(Debug)]
+pub struct RedisOutcome {
+    /// Finished requests, in order.
+    pub finished: Vec<Probe>,
+    /// The counters.
+    pub stats: Stats,
+    /// Why the run ended early, if it did.
+    pub error: Option<String>,
+}
+
+/// A driver with a `redis` feature, under test.
+pub trait RedisDriver: Clone + Send + 'static {
+    /// Connects (an error here is a start-up error, as text) and runs until done.
+    fn run_redis(&self, run: RedisRun) -> Result<RedisOutcome, String>;
+}
+
+/// What a worker process is asked to do (passed in `DOWNPOUR_REDIS_WORKER`, as JSON).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkerSpec {
+    /// Redis URL.
+    pub url: String,
+    /// Key prefix.
+    pub prefix: String,
+    /// Partitions of the crawl.
+    pub partitions: u32,
+    /// Lease time to live, ms.
+    pub lease_ttl_ms: u64,
+    /// Polite delay, ms.
+    pub delay_ms: u64,
+    /// Concurrency.
+    pub concurrency: usize,
+    /// File to append the tag of every finished request to, one per line.
+    pub done_file: PathBuf,
+}
+
+const WORKER_ENV: &str = "DOWNPOUR_REDIS_WORKER";
+
+/// The body of the `redis_worker` test: runs one worker when started by a case, does
+/// nothing otherwise.
+pub fn worker_entry<D: RedisDriver>(driver: &D) {
+    let Ok(spec) = std::env::var(WORKER_ENV) else {
+        return;
+    };
+    let spec: WorkerSpec = serde_json::from_str(&spec).expect("worker spec");
+    let mut done = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&spec.done_file)
+        .expect("done file");
+    let run = RedisRun {
+        config: Config {
+            concurrency: spec.concurrency,
+            ..test_config()
+        },
+        policy: Box::new(
+            Polite::new()
+                .delay(Duration::from_millis(spec.delay_ms))
+                .allow_all(true),
+        ),
+        requests: Vec::new(),
+        redis: RedisOptions {
+            url: spec.url.clone(),
+            prefix: spec.prefix.clone(),
+            partitions: spec.partitions,
+            lease_ttl: Duration::from_millis(spec.lease_ttl_ms),
+            poll_interval: Duration::from_millis(20),
+            ..RedisOptions::default()
+        },
+        // One write per line: a SIGKILL never leaves half a line.
+        on_finished: Box::new(move |probe| {
+            let ok = probe.result().ok;
+            done.write_all(
+                format!("{} {}\n", probe.tag, if ok { "ok" } else { "failed" }).as_bytes(),
+            )
+            .expect("done file");
+        }),
+    };
+    let outcome = driver.run_redis(run).expect("worker start");
+    assert!(outcome.error.is_none(), "worker: {:?}", outcome.error);
+}
+
+fn spawn_worker(spec: &WorkerSpec) -> Child {
+    let exe = std::env::current_exe().expect("test binary");
+    Command::new(exe)
+        .args([
+            "--exact",
+            "redis_worker",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env(WORKER_ENV, serde_json::to_string(spec).unwrap())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("worker process")
+}
+
+fn read_done(path: &Path) -> Vec<(u64, bool)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (tag, ok) = l.split_once(' ')?;
+            Some((tag.parse().ok()?, ok == "ok"))
+        })
+        .collect()
+}
+
+fn probes(s: &Servers, hosts: usize, count: usize) -> Vec<Probe> {
+    (0..count)
+        .map(|i| Probe::new(&s.url(i % hosts, &format!("/page/{i}")), i as u64))
+        .collect()
+}
+
+fn prefix(case: &str) -> String {
+    format!("test-{case}-{}", std::process::id())
+}
+
+fn redis_options(server: &RedisServer, prefix: &str) -> RedisOptions {
+    RedisOptions {
+        url: server.url(),
+        prefix: prefix.to_string(),
+        lease_ttl: Duration::from_secs(1),
+        poll_interval: Duration::from_millis(20),
+        ..RedisOptions::default()
+    }
+}
+
+fn fast_polite() -> Box<dyn Policy> {
+    Box::new(
+        Polite::new()
+            .delay(Duration::ZERO)
+            .per_host(2)
+            .allow_all(true),
+    )
+}
+
+/// A crawl through Redis finishes every request once, and leaves Redis empty.
+pub fn redis_crawl_finishes_and_leaves_nothing<D: RedisDriver>(driver: &D) {
+    let s = Servers::start(30);
+    let redis = RedisServer::start();
+    let prefix = prefix("crawl");
+    let requests = probes(&s, 30, 600);
+    let out = driver
+        .run_redis(RedisRun {
+            config: test_config(),
+            policy: fast_polite(),
+            requests,
+            redis: redis_options(&redis, &prefix),
+            on_finished: Box::new(|_| {}),
+        })
+        .expect("run");
+    assert!(out.error.is_none(), "{:?}", out.error);
+    let mut tags: Vec<u64> = out.finished.iter().map(|p| p.tag).collect();
+    tags.sort_unstable();
+    assert_eq!(
+        tags,
+        (0..600).collect::<Vec<_>>(),
+        "each request finished once"
+    );
+    assert!(out.finished.iter().all(|p| p.result().ok));
+    assert_eq!(s.log().len(), 600, "each request fetched once");
+    assert_eq!(redis.unfinished(&prefix, 1), 0, "Redis holds nothing more");
+}
+
+/// Requests stored by an earlier run (here: written by another process) are restored and
+/// fetched; an entry that is not a request is set aside, reported, and stops nothing.
+pub fn redis_restores_stored_requests_and_sets_corrupt_ones_aside<D: RedisDriver>(driver: &D) {
+    let s = Servers::start(5);
+    let redis = RedisServer::start();
+    let prefix = prefix("restore");
+    let keys = Keys::new(&prefix, 1).partition(0);
+    let mut c = redis.connection().unwrap();
+    for p in probes(&s, 5, 50) {
+        let _: () = redis::cmd("HSET")
+            .arg(&keys.requests)
+            .arg(format!("old-{}", p.tag))
+            .arg(serde_json::to_string(&p).unwrap())
+            .query(&mut c)
+            .unwrap();
+    }
+    let _: () = redis::cmd("HSET")
+        .arg(&keys.requests)
+        .arg("garbage")
+        .arg("{not a request")
+        .query(&mut c)
+        .unwrap();
+    let out = driver
+        .run_redis(RedisRun {
+            config: test_config(),
+            policy: fast_polite(),
+            requests: Vec::new(),
+            redis: redis_options(&redis, &prefix),
+            on_finished: Box::new(|_| {}),
+        })
+        .expect("run");
+    assert!(out.error.is_none(), "{:?}", out.error);
+    assert_eq!(out.finished.len(), 50, "every stored request fetched");
+    let rejected: BTreeMap<String, String> = redis::cmd("HGETALL")
+        .arg(&keys.rejected)
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(
+        rejected.get("garbage").map(String::as_str),
+        Some("{not a request"),
+        "the corrupt entry is kept aside for inspection"
+    );
+    assert_eq!(redis.unfinished(&prefix, 1), 0);
+}
+
+/// Data under the prefix that this layout did not write ends the run with an error that
+/// names the key; an unreachable Redis is an error at start.
+pub fn redis_foreign_data_and_unreachable_redis_are_clear_errors<D: RedisDriver>(driver: &D) {
+    let redis = RedisServer::start();
+    let prefix = prefix("foreign");
+    let mut c = redis.connection().unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(format!("{{{prefix}}}:meta"))
+        .arg("something else")
+        .query(&mut c)
+        .unwrap();
+    let out = driver
+        .run_redis(RedisRun {
+            config: test_config(),
+            policy: fast_polite(),
+            requests: Vec::new(),
+            redis: redis_options(&redis, &prefix),
+            on_finished: Box::new(|_| {}),
+        })
+        .expect("run");
+    let error = out.error.expect("the run reports the foreign data");
+    assert!(error.contains("meta"), "{error}");
+
+    let closed = RedisOptions {
+        url: format!("redis://127.0.0.1:{}/", free_port()),
+        ..redis_options(&redis, &prefix)
+    };
+    let error = driver
+        .run_redis(RedisRun {
+            config: test_config(),
+            policy: fast_polite(),
+            requests: Vec::new(),
+            redis: closed,
+            on_finished: Box::new(|_| {}),
+        })
+        .expect_err("an unreachable Redis is refused at start");
+    assert!(error.contains("unreachable"), "{error}");
+}
+
+/// Redis stops mid-crawl and comes back: the run goes on and nothing is lost. Then it
+/// stops for longer than `give_up_after`: the run ends with a clear error and everything
+/// unfinished is still in Redis, where the next run finds it.
+pub fn redis_going_away_loses_nothing<D: RedisDriver>(driver: &D) {
+    const COUNT: usize = 400;
+    let s = Servers::start(20);
+    let redis = std::sync::Arc::new(std::sync::Mutex::new(RedisServer::start()));
+    let prefix = prefix("away");
+    let options = {
+        let r = redis.lock().unwrap();
+        RedisOptions {
+            give_up_after: Duration::from_secs(30),
+            ..redis_options(&r, &prefix)
+        }
+    };
+    // A short stop: Redis restarts after 600 ms.
+    let bouncer = redis.clone();
+    let mut finished = 0;
+    let out = driver
+        .run_redis(RedisRun {
+            config: Config {
+                concurrency: 4,
+                ..test_config()
+            },
+            policy: Box::new(
+                Polite::new()
+                    .delay(Duration::from_millis(20))
+                    .allow_all(true),
+            ),
+            requests: probes(&s, 20, COUNT),
+            redis: options.clone(),
+            on_finished: Box::new(move |_| {
+                finished += 1;
+                if finished == COUNT / 4 {
+                    let bouncer = bouncer.clone();
+                    std::thread::spawn(move || {
+                        bouncer.lock().unwrap().stop();
+                        std::thread::sleep(Duration::from_millis(600));
+                        bouncer.lock().unwrap().start_again();
+                    });
+                }
+            }),
+        })
+        .expect("run");
+    assert!(out.error.is_none(), "{:?}", out.error);
+    let mut tags: Vec<u64> = out.finished.iter().map(|p| p.tag).collect();
+    tags.sort_unstable();
+    tags.dedup();
+    assert_eq!(
+        tags.len(),
+        COUNT,
+        "every request finished despite the restart"
+    );
+    assert_eq!(redis.lock().unwrap().unfinished(&prefix, 1), 0);
+
+    // A long stop: the run gives up, everything unfinished stays in Redis.
+    let prefix = format!("{prefix}-long");
+    let options = RedisOptions {
+        give_up_after: Duration::from_millis(800),
+        prefix: prefix.clone(),
+        ..options
+    };
+    let stopper = redis.clone();
+    let mut finished = 0;
+    let out = driver
+        .run_redis(RedisRun {
+            config: Config {
+                concurrency: 4,
+                ..test_config()
+            },
+            policy: Box::new(
+                Polite::new()
+                    .delay(Duration::from_millis(100))
+                    .allow_all(true),
+            ),
+            requests: probes(&s, 20, COUNT),
+            redis: options.clone(),
+            on_finished: Box::new(move |_| {
+                finished += 1;
+                if finished == COUNT / 4 {
+                    let stopper = stopper.clone();
+                    std::thread::spawn(move || stopper.lock().unwrap().stop());
+                }
+            }),
+        })
+        .expect("run");
+    let error = out.error.expect("the run gives up");
+    assert!(error.contains("unreachable"), "{error}");
+    let first: Vec<u64> = out.finished.iter().map(|p| p.tag).collect();
+    assert!(first.len() < COUNT, "the run stopped early");
+    redis.lock().unwrap().start_again();
+    let left = redis.lock().unwrap().unfinished(&prefix, 1);
+    assert!(
+        left > 0 && left + first.len() >= COUNT,
+        "{left} left, {} done",
+        first.len()
+    );
+    let out = driver
+        .run_redis(RedisRun {
+            config: test_config(),
+            policy: fast_polite(),
+            requests: Vec::new(),
+            redis: options,
+            on_finished: Box::new(|_| {}),
+        })
+        .expect("second run");
+    assert!(out.error.is_none(), "{:?}", out.error);
+    let mut tags: Vec<u64> = first
+        .into_iter()
+        .chain(out.finished.iter().map(|p| p.tag))
+        .collect();
+    tags.sort_unstable();
+    tags.dedup();
+    assert_eq!(tags.len(), COUNT, "nothing lost over the two runs");
+    assert_eq!(redis.lock().unwrap().unfinished(&prefix, 1), 0);
+}
+
+/// 10,000 URLs over 200 hosts; the worker process is killed with SIGKILL at random points
+/// and started again until the crawl is done. Every URL finishes; repeats are bounded by
+/// what was in flight (or finished but not yet removed) at each kill.
+pub fn redis_worker_killed_with_sigkill_loses_nothing<D: RedisDriver>(_driver: &D) {
+    const HOSTS: usize = 200;
+    const COUNT: usize = 10_000;
+    const CONCURRENCY: usize = 32;
+    let s = Servers::start(HOSTS);
+    let redis = RedisServer::start();
+    let prefix = prefix("sigkill");
+    redis.seed(&prefix, 1, &probes(&s, HOSTS, COUNT));
+    let dir = std::env::temp_dir().join(format!("downpour-sigkill-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let spec = WorkerSpec {
+        url: redis.url(),
+        prefix: prefix.clone(),
+        partitions: 1,
+        lease_ttl_ms: 500,
+        delay_ms: 2,
+        concurrency: CONCURRENCY,
+        done_file: dir.join("done"),
+    };
+    let mut rng = fastrand::Rng::with_seed(
+        std::env::var("SIGKILL_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(7),
+    );
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut kills = 0;
+    loop {
+        let mut worker = spawn_worker(&spec);
+        if kills < 6 {
+            // Let it run a random while, then kill it mid-crawl.
+            std::thread::sleep(Duration::from_millis(rng.u64(150..900)));
+            if worker.try_wait().unwrap().is_none() {
+                worker.kill().unwrap();
+                worker.wait().unwrap();
+                kills += 1;
+                continue;
+            }
+        }
+        let status = worker.wait().unwrap();
+        assert!(status.success(), "the last worker failed: {status}");
+        break;
+    }
+    assert!(Instant::now() < deadline);
+    let done = read_done(&spec.done_file);
+    let mut counts: BTreeMap<u64, usize> = BTreeMap::new();
+    for (tag, _) in &done {
+        *counts.entry(*tag).or_default() += 1;
+    }
+    let missing: Vec<u64> = (0..COUNT as u64)
+        .filter(|t| !counts.contains_key(t))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "lost: {:?}…",
+        &missing[..missing.len().min(10)]
+    );
+    let repeats = done.len() - COUNT;
+    eprintln!("SIGKILL: {kills} kills, {repeats} repeats over {COUNT} requests ({CONCURRENCY} in flight at most)");
+    assert!(
+        kills >= 3,
+        "the crawl ended before the kills: make it longer"
+    );
+    // A request counts as in flight from its fetch until Redis acknowledges its removal
+    // (the next pipeline, at most `batch_size` removals).
+    let bound = kills * (CONCURRENCY + RedisOptions::default().batch_size);
+    assert!(
+        repeats <= bound,
+        "{repeats} repeats after {kills} kills (bound {bound})"
+    );
+    assert_eq!(redis.unfinished(&prefix, 1), 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Three worker processes share one crawl of 200 hosts: every URL is fetched once, and the
+/// servers' own log shows no politeness violation across the workers.
+pub fn redis_three_workers_share_a_crawl_politely<D: RedisDriver>(_driver: &D) {
+    const HOSTS: usize = 200;
+    const COUNT: usize = 2_000;
+    let delay = Duration::from_millis(30);
+    let s = Servers::start(HOSTS);
+    let redis = RedisServer::start();
+    let prefix = prefix("three");
+    redis.seed(&prefix, 3, &probes(&s, HOSTS, COUNT));
+    let dir = std::env::temp_dir().join(format!("downpour-three-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let spec = WorkerSpec {
+        url: redis.url(),
+        prefix: prefix.clone(),
+        partitions: 3,
+        lease_ttl_ms: 2000,
+        delay_ms: delay.as_millis() as u64,
+        concurrency: 64,
+        done_file: dir.join("done"),
+    };
+    let workers: Vec<Child> = (0..3).map(|_| spawn_worker(&spec)).collect();
+    for mut w in workers {
+        let status = w.wait().unwrap();
+        assert!(status.success(), "a worker failed: {status}");
+    }
+    let done = read_done(&spec.done_file);
+    let mut tags: Vec<u64> = done.iter().map(|d| d.0).collect();
+    tags.sort_unstable();
+    assert_eq!(
+        tags,
+        (0..COUNT as u64).collect::<Vec<_>>(),
+        "each URL finished once"
+    );
+    assert!(done.iter().all(|d| d.1), "every fetch succeeded");
+    let log = s.log();
+    assert_eq!(log.len(), COUNT, "each URL fetched once");
+    let violations = crate::violations(&log, delay);
+    assert!(
+        violations.is_empty(),
+        "politeness violated: {:?}",
+        &violations[..violations.len().min(5)]
+    );
+    assert_eq!(redis.unfinished(&prefix, 3), 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Writes a driver's [`RedisDriver`] adapter and one `#[test]` per Redis case, plus the
+/// `redis_worker` entry the process cases start. Same form as [`driver_suite!`](crate::driver_suite).
+#[macro_export]
+macro_rules! redis_suite {
+    (
+        $name:ident, $krate:ident, $(let $setup:ident = $setup_expr:expr;)?
+        connect: |$config:ident, $policy:ident, $options:ident, $redis:ident| $connect:expr,
+        run: |$fetcher:ident| $run:expr $(,)?
+    ) => {
+        #[derive(Clone)]
+        struct $name;
+
+        impl $crate::redis::RedisDriver for $name {
+            fn run_redis(
+                &self,
+                run: $crate::redis::RedisRun,
+            ) -> ::std::result::Result<$crate::redis::RedisOutcome, String> {
+                use $krate::{ClientOptions, Fetcher, Proxy};
+                $crate::redis::log_to_stderr();
+                $(let $setup = $setup_expr;)?
+                let $options = ClientOptions {
+                    proxy: Proxy::None,
+                    ..ClientOptions::default()
+                };
+                let ($config, $policy, $redis) = (run.config, run.policy, run.redis);
+                let mut $fetcher: Fetcher<$crate::Probe> = $connect.map_err(|e| e.to_string())?;
+                let finished = ::std::sync::Arc::new(::std::sync::Mutex::new(Vec::new()));
+                let sink = finished.clone();
+                let mut on_finished = run.on_finished;
+                $fetcher.on_finished(move |probe: $crate::Probe| {
+                    on_finished(&probe);
+                    sink.lock().unwrap().push(probe);
+                });
+                for request in run.requests {
+                    $fetcher.enqueue(request).map_err(|e| e.to_string())?;
+                }
+                let stats = {
+                    let $fetcher = &mut $fetcher;
+                    $run
+                };
+                let error = $fetcher.redis_error().map(|e| e.to_string());
+                let finished = ::std::mem::take(&mut *finished.lock().unwrap());
+                Ok($crate::redis::RedisOutcome {
+                    finished,
+                    stats,
+                    error,
+                })
+            }
+        }
+
+        #[test]
+        fn redis_worker() {
+            $crate::redis::worker_entry(&$name);
+        }
+
+        $crate::redis_suite!(@cases $name;
+            redis_crawl_finishes_and_leaves_nothing,
+            redis_restores_stored_requests_and_sets_corrupt_ones_aside,
+            redis_foreign_data_and_unreachable_redis_are_clear_errors,
+            redis_going_away_loses_nothing,
+            redis_worker_killed_with_sigkill_loses_nothing,
+            redis_three_workers_share_a_crawl_politely,
+        );
+    };
+    (@cases $driver:expr; $($case:ident,)*) => {
+        $(
+            #[test]
+            fn $case() {
+                if ::std::env::var_os("DOWNPOUR_REDIS_WORKER").is_some() {
+                    return;
+                }
+                $crate::redis::$case(&$driver)
+            }
+        )*
+    };
+}
