@@ -80,6 +80,11 @@
 //! carries both the workers' results and the handles' commands, with a timeout that ends at
 //! [`Scheduler::poll_timeout`]. It returns when nothing is left (or, after a stop, nothing
 //! is in flight).
+//!
+//! With the `redis` feature, [`Fetcher::with_redis`] keeps the queue in Redis. The store's
+//! pipelines run one at a time on a thread of the fetcher's own, whose replies come through
+//! the same channel; the wait also ends at the store's next deadline (a lease to renew, an
+//! inbox to read), and the run ends once the store says the crawl is finished.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -88,6 +93,8 @@ mod absolute;
 mod client;
 use downpour_common::decode;
 use downpour_common::proxy;
+#[cfg(feature = "redis")]
+mod persist;
 mod resolver;
 
 use std::collections::HashSet;
@@ -99,6 +106,8 @@ use std::time::{Duration, Instant};
 
 pub use downpour::*;
 pub use downpour_common::proxy::Proxy;
+#[cfg(feature = "redis")]
+pub use downpour_common::store::{RedisOptions, StoreError};
 pub use downpour_common::HandleError;
 
 use http::HeaderValue;
@@ -173,15 +182,22 @@ pub enum Error {
     /// The TLS setup failed (an extra root certificate was refused).
     #[error("TLS setup failed: {0}")]
     Tls(String),
+    /// Redis is unreachable, or holds another crawl's data under the prefix.
+    #[cfg(feature = "redis")]
+    #[error(transparent)]
+    Redis(#[from] StoreError),
 }
 
-/// What reaches the run loop: a command from a handle, or a worker's result.
+/// What reaches the run loop: a command from a handle, a worker's result, or Redis's reply.
 enum Message<R> {
     Enqueue(R),
     Stop,
     StopNow,
     /// A hop's result, from this worker.
     Hop(FetchId, usize, HopResult),
+    /// The reply to the running Redis pipeline, from the Redis thread.
+    #[cfg(feature = "redis")]
+    Redis(redis::RedisResult<Vec<redis::Value>>),
 }
 
 /// Controls a running [`Fetcher`] from other threads (or from its own callbacks' thread).
@@ -336,7 +352,14 @@ pub struct Fetcher<R> {
     tx: mpsc::Sender<Message<R>>,
     rx: mpsc::Receiver<Message<R>>,
     on_finished: Option<OnFinished<R>>,
+    redis: Option<RedisLink<R>>,
 }
+
+#[cfg(feature = "redis")]
+type RedisLink<R> = persist::Link<R>;
+/// Without the `redis` feature there is never a link.
+#[cfg(not(feature = "redis"))]
+type RedisLink<R> = std::marker::PhantomData<R>;
 
 impl<R> fmt::Debug for Fetcher<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -384,7 +407,65 @@ impl<R: Request + Send + 'static> Fetcher<R> {
             tx,
             rx,
             on_finished: None,
+            redis: None,
         })
+    }
+
+    /// A fetcher whose queue lives in Redis: it survives a crash (what was in flight is
+    /// fetched again), and many processes can share one crawl, each host fetched by one of
+    /// them. It connects now, so an unreachable Redis is reported here; the crawl's stored
+    /// requests are restored when [`run`](Fetcher::run) starts. The pipelines run on one
+    /// thread of the fetcher's own, over a connection whose commands time out after a third
+    /// of [`RedisOptions::lease_ttl`]. See [`downpour_common::store`] for the layout and the
+    /// guarantees.
+    ///
+    /// ```no_run
+    /// # use downpour_blocking::{Config, Fetcher, Polite, RedisOptions, Url};
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Page { url: Url }
+    /// # impl downpour_blocking::Request for Page { fn url(&self) -> &Url { &self.url } }
+    /// # fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// let redis = RedisOptions {
+    ///     url: "redis://127.0.0.1:6379/".into(),
+    ///     prefix: "my-crawl".into(),
+    ///     partitions: 4, // up to 4 processes fetch at once
+    ///     ..Default::default()
+    /// };
+    /// let mut fetcher: Fetcher<Page> =
+    ///     Fetcher::with_redis(Config::default(), Polite::new(), Default::default(), redis)?;
+    /// fetcher.enqueue(Page { url: Url::parse("https://example.com/")? })?;
+    /// let stats = fetcher.run();
+    /// if let Some(error) = fetcher.redis_error() {
+    ///     eprintln!("stopped early: {error}");
+    /// }
+    /// # let _ = stats; Ok(()) }
+    /// ```
+    #[cfg(feature = "redis")]
+    pub fn with_redis(
+        config: Config,
+        policy: impl Policy + 'static,
+        options: ClientOptions,
+        redis: RedisOptions,
+    ) -> Result<Self, Error> {
+        let config = Config {
+            persist: true,
+            ..config
+        };
+        let mut fetcher = Fetcher::with_options(config, policy, options)?;
+        fetcher.redis = Some(persist::Link::connect(redis, fetcher.tx.clone())?);
+        Ok(fetcher)
+    }
+
+    /// Why the last [`run`](Fetcher::run) ended early with Redis, if it did (Redis stayed
+    /// unreachable, or holds foreign data). Everything unfinished is still stored there.
+    #[cfg(feature = "redis")]
+    pub fn redis_error(&self) -> Option<&StoreError> {
+        self.redis.as_ref().and_then(|link| link.store.error())
+    }
+
+    /// The partition of the crawl this fetcher runs now (with Redis).
+    #[cfg(feature = "redis")]
+    pub fn partition(&self) -> Option<u32> {
+        self.redis.as_ref().and_then(|link| link.store.partition())
     }
 
     /// Calls `f` with every request once it is finished (after its `on_done`), so you get
@@ -401,20 +482,37 @@ impl<R: Request + Send + 'static> Fetcher<R> {
         }
     }
 
-    /// Enqueues a request. One that could never be fetched comes back in the error.
-    pub fn enqueue(&mut self, request: R) -> Result<RequestId, EnqueueError<R>> {
-        self.scheduler.enqueue(Instant::now(), request)
+    /// Enqueues a request. One that could never be fetched comes back in the error. With
+    /// Redis it is stored first (in the inbox of its host's partition), and fetched once
+    /// stored, by whichever worker runs that partition.
+    pub fn enqueue(&mut self, request: R) -> Result<(), EnqueueError<R>> {
+        #[cfg(feature = "redis")]
+        if let Some(link) = &mut self.redis {
+            return link.store.enqueue(request);
+        }
+        self.scheduler.enqueue(Instant::now(), request).map(drop)
     }
 
     /// Enqueues many requests; returns those refused, each with its reason.
     #[must_use = "refused requests are handed back"]
     pub fn extend(&mut self, requests: impl IntoIterator<Item = R>) -> Vec<EnqueueError<R>> {
+        #[cfg(feature = "redis")]
+        if self.redis.is_some() {
+            return requests
+                .into_iter()
+                .filter_map(|r| self.enqueue(r).err())
+                .collect();
+        }
         self.scheduler.extend(Instant::now(), requests)
     }
 
     /// Stops gracefully (see [`Handle::stop`]).
     pub fn stop(&mut self) {
         self.scheduler.stop();
+        #[cfg(feature = "redis")]
+        if let Some(link) = &mut self.redis {
+            link.store.stop();
+        }
     }
 
     /// Starts fetching again after a stop.
@@ -452,7 +550,17 @@ impl<R: Request + Send + 'static> Fetcher<R> {
             }
             self.expire();
             self.drain_actions();
-            if self.scheduler.is_idle() && self.hop_ids.is_empty() {
+            #[cfg(feature = "redis")]
+            if let Some(link) = &mut self.redis {
+                link.start(Instant::now(), &mut self.scheduler);
+                // Starting a pipeline may have resumed the scheduler, or restored requests.
+                self.drain_actions();
+                let link = self.redis.as_ref().expect("checked");
+                if link.store.is_finished(&self.scheduler) && self.hop_ids.is_empty() {
+                    break;
+                }
+            }
+            if self.scheduler.is_idle() && self.hop_ids.is_empty() && self.redis.is_none() {
                 match self.rx.try_recv() {
                     Ok(message) => {
                         self.message(message);
@@ -461,8 +569,8 @@ impl<R: Request + Send + 'static> Fetcher<R> {
                     Err(_) => break,
                 }
             }
-            // Wait for a result or a command, at most until the scheduler's deadline.
-            let received = match self.scheduler.poll_timeout() {
+            // Wait for a result, a reply or a command, at most until the next deadline.
+            let received = match self.deadline() {
                 Some(deadline) => self
                     .rx
                     .recv_timeout(deadline.saturating_duration_since(Instant::now())),
@@ -476,6 +584,19 @@ impl<R: Request + Send + 'static> Fetcher<R> {
             }
         }
         self.scheduler.stats()
+    }
+
+    /// The earlier of the scheduler's deadline and the store's (with Redis).
+    fn deadline(&mut self) -> Option<Instant> {
+        let scheduler = self.scheduler.poll_timeout();
+        #[cfg(feature = "redis")]
+        if let Some(link) = &self.redis {
+            return match (scheduler, link.store.poll_timeout()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        scheduler
     }
 
     /// Tells the scheduler that its deadline passed, when it did: under a steady stream of
@@ -499,11 +620,11 @@ impl<R: Request + Send + 'static> Fetcher<R> {
             }
             Message::Enqueue(request) => {
                 // Checked by the handle already: the scheduler applies the same check.
-                let _ = self.scheduler.enqueue(Instant::now(), request);
+                let _ = self.enqueue(request);
             }
-            Message::Stop => self.scheduler.stop(),
+            Message::Stop => self.stop(),
             Message::StopNow => {
-                self.scheduler.stop();
+                self.stop();
                 let now = Instant::now();
                 for id in std::mem::take(&mut self.hop_ids) {
                     let aborted = TransportError::new(
@@ -513,6 +634,12 @@ impl<R: Request + Send + 'static> Fetcher<R> {
                     let _ = self
                         .scheduler
                         .handle_fetch(now, id, HopResult::Failed(aborted));
+                }
+            }
+            #[cfg(feature = "redis")]
+            Message::Redis(reply) => {
+                if let Some(link) = &mut self.redis {
+                    link.reply(Instant::now(), reply, &mut self.scheduler);
                 }
             }
         }
@@ -531,7 +658,12 @@ impl<R: Request + Send + 'static> Fetcher<R> {
                 }
                 Action::Callback(callbacks) => {
                     // `run` traps a panic in each callback.
-                    let report = callbacks.run();
+                    #[allow(unused_mut)]
+                    let mut report = callbacks.run();
+                    #[cfg(feature = "redis")]
+                    if let Some(link) = &mut self.redis {
+                        link.store.route_follow_ups(&mut report);
+                    }
                     if let Ok(Some(request)) =
                         self.scheduler.handle_callback(Instant::now(), report)
                     {
@@ -540,7 +672,14 @@ impl<R: Request + Send + 'static> Fetcher<R> {
                         }
                     }
                 }
-                // Persistence is not enabled by this driver.
+                #[cfg(feature = "redis")]
+                Action::Persist(persist) => {
+                    if let Some(link) = &mut self.redis {
+                        link.store.handle_persist(persist, &self.scheduler);
+                    }
+                }
+                // Without Redis nothing asks for persistence.
+                #[cfg(not(feature = "redis"))]
                 Action::Persist(_) => {}
             }
         }

@@ -1,0 +1,131 @@
+//! The Redis link of a [`Fetcher`](crate::Fetcher): runs the store's pipelines, one at a
+//! time, on a thread of its own over a sync connection that is made again after a failure.
+//! Each reply goes into the run loop's channel, where it wakes the loop like a hop's result.
+
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use downpour::{Request, Scheduler};
+use downpour_common::store::{redacted_url, worker_token, RedisOptions, Store, StoreError};
+use redis::{Connection, ConnectionLike, Pipeline, RedisResult, Value};
+
+use crate::Message;
+
+pub(crate) struct Link<R> {
+    pub(crate) store: Store<R>,
+    /// To the Redis thread; dropping it (with the fetcher) ends that thread.
+    pipelines: mpsc::Sender<Pipeline>,
+    /// A pipeline was handed to the thread and its reply has not been read yet.
+    running: bool,
+}
+
+impl<R: Request + Send + 'static> Link<R> {
+    /// Connects once, so that a wrong URL or an unreachable server is reported at start,
+    /// then starts the thread that runs the pipelines and sends the replies to `replies`.
+    pub(crate) fn connect(
+        options: RedisOptions,
+        replies: mpsc::Sender<Message<R>>,
+    ) -> Result<Link<R>, StoreError> {
+        let store = Store::new(options.clone(), worker_token())?;
+        let url = redacted_url(&options.url);
+        let unreachable = |last: String| StoreError::Unreachable {
+            url: url.clone(),
+            waited: Duration::ZERO,
+            last,
+        };
+        let client = redis::Client::open(options.url.as_str())
+            .map_err(|e| StoreError::Options(format!("Redis URL {url}: {e}")))?;
+        // A reply that takes longer is a failure, retried well before the lease lapses.
+        let timeout = options.lease_ttl / 3;
+        let connection = open(&client, timeout).map_err(|e| unreachable(e.to_string()))?;
+        let mut runner = Runner {
+            client,
+            timeout,
+            connection: Some(connection),
+        };
+        let (pipelines, jobs) = mpsc::channel::<Pipeline>();
+        std::thread::Builder::new()
+            .name("downpour-redis".into())
+            .spawn(move || {
+                while let Ok(pipeline) = jobs.recv() {
+                    let reply = runner.run(&pipeline);
+                    if replies.send(Message::Redis(reply)).is_err() {
+                        break;
+                    }
+                }
+            })
+            .map_err(|e| unreachable(format!("cannot start the Redis thread: {e}")))?;
+        Ok(Link {
+            store,
+            pipelines,
+            running: false,
+        })
+    }
+
+    /// Starts the store's next pipeline, if it has one and none is running.
+    pub(crate) fn start(&mut self, now: Instant, scheduler: &mut Scheduler<R>) {
+        if self.running {
+            return;
+        }
+        let Some(pipeline) = self.store.poll_pipeline(now, scheduler) else {
+            return;
+        };
+        match self.pipelines.send(pipeline) {
+            Ok(()) => self.running = true,
+            // The thread is gone (it cannot be, short of a panic in the Redis client): the
+            // store treats it as Redis going away, and gives up after its deadline.
+            Err(_) => self.store.handle_reply(
+                now,
+                Err(redis::RedisError::from(std::io::Error::other(
+                    "the Redis thread is gone",
+                ))),
+                scheduler,
+            ),
+        }
+    }
+
+    /// The running pipeline's reply arrived.
+    pub(crate) fn reply(
+        &mut self,
+        now: Instant,
+        reply: RedisResult<Vec<Value>>,
+        scheduler: &mut Scheduler<R>,
+    ) {
+        self.running = false;
+        self.store.handle_reply(now, reply, scheduler);
+    }
+}
+
+/// The Redis thread's side: the connection, made again when the last one failed.
+struct Runner {
+    client: redis::Client,
+    timeout: Duration,
+    connection: Option<Connection>,
+}
+
+impl Runner {
+    fn run(&mut self, pipeline: &Pipeline) -> RedisResult<Vec<Value>> {
+        let mut connection = match self.connection.take() {
+            Some(c) => c,
+            None => open(&self.client, self.timeout)?,
+        };
+        let reply = pipeline.query::<Vec<Value>>(&mut connection);
+        // After an I/O error or a timeout the stream may hold half a reply: start afresh.
+        let broken = reply
+            .as_ref()
+            .is_err_and(|e| e.is_unrecoverable_error() || e.is_io_error() || e.is_timeout());
+        if !broken && connection.is_open() {
+            self.connection = Some(connection);
+        }
+        reply
+    }
+}
+
+/// A connection whose every command fails after `timeout` rather than hanging on a server
+/// that stopped answering.
+fn open(client: &redis::Client, timeout: Duration) -> RedisResult<Connection> {
+    let connection = client.get_connection_with_timeout(timeout)?;
+    connection.set_read_timeout(Some(timeout))?;
+    connection.set_write_timeout(Some(timeout))?;
+    Ok(connection)
+}

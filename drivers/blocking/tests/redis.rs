@@ -1,0 +1,9 @@
+//! The Redis part of the conformance suite, on the blocking driver: real `redis-server`,
+//! worker processes killed with SIGKILL, three workers sharing a crawl.
+
+downpour_conformance::redis_suite!(
+    Blocking,
+    downpour_blocking,
+    connect: |config, policy, options, redis| Fetcher::with_redis(config, policy, options, redis),
+    run: |fetcher| fetcher.run(),
+);
