@@ -20,7 +20,8 @@ use serde::{Deserialize, Serialize};
 use crate::{test_config, Probe, Servers};
 
 /// A `redis-server` of the test's own, on a free port, with its data on disk (append-only
-/// file), so that it can be stopped and started again without losing anything.
+/// file, synced every second; a clean stop writes it all), so that it can be stopped and
+/// started again without losing anything.
 pub struct RedisServer {
     child: Option<Child>,
     port: u16,
@@ -60,7 +61,7 @@ impl RedisServer {
         assert!(self.child.is_none(), "already running");
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "yes", "--appendfsync", "always"])
+            .args(["--save", "", "--appendonly", "yes", "--appendfsync", "everysec"])
             .arg("--dir")
             .arg(&self.dir)
             .stdout(Stdio::null())
