@@ -1,9 +1,12 @@
 //! The HTTP client: one hop at a time over isahc (libcurl), with TLS, proxies, limits and
 //! decoding.
 
+use std::collections::HashMap;
 use std::error::Error as StdError;
 use std::future::Future;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use downpour::{Fetch, HopResponse, HopResult, TransportError, TransportErrorKind};
@@ -24,13 +27,60 @@ use crate::{ClientOptions, Error, Proxy};
 /// no large buffer, large ones get one.
 const FIRST_CHUNK: usize = 8 << 10;
 const MAX_CHUNK: usize = 64 << 10;
+/// The smallest buffer, for bodies announced empty or tiny (a read of 0 bytes means the end).
+const MIN_CHUNK: usize = 64;
 
-/// Sends hops. Cheap to clone: every clone shares curl's agent thread and connection cache.
+/// Sends hops over a pool of isahc clients: each one is a libcurl agent thread with its own
+/// multi handle and connection cache, so the pool spreads curl's work over several cores.
+/// Cheap to clone: clones share the pool.
 #[derive(Clone)]
 pub(crate) struct HttpClient {
-    client: isahc::HttpClient,
+    agents: Arc<Agents>,
     rules: Option<Rules>,
     user_agent: HeaderValue,
+}
+
+/// The isahc clients, and which one serves which origin.
+struct Agents {
+    clients: Box<[isahc::HttpClient]>,
+    /// Origin (and proxy) → client: the client an origin was first given, round-robin, so
+    /// that its hops find its pooled connections; and the next client to give.
+    assigned: Mutex<(HashMap<u64, usize>, usize)>,
+}
+
+/// How many origins [`Agents::assigned`] remembers before it starts over (an origin not
+/// seen among so many others has likely no idle connection left in any cache).
+const MAX_ASSIGNED: usize = 16 << 10;
+
+impl Agents {
+    /// The client for hops to this origin, through this proxy.
+    fn pick(&self, uri: &Uri, proxy: Option<&Target>) -> &isahc::HttpClient {
+        if self.clients.len() == 1 {
+            return &self.clients[0];
+        }
+        let mut hasher = DefaultHasher::new();
+        uri.scheme_str().hash(&mut hasher);
+        uri.host().hash(&mut hasher);
+        let default_port = match uri.scheme_str() {
+            Some("https") => Some(443),
+            _ => Some(80),
+        };
+        uri.port_u16().or(default_port).hash(&mut hasher);
+        proxy.map(|t| &t.authority).hash(&mut hasher);
+        let key = hasher.finish();
+        let mut guard = self.assigned.lock().unwrap_or_else(|e| e.into_inner());
+        let (assigned, next) = &mut *guard;
+        if assigned.len() >= MAX_ASSIGNED && !assigned.contains_key(&key) {
+            assigned.clear();
+        }
+        let count = self.clients.len();
+        let index = *assigned.entry(key).or_insert_with(|| {
+            let i = *next % count;
+            *next = next.wrapping_add(1);
+            i
+        });
+        &self.clients[index]
+    }
 }
 
 impl HttpClient {
@@ -39,38 +89,43 @@ impl HttpClient {
         concurrency: usize,
         user_agent: HeaderValue,
     ) -> Result<Self, Error> {
-        let mut builder = isahc::HttpClient::builder()
-            // One hop, as it came: the scheduler follows redirects and decodes with a cap.
-            .redirect_policy(RedirectPolicy::None)
-            .automatic_decompression(false)
-            // The proxy is chosen per hop; curl must not read the environment itself.
-            .proxy(None)
-            .connect_timeout(options.connect_timeout)
-            .tcp_nodelay()
-            .connection_cache_size(
-                concurrency
-                    .saturating_mul(2)
-                    .max(options.pool_max_idle_per_host),
-            )
-            .connection_cache_ttl(options.pool_idle_timeout)
-            .version_negotiation(if options.http2 {
-                VersionNegotiation::latest_compatible()
-            } else {
-                VersionNegotiation::http11()
-            });
-        if !options.extra_root_certificates.is_empty() {
-            // The bundled web PKI roots and the extra ones, as one PEM bundle for curl.
-            let store = webpki_root_certs::TLS_SERVER_ROOT_CERTS
-                .iter()
-                .map(|c| c.as_ref())
-                .chain(options.extra_root_certificates.iter().map(Vec::as_slice))
-                .fold(TrustStore::builder(), |b, der| b.certificate_from_der(der))
-                .build();
-            let tls = TlsConfig::builder().trust_store(store).build();
-            builder = builder.tls_config(tls);
-        }
-        let client = builder
-            .build()
+        let build = || {
+            let mut builder = isahc::HttpClient::builder()
+                // One hop, as it came: the scheduler follows redirects and decodes with a cap.
+                .redirect_policy(RedirectPolicy::None)
+                .automatic_decompression(false)
+                // The proxy is chosen per hop; curl must not read the environment itself.
+                .proxy(None)
+                .connect_timeout(options.connect_timeout)
+                .tcp_nodelay()
+                .connection_cache_size(
+                    concurrency
+                        .saturating_mul(2)
+                        .max(options.pool_max_idle_per_host),
+                )
+                .connection_cache_ttl(options.pool_idle_timeout)
+                .version_negotiation(if options.http2 {
+                    VersionNegotiation::latest_compatible()
+                } else {
+                    VersionNegotiation::http11()
+                });
+            if !options.extra_root_certificates.is_empty() {
+                // The bundled web PKI roots and the extra ones, as one PEM bundle for curl.
+                let store = webpki_root_certs::TLS_SERVER_ROOT_CERTS
+                    .iter()
+                    .map(|c| c.as_ref())
+                    .chain(options.extra_root_certificates.iter().map(Vec::as_slice))
+                    .fold(TrustStore::builder(), |b, der| b.certificate_from_der(der))
+                    .build();
+                let tls = TlsConfig::builder().trust_store(store).build();
+                builder = builder.tls_config(tls);
+            }
+            builder.build()
+        };
+        // More agents than hops in flight would only idle.
+        let clients = (0..options.clients.clamp(1, concurrency.max(1)))
+            .map(|_| build())
+            .collect::<Result<Box<[_]>, _>>()
             .map_err(|e| Error::Http(format!("cannot start the HTTP client: {e}")))?;
         let rules = match &options.proxy {
             Proxy::FromEnv => Rules::from_env(),
@@ -78,7 +133,10 @@ impl HttpClient {
             Proxy::Rules { http, https, no } => Rules::new(http.clone(), https.clone(), no),
         };
         Ok(HttpClient {
-            client,
+            agents: Arc::new(Agents {
+                clients,
+                assigned: Mutex::new((HashMap::new(), 0)),
+            }),
             rules,
             user_agent,
         })
@@ -87,7 +145,11 @@ impl HttpClient {
     /// Prepares one hop; the returned future does the I/O, within the hop's timeout.
     pub(crate) fn hop(&self, fetch: Fetch) -> impl Future<Output = HopResult> + Send + 'static {
         let prepared = self.prepare(fetch);
-        let client = self.client.clone();
+        let client = match &prepared {
+            Ok((request, _, proxy)) => self.agents.pick(request.uri(), proxy.as_ref()),
+            Err(_) => &self.agents.clients[0],
+        }
+        .clone();
         async move {
             let (request, limits, proxy) = match prepared {
                 Ok(p) => p,
@@ -190,7 +252,8 @@ impl HttpClient {
                     None => b,
                 }
             }
-            None => builder.proxy(None),
+            // The client's own setting: no proxy (one request extension less to merge).
+            None => builder,
         };
         let mut request = builder.body(body).map_err(|e| {
             TransportError::new(
@@ -240,18 +303,37 @@ async fn send(
     let mut headers = parts.headers;
     let coding = Coding::of(&headers);
     let mut body = Body::new(coding.unwrap_or(Coding::Identity), limits.max_body_size);
-    let mut chunk = vec![0u8; FIRST_CHUNK];
-    while !body.is_full() {
+    // The bytes announced on the wire, if any: a small body gets a buffer of its size
+    // (zeroing a large one for every small response costs more than the read).
+    // A transfer coding overrides it (curl hands over the decoded chunks).
+    let expected: Option<u64> = headers
+        .get(header::CONTENT_LENGTH)
+        .filter(|_| !headers.contains_key(header::TRANSFER_ENCODING))
+        .and_then(|v| v.to_str().ok()?.parse().ok());
+    let first = expected.map_or(FIRST_CHUNK, |n| {
+        usize::try_from(n)
+            .unwrap_or(usize::MAX)
+            .clamp(MIN_CHUNK, FIRST_CHUNK)
+    });
+    let mut chunk = vec![0u8; first];
+    let mut received: u64 = 0;
+    // Once the announced bytes are in, the body is complete: curl has handed them all over
+    // and returns the connection to its cache on its own, so the end of the transfer (one
+    // more wakeup from the agent thread) is not awaited.
+    while !body.is_full() && expected != Some(received) {
         match incoming.read(&mut chunk).await {
             Ok(0) => break,
-            Ok(n) if n == chunk.len() && n < MAX_CHUNK => {
+            Ok(n) => {
+                received += n as u64;
                 body.feed(&chunk[..n])
                     .map_err(|e| TransportError::new(TransportErrorKind::Decode, e.0))?;
-                chunk.resize(MAX_CHUNK, 0);
+                // A full buffer with more to come: read the rest in larger chunks.
+                if n == chunk.len() && n < MAX_CHUNK && expected.is_none_or(|e| received < e) {
+                    let rest = expected.map_or(MAX_CHUNK as u64, |e| e - received);
+                    let size = usize::try_from(rest).unwrap_or(MAX_CHUNK).min(MAX_CHUNK);
+                    chunk.resize(size.max(n), 0);
+                }
             }
-            Ok(n) => body
-                .feed(&chunk[..n])
-                .map_err(|e| TransportError::new(TransportErrorKind::Decode, e.0))?,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(classify(&isahc::Error::from(e), false)),
         }
@@ -370,6 +452,37 @@ fn classify(error: &isahc::Error, proxied: bool) -> TransportError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_origin_keeps_its_agent_and_origins_are_dealt_in_turn() {
+        let options = ClientOptions {
+            clients: 2,
+            proxy: Proxy::None,
+            ..Default::default()
+        };
+        let client = HttpClient::new(&options, 8, HeaderValue::from_static("t")).unwrap();
+        let agents = &client.agents;
+        assert_eq!(agents.clients.len(), 2);
+        let index = |url: &str| {
+            let picked = agents.pick(&url.parse().unwrap(), None);
+            agents
+                .clients
+                .iter()
+                .position(|c| std::ptr::eq(c, picked))
+                .unwrap()
+        };
+        let a = index("http://a.example/1");
+        let b = index("http://b.example/1");
+        assert_ne!(a, b);
+        assert_eq!(index("http://a.example/2"), a);
+        assert_eq!(index("http://b.example:80/2"), b);
+        // Another scheme (or port) is another origin: the third, dealt to the first agent.
+        assert_eq!(index("https://a.example/"), a);
+        assert_eq!(index("http://a.example:8080/"), b);
+        // Never more agents than hops at once.
+        let one = HttpClient::new(&options, 1, HeaderValue::from_static("t")).unwrap();
+        assert_eq!(one.agents.clients.len(), 1);
+    }
 
     #[test]
     fn head_size_counts_names_and_values() {

@@ -1,11 +1,12 @@
 //! downpour on smol: fetch very many URLs, fast and politely, with an isahc (libcurl) client.
 //!
 //! This crate drives the [`downpour`] scheduler (re-exported here, so one dependency line is
-//! enough) on smol: each hop it asks for is sent with isahc, whose libcurl agent thread
-//! does the network I/O (HTTP/1.1, HTTP/2 over ALPN, TLS with the system's libcurl and
-//! OpenSSL), your request's callbacks run between I/O on the driver task, and one async-io
-//! timer sleeps exactly until the scheduler's next deadline. It needs no particular
-//! executor: [`Fetcher::run`] is a plain future; the example runs it with `smol::block_on`.
+//! enough) on smol: each hop it asks for is sent with isahc, whose libcurl agent threads
+//! (one per core by default, [`ClientOptions::clients`]) do the network I/O (HTTP/1.1,
+//! HTTP/2 over ALPN, TLS with the system's libcurl and OpenSSL), your request's callbacks
+//! run between I/O on the driver task, and one async-io timer sleeps exactly until the
+//! scheduler's next deadline. It needs no particular executor: [`Fetcher::run`] is a plain
+//! future; the example runs it with `smol::block_on`.
 //!
 //! Building needs the system's libcurl and its headers (Debian: `libcurl4-openssl-dev`,
 //! with `pkg-config`).
@@ -54,8 +55,8 @@
 //! # What the driver does
 //!
 //! - Hops run concurrently, up to [`Config::concurrency`], on the driver task; curl's agent
-//!   thread multiplexes their connections, which are pooled and reused per origin (and per
-//!   proxy).
+//!   threads multiplex their connections, which are pooled and reused per origin (and per
+//!   proxy): each origin is served by one agent.
 //! - Every hop has the scheduler's overall timeout (connect to last body byte, enforced by
 //!   curl) and the [`ClientOptions::connect_timeout`]. Bodies are read up to `max_body_size` (decoded:
 //!   gzip, deflate and brotli are decoded with the same cap, so a decompression bomb stops
@@ -134,9 +135,17 @@ pub struct ClientOptions {
     pub extra_root_certificates: Vec<Vec<u8>>,
     /// How long an idle pooled connection is kept. Default 90 s.
     pub pool_idle_timeout: Duration,
-    /// Most idle connections kept. curl keeps one cache for every origin, of
-    /// `2 × concurrency` connections or this many, whichever is more. Default 32.
+    /// Most idle connections kept. Each agent ([`clients`](ClientOptions::clients)) keeps
+    /// one cache for all its origins, of `2 × concurrency` connections or this many,
+    /// whichever is more. Default 32.
     pub pool_max_idle_per_host: usize,
+    /// How many libcurl agents share the hops. Each is an isahc client: one thread running
+    /// one curl multi handle, with its own connection cache; one agent saturates one core
+    /// at a few tens of thousands of requests a second. Every origin (and proxy) is served
+    /// by one agent, so its connections are reused; origins are dealt out to the agents in
+    /// turn. Default: the number of CPUs, at most 4; never more than
+    /// [`Config::concurrency`]; 0 counts as 1.
+    pub clients: usize,
 }
 
 impl Default for ClientOptions {
@@ -148,6 +157,7 @@ impl Default for ClientOptions {
             extra_root_certificates: Vec::new(),
             pool_idle_timeout: Duration::from_secs(90),
             pool_max_idle_per_host: 32,
+            clients: std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
         }
     }
 }
@@ -164,6 +174,7 @@ impl fmt::Debug for ClientOptions {
             )
             .field("pool_idle_timeout", &self.pool_idle_timeout)
             .field("pool_max_idle_per_host", &self.pool_max_idle_per_host)
+            .field("clients", &self.clients)
             .finish()
     }
 }
