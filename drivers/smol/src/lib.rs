@@ -88,6 +88,8 @@
 #![warn(missing_docs)]
 
 mod client;
+#[cfg(feature = "redis")]
+mod persist;
 use downpour_common::decode;
 use downpour_common::proxy;
 
@@ -101,6 +103,8 @@ use std::time::{Duration, Instant};
 
 pub use downpour::*;
 pub use downpour_common::proxy::Proxy;
+#[cfg(feature = "redis")]
+pub use downpour_common::store::{RedisOptions, StoreError};
 pub use downpour_common::HandleError;
 
 use futures_lite::{FutureExt, StreamExt};
@@ -191,6 +195,10 @@ pub enum Error {
     /// The HTTP client (libcurl) could not start.
     #[error("{0}")]
     Http(String),
+    /// Redis is unreachable, or holds another crawl's data under the prefix.
+    #[cfg(feature = "redis")]
+    #[error(transparent)]
+    Redis(#[from] StoreError),
 }
 
 enum Command<R> {
@@ -260,7 +268,14 @@ pub struct Fetcher<R> {
     /// Boxed: a receiver waiting for a message must not move.
     rx: Pin<Box<async_channel::Receiver<Command<R>>>>,
     on_finished: Option<OnFinished<R>>,
+    redis: Option<RedisLink<R>>,
 }
+
+#[cfg(feature = "redis")]
+type RedisLink<R> = persist::Link<R>;
+/// Without the `redis` feature there is never a link.
+#[cfg(not(feature = "redis"))]
+type RedisLink<R> = std::marker::PhantomData<R>;
 
 impl<R> fmt::Debug for Fetcher<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -276,6 +291,8 @@ enum Event<R> {
     Hop(FetchId, HopResult),
     Command(Command<R>),
     Timer,
+    #[cfg(feature = "redis")]
+    Redis(redis::RedisResult<Vec<redis::Value>>),
 }
 
 impl<R: Request + Send + 'static> Fetcher<R> {
@@ -310,7 +327,63 @@ impl<R: Request + Send + 'static> Fetcher<R> {
             tx,
             rx: Box::pin(rx),
             on_finished: None,
+            redis: None,
         })
+    }
+
+    /// A fetcher whose queue lives in Redis: it survives a crash (what was in flight is
+    /// fetched again), and many processes can share one crawl, each host fetched by one of
+    /// them. It connects now, so an unreachable Redis is reported here; the crawl's stored
+    /// requests are restored when [`run`](Fetcher::run) starts. See
+    /// [`downpour_common::store`] for the layout and the guarantees.
+    ///
+    /// ```no_run
+    /// # use downpour_smol::{Config, Fetcher, Polite, RedisOptions, Url};
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Page { url: Url }
+    /// # impl downpour_smol::Request for Page { fn url(&self) -> &Url { &self.url } }
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// let redis = RedisOptions {
+    ///     url: "redis://127.0.0.1:6379/".into(),
+    ///     prefix: "my-crawl".into(),
+    ///     partitions: 4, // up to 4 processes fetch at once
+    ///     ..Default::default()
+    /// };
+    /// let mut fetcher: Fetcher<Page> =
+    ///     Fetcher::with_redis(Config::default(), Polite::new(), Default::default(), redis).await?;
+    /// fetcher.enqueue(Page { url: Url::parse("https://example.com/")? })?;
+    /// let stats = fetcher.run().await;
+    /// if let Some(error) = fetcher.redis_error() {
+    ///     eprintln!("stopped early: {error}");
+    /// }
+    /// # let _ = stats; Ok(()) }
+    /// ```
+    #[cfg(feature = "redis")]
+    pub async fn with_redis(
+        config: Config,
+        policy: impl Policy + 'static,
+        options: ClientOptions,
+        redis: RedisOptions,
+    ) -> Result<Self, Error> {
+        let config = Config {
+            persist: true,
+            ..config
+        };
+        let mut fetcher = Fetcher::with_options(config, policy, options)?;
+        fetcher.redis = Some(persist::Link::connect(redis).await?);
+        Ok(fetcher)
+    }
+
+    /// Why the last [`run`](Fetcher::run) ended early with Redis, if it did (Redis stayed
+    /// unreachable, or holds foreign data). Everything unfinished is still stored there.
+    #[cfg(feature = "redis")]
+    pub fn redis_error(&self) -> Option<&StoreError> {
+        self.redis.as_ref().and_then(|link| link.store.error())
+    }
+
+    /// The partition of the crawl this fetcher runs now (with Redis).
+    #[cfg(feature = "redis")]
+    pub fn partition(&self) -> Option<u32> {
+        self.redis.as_ref().and_then(|link| link.store.partition())
     }
 
     /// Calls `f` with every request once it is finished (after its `on_done`), so you get
@@ -327,20 +400,37 @@ impl<R: Request + Send + 'static> Fetcher<R> {
         }
     }
 
-    /// Enqueues a request. One that could never be fetched comes back in the error.
-    pub fn enqueue(&mut self, request: R) -> Result<RequestId, EnqueueError<R>> {
-        self.scheduler.enqueue(Instant::now(), request)
+    /// Enqueues a request. One that could never be fetched comes back in the error. With
+    /// Redis it is stored first (in the inbox of its host's partition), and fetched once
+    /// stored, by whichever worker runs that partition.
+    pub fn enqueue(&mut self, request: R) -> Result<(), EnqueueError<R>> {
+        #[cfg(feature = "redis")]
+        if let Some(link) = &mut self.redis {
+            return link.store.enqueue(request);
+        }
+        self.scheduler.enqueue(Instant::now(), request).map(drop)
     }
 
     /// Enqueues many requests; returns those refused, each with its reason.
     #[must_use = "refused requests are handed back"]
     pub fn extend(&mut self, requests: impl IntoIterator<Item = R>) -> Vec<EnqueueError<R>> {
+        #[cfg(feature = "redis")]
+        if self.redis.is_some() {
+            return requests
+                .into_iter()
+                .filter_map(|r| self.enqueue(r).err())
+                .collect();
+        }
         self.scheduler.extend(Instant::now(), requests)
     }
 
     /// Stops gracefully (see [`Handle::stop`]).
     pub fn stop(&mut self) {
         self.scheduler.stop();
+        #[cfg(feature = "redis")]
+        if let Some(link) = &mut self.redis {
+            link.store.stop();
+        }
     }
 
     /// Starts fetching again after a stop.
@@ -377,7 +467,17 @@ impl<R: Request + Send + 'static> Fetcher<R> {
                 self.command(command);
             }
             self.drain_actions();
-            if self.scheduler.is_idle() && self.hops.is_empty() {
+            #[cfg(feature = "redis")]
+            if let Some(link) = &mut self.redis {
+                link.start(Instant::now(), &mut self.scheduler);
+                // Starting a pipeline may have resumed the scheduler, or restored requests.
+                self.drain_actions();
+                let link = self.redis.as_ref().expect("checked");
+                if link.store.is_finished(&self.scheduler) && self.hops.is_empty() {
+                    break;
+                }
+            }
+            if self.scheduler.is_idle() && self.hops.is_empty() && self.redis.is_none() {
                 match self.rx.try_recv() {
                     Ok(command) => {
                         self.command(command);
@@ -386,7 +486,7 @@ impl<R: Request + Send + 'static> Fetcher<R> {
                     Err(_) => break,
                 }
             }
-            let deadline = self.scheduler.poll_timeout();
+            let deadline = self.deadline();
             if deadline != armed {
                 match deadline {
                     Some(at) => timer.set_at(at),
@@ -394,9 +494,11 @@ impl<R: Request + Send + 'static> Fetcher<R> {
                 }
                 armed = deadline;
             }
-            // Hops first, then commands, then the timer.
+            // Hops first, then commands, then Redis, then the timer.
             let hops = &mut self.hops;
             let rx = &mut self.rx;
+            #[cfg(feature = "redis")]
+            let redis = &mut self.redis;
             let event = std::future::poll_fn(|cx| {
                 if !hops.is_empty() {
                     if let Poll::Ready(Some((id, result))) = hops.poll_next(cx) {
@@ -405,6 +507,12 @@ impl<R: Request + Send + 'static> Fetcher<R> {
                 }
                 if let Poll::Ready(Some(command)) = rx.poll_next(cx) {
                     return Poll::Ready(Event::Command(command));
+                }
+                #[cfg(feature = "redis")]
+                if let Some(link) = redis.as_mut() {
+                    if let Poll::Ready(reply) = link.poll_reply(cx) {
+                        return Poll::Ready(Event::Redis(reply));
+                    }
                 }
                 if armed.is_some() && timer.poll(cx).is_ready() {
                     return Poll::Ready(Event::Timer);
@@ -420,20 +528,39 @@ impl<R: Request + Send + 'static> Fetcher<R> {
                     armed = None;
                     self.scheduler.handle_timeout(Instant::now());
                 }
+                #[cfg(feature = "redis")]
+                Event::Redis(reply) => {
+                    if let Some(link) = &mut self.redis {
+                        link.store
+                            .handle_reply(Instant::now(), reply, &mut self.scheduler);
+                    }
+                }
             }
         }
         self.scheduler.stats()
+    }
+
+    fn deadline(&mut self) -> Option<Instant> {
+        let scheduler = self.scheduler.poll_timeout();
+        #[cfg(feature = "redis")]
+        if let Some(link) = &self.redis {
+            return match (scheduler, link.store.poll_timeout()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        scheduler
     }
 
     fn command(&mut self, command: Command<R>) {
         match command {
             Command::Enqueue(request) => {
                 // Checked by the handle already: the scheduler applies the same check.
-                let _ = self.scheduler.enqueue(Instant::now(), request);
+                let _ = self.enqueue(request);
             }
-            Command::Stop => self.scheduler.stop(),
+            Command::Stop => self.stop(),
             Command::StopNow => {
-                self.scheduler.stop();
+                self.stop();
                 // Dropping the hops closes their connections.
                 self.hops = FuturesUnordered::new();
                 let now = Instant::now();
@@ -476,7 +603,12 @@ impl<R: Request + Send + 'static> Fetcher<R> {
                 }
                 Action::Callback(callbacks) => {
                     // `run` traps a panic in each callback.
-                    let report = callbacks.run();
+                    #[allow(unused_mut)]
+                    let mut report = callbacks.run();
+                    #[cfg(feature = "redis")]
+                    if let Some(link) = &mut self.redis {
+                        link.store.route_follow_ups(&mut report);
+                    }
                     if let Ok(Some(request)) =
                         self.scheduler.handle_callback(Instant::now(), report)
                     {
@@ -485,7 +617,13 @@ impl<R: Request + Send + 'static> Fetcher<R> {
                         }
                     }
                 }
-                // Persistence is not enabled by this driver.
+                #[cfg(feature = "redis")]
+                Action::Persist(persist) => {
+                    if let Some(link) = &mut self.redis {
+                        link.store.handle_persist(persist, &self.scheduler);
+                    }
+                }
+                #[cfg(not(feature = "redis"))]
                 Action::Persist(_) => {}
             }
         }

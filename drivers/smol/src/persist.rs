@@ -1,0 +1,95 @@
+//! The Redis link of a [`Fetcher`](crate::Fetcher): runs the store's pipelines, one at a
+//! time, on a multiplexed connection (smol) that is made again after a failure.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use downpour::{Request, Scheduler};
+use downpour_common::store::{redacted_url, worker_token, RedisOptions, Store, StoreError};
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, RedisResult, Value};
+
+type Reply = (RedisResult<Vec<Value>>, Option<MultiplexedConnection>);
+
+pub(crate) struct Link<R> {
+    pub(crate) store: Store<R>,
+    client: redis::Client,
+    config: AsyncConnectionConfig,
+    connection: Option<MultiplexedConnection>,
+    running: Option<Pin<Box<dyn Future<Output = Reply> + Send>>>,
+}
+
+impl<R: Request> Link<R> {
+    /// Connects once, so that a wrong URL or an unreachable server is reported at start.
+    pub(crate) async fn connect(options: RedisOptions) -> Result<Link<R>, StoreError> {
+        let store = Store::new(options.clone(), worker_token())?;
+        let unreachable = |e: redis::RedisError| StoreError::Unreachable {
+            url: redacted_url(&options.url),
+            waited: Duration::ZERO,
+            last: e.to_string(),
+        };
+        let client = redis::Client::open(options.url.as_str()).map_err(|e| {
+            StoreError::Options(format!("Redis URL {}: {e}", redacted_url(&options.url)))
+        })?;
+        let timeout = options.lease_ttl / 3;
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout));
+        let connection = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(unreachable)?;
+        Ok(Link {
+            store,
+            client,
+            config,
+            connection: Some(connection),
+            running: None,
+        })
+    }
+
+    /// Starts the store's next pipeline, if it has one and none is running.
+    pub(crate) fn start(&mut self, now: Instant, scheduler: &mut Scheduler<R>) {
+        if self.running.is_some() {
+            return;
+        }
+        let Some(pipeline) = self.store.poll_pipeline(now, scheduler) else {
+            return;
+        };
+        let connection = self.connection.take();
+        let client = self.client.clone();
+        let config = self.config.clone();
+        self.running = Some(Box::pin(async move {
+            let mut connection = match connection {
+                Some(c) => c,
+                None => match client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await
+                {
+                    Ok(c) => c,
+                    Err(e) => return (Err(e), None),
+                },
+            };
+            let reply = pipeline.query_async::<Vec<Value>>(&mut connection).await;
+            // A connection that failed is made again for the next pipeline.
+            let keep = reply.is_ok()
+                || !reply.as_ref().is_err_and(|e| {
+                    e.is_unrecoverable_error() || e.is_io_error() || e.is_timeout()
+                });
+            (reply, keep.then_some(connection))
+        }));
+    }
+
+    /// The running pipeline's reply, once it is there.
+    pub(crate) fn poll_reply(&mut self, cx: &mut Context<'_>) -> Poll<RedisResult<Vec<Value>>> {
+        let Some(running) = &mut self.running else {
+            return Poll::Pending;
+        };
+        let (reply, connection) = std::task::ready!(running.as_mut().poll(cx));
+        self.running = None;
+        self.connection = connection;
+        Poll::Ready(reply)
+    }
+}
