@@ -28,14 +28,7 @@ pub fn read_lines(path: &str) -> Result<Vec<Line>, String> {
         }
         let number = index as u64 + 1;
         lines.push(match parse_url(input) {
-            Ok(url) => Line::Request(CliRequest {
-                line: number,
-                input: input.to_string(),
-                url,
-                shared: None,
-                first_byte: None,
-                record: None,
-            }),
+            Ok(url) => Line::Request(CliRequest::new(number, input.to_string(), url)),
             Err(e) => Line::Invalid(Record::failed(
                 number,
                 input.to_string(),

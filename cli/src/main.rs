@@ -2,8 +2,10 @@
 
 #![forbid(unsafe_code)]
 
+mod crawl;
 mod driver;
 mod input;
+mod logger;
 mod monitor;
 mod options;
 mod output;
@@ -18,7 +20,9 @@ use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 
-use crate::driver::lib::{Fetcher, Scheduler};
+use crate::crawl::{Crawl, Seeding};
+use crate::driver::lib::{Error, Fetcher, RedisOptions, Scheduler, StoreError};
+use crate::driver::Driver;
 use crate::input::Line;
 use crate::monitor::Monitor;
 use crate::options::FetchArgs;
@@ -66,13 +70,39 @@ fn fetch(args: FetchArgs) -> Result<ExitCode, String> {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create directory {}: {e}", dir.display()))?;
     }
-    let scheduler = Scheduler::with_policy(settings.config.clone(), settings.policy)
-        .map_err(|e| format!("invalid options: {e}"))?;
-    let mut fetcher: Fetcher<CliRequest> = Fetcher::from_scheduler(scheduler, settings.client)
-        .map_err(|e| format!("invalid options: {e}"))?;
+    let driver = Driver::new()?;
+    let config = settings.config.clone();
+    // Without Redis the input is read, then enqueued. With Redis it seeds the crawl, unless
+    // the crawl was seeded before: then it is not read at all.
+    let (mut fetcher, lines, mut crawl): (Fetcher<CliRequest>, _, _) = match &settings.redis {
+        None => {
+            let scheduler = Scheduler::with_policy(config, settings.policy)
+                .map_err(|e| format!("invalid options: {e}"))?;
+            let fetcher = Fetcher::from_scheduler(scheduler, settings.client)
+                .map_err(|e| format!("invalid options: {e}"))?;
+            (fetcher, Some(input::read_lines(&args.urls)?), None)
+        }
+        Some(options) => {
+            let mut crawl = Crawl::connect(options)?;
+            let lines = if crawl.is_seeded()? {
+                None
+            } else {
+                Some(input::read_lines(&args.urls)?)
+            };
+            let fetcher = driver
+                .with_redis(config, settings.policy, settings.client, options.clone())
+                .map_err(|e| match e {
+                    Error::Redis(StoreError::Unreachable { url, last, .. }) => {
+                        format!("cannot reach Redis at {url}: {last}")
+                    }
+                    Error::Redis(e) => e.to_string(),
+                    e => format!("invalid options: {e}"),
+                })?;
+            (fetcher, lines, Some((crawl_name(options), crawl)))
+        }
+    };
 
-    let lines = input::read_lines(&args.urls)?;
-    let output = Output::open(args.output.as_deref())?;
+    let output = Output::open(args.output.as_deref(), crawl.is_some())?;
     let warc = match &args.warc {
         Some(path) => Some(Warc::create(
             path,
@@ -89,29 +119,68 @@ fn fetch(args: FetchArgs) -> Result<ExitCode, String> {
         None => None,
     };
 
+    // With Redis: the lines that are not URLs, when this worker seeds the crawl.
+    let mut invalid = Vec::new();
+    let mut lines = lines;
+    if let Some((name, crawl)) = &mut crawl {
+        let seeding = match lines.take() {
+            Some(lines) => crawl.seed(lines)?,
+            None => Seeding::Resumed,
+        };
+        match seeding {
+            Seeding::Seeded {
+                invalid: records,
+                requests,
+            } => {
+                if !args.quiet {
+                    eprintln!("downpour: seeded crawl {name} with {requests} URLs");
+                }
+                invalid = records;
+            }
+            Seeding::Resumed => {
+                if !args.quiet {
+                    eprintln!("downpour: crawl {name} already seeded: resuming it");
+                }
+            }
+        }
+    }
+    let total = match (&mut crawl, &lines) {
+        (Some((_, crawl)), _) => crawl.unfinished()? + invalid.len() as u64,
+        (None, Some(lines)) => lines.len() as u64,
+        (None, None) => 0,
+    };
+
     let started = Instant::now();
-    let shared = Arc::new(Shared {
+    let shared = Shared {
         started,
         headers: settings.headers,
         save_bodies: args.save_bodies.clone(),
         warc,
         aborting: AtomicBool::new(false),
-    });
+        redis: crawl.is_some(),
+    }
+    .install();
     let monitor = Arc::new(Monitor::new(
         args.quiet,
-        lines.len() as u64,
+        total,
         output.clone(),
         shared.clone(),
     ));
+    if crawl.is_some() {
+        logger::install(monitor.clone(), !args.quiet);
+    }
     let counters = monitor.counters.clone();
-    for line in lines {
+    for record in invalid {
+        counters.count(true);
+        output.write(&record);
+    }
+    for line in lines.into_iter().flatten() {
         match line {
             Line::Invalid(record) => {
                 counters.count(true);
                 output.write(&record);
             }
-            Line::Request(mut request) => {
-                request.shared = Some(shared.clone());
+            Line::Request(request) => {
                 if let Err(e) = fetcher.enqueue(request) {
                     // `parse_url` checked it already; kept for completeness.
                     let request = e.request;
@@ -139,21 +208,36 @@ fn fetch(args: FetchArgs) -> Result<ExitCode, String> {
         });
     }
 
-    driver::drive(&mut fetcher, &monitor)?;
+    driver.drive(&mut fetcher, &monitor)?;
     monitor.finish();
 
     let unfinished = fetcher.take_unfinished();
-    let left = unfinished.len();
-    for request in unfinished {
-        let record = Record::failed(
-            request.line,
-            request.input,
-            Some(&request.url),
-            "not_fetched",
-            "the run was stopped before this URL was fetched".to_string(),
-        );
-        output.write(&record);
-    }
+    let redis_error = fetcher.redis_error().map(|e| e.to_string());
+    // Without Redis what is left gets a record; with Redis it stays there, for the next run.
+    let left = match &mut crawl {
+        None => {
+            let left = unfinished.len();
+            for request in unfinished {
+                let record = Record::failed(
+                    request.line,
+                    request.input,
+                    Some(&request.url),
+                    "not_fetched",
+                    "the run was stopped before this URL was fetched".to_string(),
+                );
+                output.write(&record);
+            }
+            Some(left as u64)
+        }
+        Some((_, crawl)) => {
+            drop(unfinished);
+            // Redis may be the reason the run ended: then the count is unknown.
+            crawl
+                .unfinished()
+                .or_else(|_| crawl.reconnect().and_then(|()| crawl.unfinished()))
+                .ok()
+        }
+    };
     output.flush()?;
     if let Some(warc) = &shared.warc {
         warc.flush()?;
@@ -163,21 +247,44 @@ fn fetch(args: FetchArgs) -> Result<ExitCode, String> {
         let done = counters.done();
         let errors = counters.errors();
         let elapsed = started.elapsed();
+        let in_redis = match (&crawl, left) {
+            (None, _) => String::new(),
+            (Some(_), Some(0)) if !monitor.interrupted() && redis_error.is_none() => String::new(),
+            (Some(_), Some(n)) => format!(", {n} left in Redis"),
+            (Some(_), None) => ", the rest left in Redis".to_string(),
+        };
         eprintln!(
-            "downpour: {} fetched, {} failed, {:.1}s, {:.1}/s ({} driver)",
+            "downpour: {} fetched, {} failed, {:.1}s, {:.1}/s ({} driver){in_redis}",
             done - errors,
             errors,
             elapsed.as_secs_f64(),
             done as f64 / elapsed.as_secs_f64().max(1e-3),
             driver::NAME,
         );
-        if left > 0 {
-            eprintln!("downpour: stopped; {left} URLs were not fetched (recorded as not_fetched)");
+        match (&crawl, left) {
+            (None, Some(left)) if left > 0 => eprintln!(
+                "downpour: stopped; {left} URLs were not fetched (recorded as not_fetched)"
+            ),
+            (Some((name, _)), _) if monitor.interrupted() && redis_error.is_none() => eprintln!(
+                "downpour: stopped; what is left stays in Redis: run again (same --redis and --prefix) to resume crawl {name}"
+            ),
+            _ => {}
         }
+    }
+    if let Some(error) = redis_error {
+        if !logger::said(&error) {
+            eprintln!("downpour: {error}");
+        }
+        return Ok(ExitCode::from(1));
     }
     Ok(if monitor.interrupted() {
         ExitCode::from(130)
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// The crawl's name in messages: its prefix, quoted.
+fn crawl_name(options: &RedisOptions) -> String {
+    format!("`{}`", options.prefix)
 }

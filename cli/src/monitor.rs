@@ -96,7 +96,11 @@ impl Monitor {
             }
             1 => {
                 self.shared.aborting.store(true, Ordering::SeqCst);
-                self.progress.note("aborting the fetches in flight");
+                self.progress.note(if self.shared.redis {
+                    "aborting the fetches in flight (they stay in Redis for the next run)"
+                } else {
+                    "aborting the fetches in flight"
+                });
                 handle.stop_now();
             }
             _ => {
@@ -105,6 +109,11 @@ impl Monitor {
                 std::process::exit(130);
             }
         }
+    }
+
+    /// A line on stderr, above the progress bar if there is one.
+    pub fn note(&self, message: &str) {
+        self.progress.note(message);
     }
 
     /// Whether Ctrl-C was pressed.

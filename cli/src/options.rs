@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::ValueEnum;
 
 use crate::driver::lib::http::HeaderName;
-use crate::driver::lib::{ClientOptions, Config, Fifo, Policy, Polite, Proxy, Url};
+use crate::driver::lib::{ClientOptions, Config, Fifo, Policy, Polite, Proxy, RedisOptions, Url};
 use crate::units;
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -103,6 +103,31 @@ pub struct FetchArgs {
     /// No progress and no summary on stderr
     #[arg(short, long)]
     pub quiet: bool,
+    /// Keep the crawl in Redis (redis://[user:password@]host:port/db): nothing is lost on a
+    /// crash or Ctrl-C, and several workers (processes, machines) share one crawl. The URL
+    /// file seeds the crawl once; later runs resume it
+    #[arg(long, value_name = "URL", help_heading = "Redis")]
+    pub redis: Option<String>,
+    /// Name of the crawl: the prefix of its keys, so that several crawls share one Redis
+    /// [default: downpour]
+    #[arg(long, value_name = "NAME", help_heading = "Redis")]
+    pub prefix: Option<String>,
+    /// Partitions the hosts are split into: the most workers that fetch at once; fixed when
+    /// the crawl starts [default: 1]
+    #[arg(long, value_name = "N", help_heading = "Redis")]
+    pub partitions: Option<u32>,
+    /// Run only partition K (0 to N-1), waiting for it while another worker holds it
+    /// [default: any free one]
+    #[arg(long, value_name = "K", help_heading = "Redis")]
+    pub partition: Option<u32>,
+    /// How long a worker's lease on its partition outlives it: a killed worker's partition
+    /// waits this long for another worker [default: 10s]
+    #[arg(long, value_name = "DURATION", value_parser = units::parse_duration, help_heading = "Redis")]
+    pub lease_ttl: Option<Duration>,
+    /// How long Redis may stay unreachable during a run before it ends with an error
+    /// (everything unfinished stays in Redis) [default: 2m]
+    #[arg(long, value_name = "DURATION", value_parser = units::parse_duration, help_heading = "Redis")]
+    pub redis_give_up: Option<Duration>,
 }
 
 const DEFAULT_HEADERS: [&str; 5] = [
@@ -122,6 +147,8 @@ pub struct Settings {
     pub headers: Vec<HeaderName>,
     /// Whether robots.txt is fetched and obeyed.
     pub obeys_robots: bool,
+    /// Where the crawl is kept, with `--redis`.
+    pub redis: Option<RedisOptions>,
 }
 
 impl FetchArgs {
@@ -151,6 +178,7 @@ impl FetchArgs {
         if self.connect_timeout == Some(Duration::ZERO) {
             return Err("invalid options: --connect-timeout must be more than 0".into());
         }
+        let redis = self.redis_options()?;
 
         let defaults = Config::default();
         let mut robots = defaults.robots.clone();
@@ -229,6 +257,57 @@ impl FetchArgs {
             client,
             headers,
             obeys_robots,
+            redis,
         })
+    }
+
+    /// The Redis options, with `--redis`; the other Redis options need it.
+    fn redis_options(&self) -> Result<Option<RedisOptions>, String> {
+        let Some(url) = &self.redis else {
+            let given = [
+                ("--prefix", self.prefix.is_some()),
+                ("--partitions", self.partitions.is_some()),
+                ("--partition", self.partition.is_some()),
+                ("--lease-ttl", self.lease_ttl.is_some()),
+                ("--redis-give-up", self.redis_give_up.is_some()),
+            ];
+            return match given.iter().find(|(_, given)| *given) {
+                Some((name, _)) => Err(format!("{name} only applies with --redis URL")),
+                None => Ok(None),
+            };
+        };
+        let defaults = RedisOptions::default();
+        let options = RedisOptions {
+            url: url.clone(),
+            prefix: self.prefix.clone().unwrap_or(defaults.prefix.clone()),
+            partitions: self.partitions.unwrap_or(defaults.partitions),
+            partition: self.partition,
+            lease_ttl: self.lease_ttl.unwrap_or(defaults.lease_ttl),
+            give_up_after: self.redis_give_up.unwrap_or(defaults.give_up_after),
+            ..defaults
+        };
+        if options.partitions == 0 {
+            return Err("invalid options: --partitions must be at least 1".into());
+        }
+        if let Some(k) = options.partition {
+            if k >= options.partitions {
+                return Err(format!(
+                    "invalid options: --partition {k} does not exist: with --partitions {} they are 0 to {}",
+                    options.partitions,
+                    options.partitions - 1
+                ));
+            }
+        }
+        if options.lease_ttl < Duration::from_millis(300) {
+            return Err("invalid options: --lease-ttl must be at least 300ms".into());
+        }
+        if options.prefix.is_empty() || options.prefix.contains(['{', '}']) {
+            return Err(format!(
+                "invalid options: --prefix `{}` must be non-empty, without `{{` or `}}`",
+                options.prefix
+            ));
+        }
+        options.validate().map_err(|e| e.to_string())?;
+        Ok(Some(options))
     }
 }

@@ -9,11 +9,13 @@ use crate::record::Record;
 
 /// The JSON lines' destination. Cheap to clone.
 #[derive(Clone)]
-pub struct Output(Arc<Mutex<BufWriter<Box<dyn Write + Send>>>>);
+pub struct Output(Arc<Mutex<BufWriter<Box<dyn Write + Send>>>>, bool);
 
 impl Output {
-    /// The file at `path`, or stdout.
-    pub fn open(path: Option<&Path>) -> Result<Self, String> {
+    /// The file at `path`, or stdout. With `each`, every line is flushed as it is written:
+    /// with Redis a finished request is removed from there right after its record is
+    /// written, so the record must be out first (a crash loses neither).
+    pub fn open(path: Option<&Path>, each: bool) -> Result<Self, String> {
         let sink: Box<dyn Write + Send> = match path {
             Some(path) => Box::new(
                 File::create(path)
@@ -21,7 +23,7 @@ impl Output {
             ),
             None => Box::new(io::stdout()),
         };
-        Ok(Output(Arc::new(Mutex::new(BufWriter::new(sink)))))
+        Ok(Output(Arc::new(Mutex::new(BufWriter::new(sink))), each))
     }
 
     /// Writes one record as a line.
@@ -29,7 +31,8 @@ impl Output {
         let mut out = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let written = serde_json::to_writer(&mut *out, record)
             .map_err(io::Error::from)
-            .and_then(|()| out.write_all(b"\n"));
+            .and_then(|()| out.write_all(b"\n"))
+            .and_then(|()| if self.1 { out.flush() } else { Ok(()) });
         if let Err(e) = written {
             // Nothing sensible is left to do with a closed stdout (e.g. `| head`).
             eprintln!("downpour: cannot write output: {e}");

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -28,6 +28,23 @@ pub struct Shared {
     pub warc: Option<Warc>,
     /// Set by the second Ctrl-C: fetches in flight are being aborted.
     pub aborting: AtomicBool,
+    /// The crawl is kept in Redis (`--redis`).
+    pub redis: bool,
+}
+
+/// The run's [`Shared`], set once at its start. Global rather than in each request: the
+/// requests restored from Redis are made from their JSON, without it.
+static SHARED: OnceLock<Arc<Shared>> = OnceLock::new();
+
+impl Shared {
+    /// Makes it the run's.
+    pub fn install(self) -> Arc<Shared> {
+        SHARED.get_or_init(|| Arc::new(self)).clone()
+    }
+}
+
+fn shared() -> Option<&'static Shared> {
+    SHARED.get().map(|s| &**s)
 }
 
 /// The request of one input line.
@@ -39,8 +56,6 @@ pub struct CliRequest {
     pub input: String,
     /// The URL it parsed to.
     pub url: Url,
-    #[serde(skip)]
-    pub shared: Option<Arc<Shared>>,
     /// When the first response head of the request arrived.
     #[serde(skip)]
     pub first_byte: Option<Instant>,
@@ -153,21 +168,24 @@ impl Record {
     }
 }
 
+/// Whether the fetch was cut short by the second Ctrl-C.
+fn aborted(error: &FetchError, shared: Option<&Shared>) -> bool {
+    let aborting = shared.is_some_and(|s| s.aborting.load(Ordering::SeqCst));
+    matches!(error, FetchError::Transport(e) if aborting && e.kind == TransportErrorKind::Other)
+}
+
 /// The error of a finished request; a fetch cut short by the second Ctrl-C is `interrupted`.
 fn error_record(error: &FetchError, shared: Option<&Shared>) -> ErrorRecord {
-    let aborting = shared.is_some_and(|s| s.aborting.load(Ordering::SeqCst));
-    match error {
-        FetchError::Transport(e) if aborting && e.kind == TransportErrorKind::Other => {
-            ErrorRecord {
-                kind: "interrupted".to_string(),
-                message: "the fetch was in flight when the run was aborted (second Ctrl-C)"
-                    .to_string(),
-            }
+    if aborted(error, shared) {
+        ErrorRecord {
+            kind: "interrupted".to_string(),
+            message: "the fetch was in flight when the run was aborted (second Ctrl-C)".to_string(),
         }
-        _ => ErrorRecord {
+    } else {
+        ErrorRecord {
             kind: error.kind().to_string(),
             message: error.to_string(),
-        },
+        }
     }
 }
 
@@ -184,8 +202,19 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 impl CliRequest {
+    /// The request of input line `line`.
+    pub fn new(line: u64, input: String, url: Url) -> Self {
+        CliRequest {
+            line,
+            input,
+            url,
+            first_byte: None,
+            record: None,
+        }
+    }
+
     fn build(&self, outcome: &Outcome) -> Record {
-        let shared = self.shared.as_deref();
+        let shared = shared();
         let response: Option<&Response> = match &outcome.result {
             Ok(r) => Some(r),
             Err(e) => e.response(),
@@ -291,6 +320,13 @@ impl Request for CliRequest {
     }
 
     fn on_done(&mut self, _ctx: &mut Context<Self>, outcome: &Outcome) {
+        if let (Some(shared), Err(error)) = (shared(), &outcome.result) {
+            if shared.redis && aborted(error, Some(shared)) {
+                // With Redis the fetch cut short by the second Ctrl-C stays stored, and the
+                // next run fetches it: no record here.
+                return;
+            }
+        }
         self.record = Some(self.build(outcome));
     }
 }

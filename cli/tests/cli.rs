@@ -1,11 +1,13 @@
 //! The `downpour` binary against loopback servers.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use downpour_conformance::redis::RedisServer;
 use downpour_conformance::{Robots, Servers, Tinyproxy};
 use serde_json::Value;
 
@@ -708,4 +710,300 @@ fn robots_options_need_robots_obeyed() {
         assert_eq!(stderr.lines().count(), 1, "{stderr}");
         assert!(stderr.contains("robots"), "{stderr}");
     }
+}
+
+// ----- Redis (`--redis`): a real redis-server on a free port -----
+
+/// `downpour fetch LIST --redis URL --prefix PREFIX …`, not yet started.
+fn redis_worker(redis: &RedisServer, prefix: &str, list: &Path, extra: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_downpour"));
+    command
+        .args(["fetch", list.to_str().unwrap(), "--redis", &redis.url()])
+        .args(["--prefix", prefix, "--allow-all", "--no-proxy-env"])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+}
+
+/// How many records each input line got.
+fn lines_recorded(records: &[Value]) -> BTreeMap<u64, usize> {
+    let mut lines = BTreeMap::new();
+    for r in records {
+        *lines.entry(r["line"].as_u64().unwrap()).or_default() += 1;
+    }
+    lines
+}
+
+/// Waits for a child, failing the test (and killing it) after 60 s.
+fn finish(mut child: Child, what: &str) -> Output {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "{what} still running after 60 s: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn redis_seeds_a_crawl_once_and_runs_it_to_the_end() {
+    let redis = RedisServer::start();
+    let servers = Servers::start(3);
+    let dir = scratch("redis-seed");
+    let list = dir.join("urls.txt");
+    let mut text: Vec<String> = (0..12)
+        .map(|i| servers.url(i % 3, &format!("/page/{i}")))
+        .collect();
+    text.insert(5, "not a url".to_string());
+    std::fs::write(&list, text.join("\n")).unwrap();
+
+    let worker = || {
+        redis_worker(
+            &redis,
+            "seed",
+            &list,
+            &["--delay", "0ms", "--partitions", "2"],
+        )
+    };
+    let out = worker().output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let records = records(&out.stdout);
+    let lines = lines_recorded(&records);
+    assert_eq!(lines.len(), 13, "{records:#?}");
+    assert!(lines.values().all(|&n| n == 1), "{lines:?}");
+    assert_eq!(by_line(&records, 6)["error"]["kind"], "invalid_url");
+    assert_eq!(by_line(&records, 1)["status"], 200);
+    // The records of requests restored from Redis are complete.
+    assert!(by_line(&records, 1)["headers"]["content-length"].is_string());
+    assert!(by_line(&records, 1)["timings"]["start_offset_ms"].is_number());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("seeded crawl `seed` with 12 URLs"),
+        "{stderr}"
+    );
+    assert_eq!(redis.unfinished("seed", 2), 0);
+    assert_eq!(servers.hits("/page/").len(), 12);
+
+    // Once seeded, the file is not read again (a missing one is fine): nothing left to do.
+    std::fs::remove_file(&list).unwrap();
+    let again = worker().output().unwrap();
+    assert!(again.status.success(), "{again:?}");
+    assert!(again.stdout.is_empty(), "{again:?}");
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        stderr.contains("crawl `seed` already seeded: resuming it"),
+        "{stderr}"
+    );
+    assert_eq!(servers.hits("/page/").len(), 12, "nothing fetched twice");
+
+    // Another number of partitions than the crawl's is refused at start.
+    let other = redis_worker(&redis, "seed", &list, &["--partitions", "3"])
+        .output()
+        .unwrap();
+    assert_eq!(other.status.code(), Some(2), "{other:?}");
+    let stderr = String::from_utf8_lossy(&other.stderr);
+    assert!(stderr.contains("--partitions 2"), "{stderr}");
+}
+
+#[test]
+fn redis_two_workers_share_one_crawl_and_write_every_url_once() {
+    let redis = RedisServer::start();
+    let servers = Servers::start(6);
+    let dir = scratch("redis-two");
+    let list = dir.join("urls.txt");
+    let mut text: Vec<String> = (0..36)
+        .map(|i| servers.url(i % 6, &format!("/delay?ms=20&i={i}")))
+        .collect();
+    text.push("not a url".to_string());
+    std::fs::write(&list, text.join("\n")).unwrap();
+
+    let workers: Vec<Child> = (0..2)
+        .map(|_| {
+            redis_worker(
+                &redis,
+                "two",
+                &list,
+                &["--delay", "50ms", "--partitions", "2", "--lease-ttl", "2s"],
+            )
+            .spawn()
+            .unwrap()
+        })
+        .collect();
+    let outs: Vec<Output> = workers
+        .into_iter()
+        .map(|child| finish(child, "a worker"))
+        .collect();
+    let mut all = Vec::new();
+    let mut seeded = 0;
+    for out in &outs {
+        assert!(out.status.success(), "{out:?}");
+        all.extend(records(&out.stdout));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if stderr.contains("seeded crawl `two` with 36 URLs") {
+            seeded += 1;
+        } else {
+            assert!(stderr.contains("already seeded: resuming it"), "{stderr}");
+        }
+    }
+    assert_eq!(seeded, 1, "seeded once");
+    let lines = lines_recorded(&all);
+    assert_eq!(lines.len(), 37, "{all:#?}");
+    assert!(lines.values().all(|&n| n == 1), "{lines:?}");
+    assert_eq!(redis.unfinished("two", 2), 0);
+}
+
+#[cfg(unix)]
+#[test]
+fn redis_a_killed_worker_started_again_leaves_no_url_out() {
+    let redis = RedisServer::start();
+    let servers = Servers::start(2);
+    let dir = scratch("redis-kill");
+    let list = dir.join("urls.txt");
+    let text: Vec<String> = (0..20)
+        .map(|i| servers.url(i % 2, &format!("/delay?ms=20&i={i}")))
+        .collect();
+    std::fs::write(&list, text.join("\n")).unwrap();
+    // A slow polite crawl: about 10 fetches per host, 100 ms apart.
+    let args = ["--delay", "100ms", "--lease-ttl", "1s"];
+
+    let mut first = redis_worker(&redis, "kill", &list, &args).spawn().unwrap();
+    // Killed at a random point, after 1 to 12 fetches.
+    let kill_after = 1
+        + (std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos() as usize)
+            % 12;
+    wait_for("fetches before the kill", || {
+        servers.hits("/delay").len() >= kill_after
+    });
+    first.kill().unwrap(); // SIGKILL
+    let first = first.wait_with_output().unwrap();
+    assert!(redis.unfinished("kill", 1) > 0, "killed before the end");
+
+    let second = finish(
+        redis_worker(&redis, "kill", &list, &args).spawn().unwrap(),
+        "the second worker",
+    );
+    assert!(second.status.success(), "{second:?}");
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(stderr.contains("already seeded: resuming it"), "{stderr}");
+    let mut all = records(&first.stdout);
+    all.extend(records(&second.stdout));
+    let lines = lines_recorded(&all);
+    // At least once: a fetch in flight at the kill may be recorded by both.
+    assert_eq!(
+        lines.len(),
+        20,
+        "every URL recorded: {lines:?} (killed after {kill_after})"
+    );
+    assert_eq!(redis.unfinished("kill", 1), 0);
+}
+
+#[test]
+fn redis_unreachable_fails_at_start_with_one_line() {
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let dir = scratch("redis-unreachable");
+    let list = dir.join("urls.txt");
+    std::fs::write(&list, "http://127.0.0.1:9/\n").unwrap();
+    let started = Instant::now();
+    let out = downpour(&[
+        "fetch",
+        list.to_str().unwrap(),
+        "--redis",
+        &format!("redis://127.0.0.1:{closed}/"),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(out.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("cannot reach Redis at redis://127.0.0.1:"),
+        "{stderr}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    // The Redis options need `--redis`.
+    let out = downpour(&["fetch", list.to_str().unwrap(), "--partitions", "2"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--partitions only applies with --redis"));
+}
+
+#[cfg(unix)]
+#[test]
+fn redis_keeps_what_ctrl_c_leaves_even_the_fetches_aborted_by_the_second() {
+    let redis = RedisServer::start();
+    let servers = Servers::start(1);
+    let dir = scratch("redis-interrupt");
+    let list = dir.join("urls.txt");
+    let mut urls: Vec<String> = (0..3)
+        .map(|i| servers.url(0, &format!("/stall?i={i}")))
+        .collect();
+    urls.extend((0..5).map(|i| servers.url(0, &format!("/a?i={i}"))));
+    std::fs::write(&list, urls.join("\n")).unwrap();
+    let mut child = redis_worker(
+        &redis,
+        "stop",
+        &list,
+        &[
+            "--delay",
+            "0ms",
+            "--per-host",
+            "3",
+            "--concurrency",
+            "3",
+            "--retries",
+            "0",
+            "--timeout",
+            "60s",
+        ],
+    )
+    .spawn()
+    .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (lines, stderr_lines) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            all.push_str(&line);
+            all.push('\n');
+            let _ = lines.send(line);
+        }
+        all
+    });
+    wait_for("three stalled requests", || {
+        servers.hits("/stall").len() == 3
+    });
+    interrupt(&child);
+    // The stalled fetches hold the graceful stop; the second Ctrl-C aborts them.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let line = stderr_lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("a note that the run is stopping");
+        if line.contains("stopping") {
+            break;
+        }
+    }
+    interrupt(&child);
+    let out = finish(child, "the worker after the second Ctrl-C");
+    assert_eq!(out.status.code(), Some(130), "{out:?}");
+    assert!(
+        records(&out.stdout).is_empty(),
+        "no record: all stays in Redis"
+    );
+    let stderr = reader.join().unwrap();
+    assert!(stderr.contains("8 left in Redis"), "{stderr}");
+    assert_eq!(redis.unfinished("stop", 1), 8);
 }

@@ -1,7 +1,8 @@
 //! The driver the command runs on, chosen by a cargo feature: `tokio` (the default), `smol`
 //! or `blocking`. Everything else in the command is the same for all three; each module here
-//! holds only what differs: the run loop, Ctrl-C and the progress ticks. Each exports
-//! `drive`, `NAME` and `VERSION`; `lib` is the driver crate.
+//! holds only what differs: the run loop, Ctrl-C, the progress ticks and how
+//! `Fetcher::with_redis` is called. Each exports `Driver` (`new`, `with_redis`, `drive`),
+//! `NAME` and `VERSION`; `lib` is the driver crate.
 
 #[cfg(any(
     all(feature = "tokio", feature = "smol"),

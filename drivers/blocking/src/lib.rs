@@ -241,7 +241,8 @@ impl<R: Request> Handle<R> {
     }
 
     /// Stops at once: like [`stop`](Handle::stop), and hops in flight are given up; their
-    /// requests end with a [`TransportErrorKind::Other`] error ("aborted"). (A worker
+    /// requests end with a [`TransportErrorKind::Other`] error ("aborted"). With Redis they
+    /// stay stored (with everything else unfinished) and the next run fetches them. (A worker
     /// thread cannot be interrupted: it finishes or times out its hop in the background,
     /// and the result is dropped.)
     pub fn stop_now(&self) {
@@ -625,6 +626,11 @@ impl<R: Request + Send + 'static> Fetcher<R> {
             Message::Stop => self.stop(),
             Message::StopNow => {
                 self.stop();
+                // With Redis, the aborted requests stay stored for the next run.
+                #[cfg(feature = "redis")]
+                if let Some(link) = &mut self.redis {
+                    link.store.stop_now();
+                }
                 let now = Instant::now();
                 for id in std::mem::take(&mut self.hop_ids) {
                     let aborted = TransportError::new(

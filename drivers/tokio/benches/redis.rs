@@ -68,7 +68,11 @@ async fn with_redis(urls: &[Url], redis: &RedisServer, round: usize) -> (Duratio
         .extend(urls.iter().map(|u| Plain { url: u.clone() }))
         .is_empty());
     let stats = fetcher.run().await;
-    assert!(fetcher.redis_error().is_none(), "{:?}", fetcher.redis_error());
+    assert!(
+        fetcher.redis_error().is_none(),
+        "{:?}",
+        fetcher.redis_error()
+    );
     (started.elapsed(), stats.succeeded)
 }
 

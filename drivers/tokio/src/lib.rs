@@ -222,7 +222,8 @@ impl<R: Request> Handle<R> {
     }
 
     /// Stops at once: like [`stop`](Handle::stop), and hops in flight are aborted; their
-    /// requests end with a [`TransportErrorKind::Other`] error ("aborted").
+    /// requests end with a [`TransportErrorKind::Other`] error ("aborted"). With Redis they
+    /// stay stored (with everything else unfinished) and the next run fetches them.
     pub fn stop_now(&self) {
         let _ = self.tx.send(Command::StopNow);
     }
@@ -542,6 +543,11 @@ impl<R: Request + Send + 'static> Fetcher<R> {
             Command::Stop => self.stop(),
             Command::StopNow => {
                 self.stop();
+                // With Redis, the aborted requests stay stored for the next run.
+                #[cfg(feature = "redis")]
+                if let Some(link) = &mut self.redis {
+                    link.store.stop_now();
+                }
                 // Dropping the hops closes their connections.
                 self.hops = FuturesUnordered::new();
                 let now = Instant::now();

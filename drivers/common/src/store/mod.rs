@@ -268,6 +268,8 @@ pub struct Store<R> {
     stopped: bool,
     /// The lease ran out by this worker's clock: fetching is paused until it is renewed.
     paused: bool,
+    /// Requests that end are not removed (their fetches were aborted).
+    keep_finished: bool,
     waiting_logged: bool,
     error: Option<StoreError>,
     _requests: PhantomData<fn() -> R>,
@@ -306,6 +308,7 @@ impl<R: Request> Store<R> {
             status_due: false,
             stopped: false,
             paused: false,
+            keep_finished: false,
             waiting_logged: false,
             error: None,
             _requests: PhantomData,
@@ -398,7 +401,9 @@ impl<R: Request> Store<R> {
             Persist::Finished { id } => {
                 if let Some(stored) = self.ids.remove(&id) {
                     self.in_memory.remove(&stored);
-                    self.writes.push_back(Write::Delete { id: stored });
+                    if !self.keep_finished {
+                        self.writes.push_back(Write::Delete { id: stored });
+                    }
                 }
             }
         }
@@ -432,6 +437,14 @@ impl<R: Request> Store<R> {
     /// The application stops: fetching ends, writes are flushed, the lease is given back.
     pub fn stop(&mut self) {
         self.stopped = true;
+    }
+
+    /// The application stops at once, aborting the fetches in flight: like
+    /// [`stop`](Store::stop), and the requests that end from now on (the aborted ones) stay
+    /// stored, for the next run to fetch.
+    pub fn stop_now(&mut self) {
+        self.stopped = true;
+        self.keep_finished = true;
     }
 
     /// When [`poll_pipeline`](Store::poll_pipeline) has something to do next (a lease
