@@ -270,6 +270,9 @@ pub struct Store<R> {
     paused: bool,
     /// Requests that end are not removed (their fetches were aborted).
     keep_finished: bool,
+    /// The inbox may hold requests: the last claim took a full batch, or this worker has
+    /// written to it since.
+    inbox_has_more: bool,
     waiting_logged: bool,
     error: Option<StoreError>,
     _requests: PhantomData<fn() -> R>,
@@ -309,6 +312,7 @@ impl<R: Request> Store<R> {
             stopped: false,
             paused: false,
             keep_finished: false,
+            inbox_has_more: true,
             waiting_logged: false,
             error: None,
             _requests: PhantomData,
@@ -655,13 +659,26 @@ impl<R: Request> Store<R> {
                 if self.next_renew.is_some_and(|at| now >= at) {
                     return Some(Op::Renew);
                 }
+                // A scheduler short of work gets it before a long queue of writes is
+                // flushed (a large enqueue would otherwise hold fetching back).
+                let unfinished = scheduler.stats().unfinished;
+                let starving = unfinished < 2 * scheduler.config().concurrency;
+                if starving
+                    && self.inbox_has_more
+                    && self.scan.is_none()
+                    && self.phase == Phase::Running
+                    && !self.stopped
+                {
+                    self.inbox_has_more = false;
+                    return Some(Op::Claim);
+                }
                 if let Some(op) = self.take_writes_if_any() {
                     return Some(op);
                 }
                 if self.phase == Phase::Draining || self.stopped {
                     return None;
                 }
-                let room = scheduler.stats().unfinished < self.options.max_in_memory;
+                let room = unfinished < self.options.max_in_memory;
                 if let Some(cursor) = self.scan {
                     return room.then_some(Op::Scan(cursor));
                 }
@@ -915,6 +932,13 @@ impl<R: Request> Store<R> {
                 }
             }
             Op::Write(writes) => {
+                let own = self.owned.as_ref().map(|o| o.partition);
+                if writes
+                    .iter()
+                    .any(|w| matches!(w, Write::Inbox { partition, .. } if Some(*partition) == own))
+                {
+                    self.inbox_has_more = true;
+                }
                 let lost = values
                     .iter()
                     .zip(write_commands(&writes))
@@ -935,6 +959,7 @@ impl<R: Request> Store<R> {
                     self.restore(now, &pair[0], &pair[1], scheduler);
                 }
                 if claimed >= self.options.batch_size {
+                    self.inbox_has_more = true;
                     self.next_poll = Some(now);
                 } else if claimed == 0
                     && scheduler.stats().unfinished == 0
