@@ -12,6 +12,8 @@
 
 pub mod decode;
 pub mod proxy;
+#[cfg(feature = "redis-aio")]
+pub mod redis_link;
 #[cfg(feature = "redis")]
 pub mod store;
 

@@ -88,8 +88,6 @@
 #![warn(missing_docs)]
 
 mod client;
-#[cfg(feature = "redis")]
-mod persist;
 use downpour_common::decode;
 use downpour_common::proxy;
 
@@ -273,7 +271,7 @@ pub struct Fetcher<R> {
 }
 
 #[cfg(feature = "redis")]
-type RedisLink<R> = persist::Link<R>;
+type RedisLink<R> = downpour_common::redis_link::Link<R>;
 /// Without the `redis` feature there is never a link.
 #[cfg(not(feature = "redis"))]
 type RedisLink<R> = std::marker::PhantomData<R>;
@@ -370,7 +368,7 @@ impl<R: Request + Send + 'static> Fetcher<R> {
             ..config
         };
         let mut fetcher = Fetcher::with_options(config, policy, options)?;
-        fetcher.redis = Some(persist::Link::connect(redis).await?);
+        fetcher.redis = Some(RedisLink::connect(redis).await?);
         Ok(fetcher)
     }
 

@@ -77,8 +77,6 @@
 #![warn(missing_docs)]
 
 mod client;
-#[cfg(feature = "redis")]
-mod persist;
 use downpour_common::decode;
 
 use std::collections::HashSet;
@@ -246,7 +244,7 @@ pub struct Fetcher<R> {
 }
 
 #[cfg(feature = "redis")]
-type RedisLink<R> = persist::Link<R>;
+type RedisLink<R> = downpour_common::redis_link::Link<R>;
 /// Without the `redis` feature there is never a link.
 #[cfg(not(feature = "redis"))]
 type RedisLink<R> = std::marker::PhantomData<R>;
@@ -344,7 +342,7 @@ impl<R: Request + Send + 'static> Fetcher<R> {
             ..config
         };
         let mut fetcher = Fetcher::with_options(config, policy, options)?;
-        fetcher.redis = Some(persist::Link::connect(redis).await?);
+        fetcher.redis = Some(RedisLink::connect(redis).await?);
         Ok(fetcher)
     }
 
@@ -528,7 +526,7 @@ impl<R: Request + Send + 'static> Fetcher<R> {
     async fn redis_event(redis: &mut Option<RedisLink<R>>) -> Event {
         #[cfg(feature = "redis")]
         if let Some(link) = redis {
-            return Event::Redis(link.reply().await);
+            return Event::Redis(std::future::poll_fn(|cx| link.poll_reply(cx)).await);
         }
         let _ = redis;
         std::future::pending().await

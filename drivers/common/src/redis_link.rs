@@ -1,19 +1,23 @@
-//! The Redis link of a [`Fetcher`](crate::Fetcher): runs the store's pipelines, one at a
-//! time, on a multiplexed tokio connection that is made again after a failure.
+//! The Redis link of the async drivers (tokio, smol): runs the [`Store`]'s pipelines, one at a
+//! time, on a multiplexed connection that is made again after a failure. The `redis` crate
+//! picks the runtime it is called on; the driver enables that runtime's feature.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use crate::store::{redacted_url, worker_token, RedisOptions, Store, StoreError};
 use downpour::{Request, Scheduler};
-use downpour_common::store::{redacted_url, worker_token, RedisOptions, Store, StoreError};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, RedisResult, Value};
 
 type Reply = (RedisResult<Vec<Value>>, Option<MultiplexedConnection>);
 
-pub(crate) struct Link<R> {
-    pub(crate) store: Store<R>,
+/// A [`Store`] and the connection its pipelines run on.
+pub struct Link<R> {
+    /// The store.
+    pub store: Store<R>,
     client: redis::Client,
     config: AsyncConnectionConfig,
     connection: Option<MultiplexedConnection>,
@@ -22,7 +26,7 @@ pub(crate) struct Link<R> {
 
 impl<R: Request> Link<R> {
     /// Connects once, so that a wrong URL or an unreachable server is reported at start.
-    pub(crate) async fn connect(options: RedisOptions) -> Result<Link<R>, StoreError> {
+    pub async fn connect(options: RedisOptions) -> Result<Link<R>, StoreError> {
         let store = Store::new(options.clone(), worker_token())?;
         let unreachable = |e: redis::RedisError| StoreError::Unreachable {
             url: redacted_url(&options.url),
@@ -50,7 +54,7 @@ impl<R: Request> Link<R> {
     }
 
     /// Starts the store's next pipeline, if it has one and none is running.
-    pub(crate) fn start(&mut self, now: Instant, scheduler: &mut Scheduler<R>) {
+    pub fn start(&mut self, now: Instant, scheduler: &mut Scheduler<R>) {
         if self.running.is_some() {
             return;
         }
@@ -81,18 +85,19 @@ impl<R: Request> Link<R> {
         }));
     }
 
-    /// The running pipeline's reply; pending forever when none runs.
-    pub(crate) async fn reply(&mut self) -> RedisResult<Vec<Value>> {
+    /// The running pipeline's reply, once it is there.
+    pub fn poll_reply(&mut self, cx: &mut Context<'_>) -> Poll<RedisResult<Vec<Value>>> {
         let Some(running) = &mut self.running else {
-            return std::future::pending().await;
+            return Poll::Pending;
         };
-        let (reply, connection) = running.await;
+        let (reply, connection) = std::task::ready!(running.as_mut().poll(cx));
         self.running = None;
         self.connection = connection;
-        reply
+        Poll::Ready(reply)
     }
 
-    pub(crate) fn is_running(&self) -> bool {
+    /// Whether a pipeline is running.
+    pub fn is_running(&self) -> bool {
         self.running.is_some()
     }
 }
