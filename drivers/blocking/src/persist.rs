@@ -6,7 +6,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use downpour::{Request, Scheduler};
-use downpour_common::store::{redacted_url, worker_token, RedisOptions, Store, StoreError};
+use downpour_common::store::{connection_broken, worker_token, RedisOptions, Store, StoreError};
 use redis::{Connection, ConnectionLike, Pipeline, RedisResult, Value};
 
 use crate::Message;
@@ -26,18 +26,11 @@ impl<R: Request + Send + 'static> Link<R> {
         options: RedisOptions,
         replies: mpsc::Sender<Message<R>>,
     ) -> Result<Link<R>, StoreError> {
+        // The options are checked before anything is tried.
         let store = Store::new(options.clone(), worker_token())?;
-        let url = redacted_url(&options.url);
-        let unreachable = |last: String| StoreError::Unreachable {
-            url: url.clone(),
-            waited: Duration::ZERO,
-            last,
-        };
-        let client = redis::Client::open(options.url.as_str())
-            .map_err(|e| StoreError::Options(format!("Redis URL {url}: {e}")))?;
-        // A reply that takes longer is a failure, retried well before the lease lapses.
-        let timeout = options.lease_ttl / 3;
-        let connection = open(&client, timeout).map_err(|e| unreachable(e.to_string()))?;
+        let client = options.client()?;
+        let timeout = options.command_timeout();
+        let connection = open(&client, timeout).map_err(|e| options.unreachable(e))?;
         let mut runner = Runner {
             client,
             timeout,
@@ -54,7 +47,7 @@ impl<R: Request + Send + 'static> Link<R> {
                     }
                 }
             })
-            .map_err(|e| unreachable(format!("cannot start the Redis thread: {e}")))?;
+            .map_err(|e| options.unreachable(format!("cannot start the Redis thread: {e}")))?;
         Ok(Link {
             store,
             pipelines,
@@ -110,11 +103,7 @@ impl Runner {
             None => open(&self.client, self.timeout)?,
         };
         let reply = pipeline.query::<Vec<Value>>(&mut connection);
-        // After an I/O error or a timeout the stream may hold half a reply: start afresh.
-        let broken = reply
-            .as_ref()
-            .is_err_and(|e| e.is_unrecoverable_error() || e.is_io_error() || e.is_timeout());
-        if !broken && connection.is_open() {
+        if !reply.as_ref().is_err_and(connection_broken) && connection.is_open() {
             self.connection = Some(connection);
         }
         reply

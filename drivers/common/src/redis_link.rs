@@ -5,9 +5,9 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use crate::store::{redacted_url, worker_token, RedisOptions, Store, StoreError};
+use crate::store::{connection_broken, worker_token, RedisOptions, Store, StoreError};
 use downpour::{Request, Scheduler};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, RedisResult, Value};
@@ -27,23 +27,17 @@ pub struct Link<R> {
 impl<R: Request> Link<R> {
     /// Connects once, so that a wrong URL or an unreachable server is reported at start.
     pub async fn connect(options: RedisOptions) -> Result<Link<R>, StoreError> {
+        // The options are checked before anything is tried.
         let store = Store::new(options.clone(), worker_token())?;
-        let unreachable = |e: redis::RedisError| StoreError::Unreachable {
-            url: redacted_url(&options.url),
-            waited: Duration::ZERO,
-            last: e.to_string(),
-        };
-        let client = redis::Client::open(options.url.as_str()).map_err(|e| {
-            StoreError::Options(format!("Redis URL {}: {e}", redacted_url(&options.url)))
-        })?;
-        let timeout = options.lease_ttl / 3;
+        let client = options.client()?;
+        let timeout = options.command_timeout();
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout));
         let connection = client
             .get_multiplexed_async_connection_with_config(&config)
             .await
-            .map_err(unreachable)?;
+            .map_err(|e| options.unreachable(e))?;
         Ok(Link {
             store,
             client,
@@ -77,10 +71,7 @@ impl<R: Request> Link<R> {
             };
             let reply = pipeline.query_async::<Vec<Value>>(&mut connection).await;
             // A connection that failed is made again for the next pipeline.
-            let keep = reply.is_ok()
-                || !reply.as_ref().is_err_and(|e| {
-                    e.is_unrecoverable_error() || e.is_io_error() || e.is_timeout()
-                });
+            let keep = !reply.as_ref().is_err_and(connection_broken);
             (reply, keep.then_some(connection))
         }));
     }

@@ -101,6 +101,27 @@ impl Default for RedisOptions {
 }
 
 impl RedisOptions {
+    /// The longest a connect or one pipeline may take: a third of the lease, so a failure is
+    /// retried well before the lease lapses.
+    pub fn command_timeout(&self) -> Duration {
+        self.lease_ttl / 3
+    }
+
+    /// The client for [`url`](RedisOptions::url) (parsed, not connected yet).
+    pub fn client(&self) -> Result<redis::Client, StoreError> {
+        redis::Client::open(self.url.as_str())
+            .map_err(|e| StoreError::Options(format!("Redis URL {}: {e}", redacted_url(&self.url))))
+    }
+
+    /// The error for a Redis that cannot be reached at start.
+    pub fn unreachable(&self, last: impl ToString) -> StoreError {
+        StoreError::Unreachable {
+            url: redacted_url(&self.url),
+            waited: Duration::ZERO,
+            last: last.to_string(),
+        }
+    }
+
     /// Checks the options.
     pub fn validate(&self) -> Result<(), StoreError> {
         let bad = |message: String| Err(StoreError::Options(message));
@@ -790,62 +811,54 @@ impl<R: Request> Store<R> {
     }
 
     fn build_writes(&self, pipe: &mut redis::Pipeline, writes: &[Write]) {
-        let mut i = 0;
-        while i < writes.len() {
-            match &writes[i] {
+        let owned = || {
+            self.owned
+                .as_ref()
+                .expect("writes other than inbox pushes come from an owned partition")
+        };
+        for group in writes.chunk_by(one_command) {
+            match &group[0] {
                 Write::Put { .. } => {
-                    let owned = self
-                        .owned
-                        .as_ref()
-                        .expect("puts come from an owned partition");
+                    let keys = &owned().keys;
                     let cmd = pipe
                         .cmd("EVAL")
                         .arg(scripts::PUT)
                         .arg(3)
-                        .arg(&owned.keys.requests)
-                        .arg(&owned.keys.lease)
-                        .arg(&owned.keys.inbox)
+                        .arg(&keys.requests)
+                        .arg(&keys.lease)
+                        .arg(&keys.inbox)
                         .arg(&self.token);
-                    while let Some(Write::Put { id, json }) = writes.get(i) {
-                        cmd.arg(&**id).arg(json);
-                        i += 1;
+                    for write in group {
+                        if let Write::Put { id, json } = write {
+                            cmd.arg(&**id).arg(json);
+                        }
                     }
                 }
                 Write::Delete { .. } => {
-                    let owned = self
-                        .owned
-                        .as_ref()
-                        .expect("deletes come from an owned partition");
-                    let cmd = pipe.cmd("HDEL").arg(&owned.keys.requests);
-                    while let Some(Write::Delete { id }) = writes.get(i) {
-                        cmd.arg(&**id);
-                        i += 1;
+                    let cmd = pipe.cmd("HDEL").arg(&owned().keys.requests);
+                    for write in group {
+                        if let Write::Delete { id } = write {
+                            cmd.arg(&**id);
+                        }
                     }
                 }
                 Write::Inbox { partition, .. } => {
-                    let target = *partition;
-                    let cmd = pipe.cmd("RPUSH").arg(self.keys.partition(target).inbox);
-                    while let Some(Write::Inbox { partition, json }) = writes.get(i) {
-                        if *partition != target {
-                            break;
+                    let cmd = pipe.cmd("RPUSH").arg(self.keys.partition(*partition).inbox);
+                    for write in group {
+                        if let Write::Inbox { json, .. } = write {
+                            cmd.arg(json);
                         }
-                        cmd.arg(json);
-                        i += 1;
                     }
                 }
                 Write::Reject { id, text } => {
-                    let owned = self
-                        .owned
-                        .as_ref()
-                        .expect("rejects come from an owned partition");
+                    let keys = &owned().keys;
                     pipe.cmd("EVAL")
                         .arg(scripts::REJECT)
                         .arg(2)
-                        .arg(&owned.keys.requests)
-                        .arg(&owned.keys.rejected)
+                        .arg(&keys.requests)
+                        .arg(&keys.rejected)
                         .arg(&**id)
                         .arg(text);
-                    i += 1;
                 }
             }
         }
@@ -939,10 +952,13 @@ impl<R: Request> Store<R> {
                 {
                     self.inbox_has_more = true;
                 }
+                // One reply per command; a `PUT` that answers 0 found another lease.
                 let lost = values
                     .iter()
-                    .zip(write_commands(&writes))
-                    .any(|(v, put)| put && matches!(int(Some(v)), Some(0)));
+                    .zip(writes.chunk_by(one_command))
+                    .any(|(v, group)| {
+                        matches!(group[0], Write::Put { .. }) && int(Some(v)) == Some(0)
+                    });
                 if lost {
                     self.lose_lease("a write found another worker's lease");
                 }
@@ -1130,13 +1146,17 @@ impl<R: Request> Store<R> {
     }
 }
 
+/// Whether a connection that gave this error must be made again before the next pipeline:
+/// after an I/O error or a timeout its stream may hold half a reply.
+pub fn connection_broken(e: &RedisError) -> bool {
+    e.is_unrecoverable_error() || e.is_io_error() || e.is_timeout()
+}
+
 /// Whether an error may go away by itself (Redis restarting, the network).
 fn transient(e: &RedisError) -> bool {
-    e.is_io_error()
+    connection_broken(e)
         || e.is_connection_refusal()
         || e.is_connection_dropped()
-        || e.is_timeout()
-        || e.is_unrecoverable_error()
         || matches!(
             e.kind(),
             ErrorKind::Server(ServerErrorKind::BusyLoading | ServerErrorKind::TryAgain)
@@ -1144,34 +1164,16 @@ fn transient(e: &RedisError) -> bool {
         || matches!(e.code(), Some("LOADING" | "MASTERDOWN" | "READONLY"))
 }
 
-/// For each command of a write batch, whether it is a `PUT` script (whose 0 means the lease
-/// was lost).
-fn write_commands(writes: &[Write]) -> Vec<bool> {
-    let mut commands = Vec::new();
-    let mut i = 0;
-    while i < writes.len() {
-        let kind = std::mem::discriminant(&writes[i]);
-        commands.push(matches!(writes[i], Write::Put { .. }));
-        match &writes[i] {
-            Write::Reject { .. } => i += 1,
-            Write::Inbox { partition, .. } => {
-                let target = *partition;
-                while matches!(writes.get(i), Some(Write::Inbox { partition, .. }) if *partition == target)
-                {
-                    i += 1;
-                }
-            }
-            _ => {
-                while writes
-                    .get(i)
-                    .is_some_and(|w| std::mem::discriminant(w) == kind)
-                {
-                    i += 1;
-                }
-            }
+/// Whether two consecutive writes of a batch go in one command: puts together, deletes
+/// together, pushes to one inbox together; each reject alone.
+fn one_command(a: &Write, b: &Write) -> bool {
+    match (a, b) {
+        (Write::Put { .. }, Write::Put { .. }) | (Write::Delete { .. }, Write::Delete { .. }) => {
+            true
         }
+        (Write::Inbox { partition: p, .. }, Write::Inbox { partition: q, .. }) => p == q,
+        _ => false,
     }
-    commands
 }
 
 fn text(value: Option<&Value>) -> Option<String> {
