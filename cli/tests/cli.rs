@@ -624,10 +624,7 @@ fn fetches_through_a_proxy_given_or_from_the_environment() {
 #[test]
 fn a_proxy_that_is_not_listening_gives_an_error_record() {
     let servers = Servers::start(1);
-    let closed = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
+    let closed = downpour_conformance::free_port();
     let dir = scratch("proxy-closed");
     let list = dir.join("urls.txt");
     std::fs::write(&list, servers.url(0, "/a")).unwrap();
@@ -910,10 +907,7 @@ fn redis_a_killed_worker_started_again_leaves_no_url_out() {
 
 #[test]
 fn redis_unreachable_fails_at_start_with_one_line() {
-    let closed = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
+    let closed = downpour_conformance::free_port();
     let dir = scratch("redis-unreachable");
     let list = dir.join("urls.txt");
     std::fs::write(&list, "http://127.0.0.1:9/\n").unwrap();

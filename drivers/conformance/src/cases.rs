@@ -447,10 +447,7 @@ pub fn unresolvable_host<D: Driver>(driver: &D) {
 
 /// Nothing listens: a connect error.
 pub fn connection_refused<D: Driver>(driver: &D) {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = crate::free_port();
     let p = one(driver, no_retries(), &format!("http://127.0.0.1:{port}/"));
     expect_kind(&p, "connect");
 }

@@ -234,6 +234,14 @@ impl Request for Probe {
     }
 }
 
+/// A loopback port nothing listens on (free when this returns), for servers to start on
+/// and for "nothing listens here" cases.
+pub fn free_port() -> u16 {
+    let listener =
+        std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).expect("a free port");
+    listener.local_addr().expect("local address").port()
+}
+
 /// A config for tests: short timeouts and back-offs.
 pub fn test_config() -> Config {
     Config {

@@ -1,6 +1,6 @@
 //! A real forward proxy for the tests: Debian's `tinyproxy`, started on a free port.
 
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -43,10 +43,7 @@ impl Tinyproxy {
             eprintln!("\n!!!!! SKIPPED: {reason} !!!!!\n");
             return None;
         }
-        let port = {
-            let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("a free port");
-            l.local_addr().expect("local address").port()
-        };
+        let port = crate::free_port();
         let dir =
             std::env::temp_dir().join(format!("downpour-tinyproxy-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("proxy directory");

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::io::Write as _;
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -17,7 +17,7 @@ use downpour::{Config, Policy, Polite, Stats};
 use downpour_common::store::{partition_of, Keys, RedisOptions};
 use serde::{Deserialize, Serialize};
 
-use crate::{test_config, Probe, Servers};
+use crate::{free_port, test_config, Probe, Servers};
 
 /// A `redis-server` of the test's own, on a free port, with its data on disk (append-only
 /// file, synced every second; a clean stop writes it all), so that it can be stopped and
@@ -174,11 +174,6 @@ pub fn log_to_stderr() {
     if log::set_logger(logger).is_ok() {
         log::set_max_level(level);
     }
-}
-
-fn free_port() -> u16 {
-    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("a free port");
-    l.local_addr().expect("local address").port()
 }
 
 /// One run of a driver with Redis, in this process.
