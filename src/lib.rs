@@ -145,7 +145,7 @@ pub use fetch::{
 };
 pub use outcome::{FetchError, Outcome, Response};
 pub use policy::{Feedback, Fifo, HostId, Policy, Polite, Queued, Wait, WaitReason};
-pub use request::{parse_url, Context, Request, RequestId};
+pub use request::{check_url, parse_url, Context, Request, RequestId};
 pub use scheduler::Scheduler;
 pub use stats::{Stats, WaitSummary};
 

@@ -178,8 +178,14 @@ impl<R: Request> Context<R> {
     }
 }
 
-/// Checks that a URL can be fetched: `http` or `https`, with a non-empty host.
-pub(crate) fn check_url(url: &Url) -> Result<(), InvalidRequest> {
+/// Checks that a URL can be fetched: `http` or `https`, with a non-empty host (what
+/// [`parse_url`] checks after parsing, for a [`Url`] parsed already).
+///
+/// ```
+/// let url = downpour::Url::parse("ftp://example.com/").unwrap();
+/// assert!(downpour::check_url(&url).is_err());
+/// ```
+pub fn check_url(url: &Url) -> Result<(), InvalidRequest> {
     match url.scheme() {
         "http" | "https" => {}
         other => {

@@ -1,7 +1,8 @@
-//! The list of URLs: one per line, blank lines and `#` comments skipped.
+//! The list of URLs: one per line, blank lines and `#` comments skipped. It is read as the
+//! crawl goes (see [`Feed`](crate::feed::Feed)), so a list of any length fits in memory.
 
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, BufRead, BufReader};
 
 use crate::driver::lib::parse_url;
 use crate::record::{CliRequest, Record};
@@ -12,31 +13,115 @@ pub enum Line {
     Invalid(Record),
 }
 
-/// Reads the list from a file, or stdin for `-`.
-pub fn read_lines(path: &str) -> Result<Vec<Line>, String> {
-    let reader: Box<dyn Read> = if path == "-" {
-        Box::new(io::stdin())
-    } else {
-        Box::new(File::open(path).map_err(|e| format!("cannot read URL file {path}: {e}"))?)
-    };
-    let mut lines = Vec::new();
-    for (index, line) in BufReader::new(reader).lines().enumerate() {
-        let line = line.map_err(|e| format!("cannot read URL file {path}: {e}"))?;
-        let input = line.trim();
-        if input.is_empty() || input.starts_with('#') {
-            continue;
-        }
-        let number = index as u64 + 1;
-        lines.push(match parse_url(input) {
-            Ok(url) => Line::Request(CliRequest::new(number, input.to_string(), url)),
-            Err(e) => Line::Invalid(Record::failed(
-                number,
-                input.to_string(),
-                None,
-                "invalid_url",
-                e.to_string(),
-            )),
-        });
+/// The URL list being read: a file, or stdin for `-`.
+pub struct Input {
+    reader: Box<dyn BufRead + Send>,
+    path: String,
+    /// Lines read so far, blank ones included (the next line's number is one more).
+    number: u64,
+    buffer: Vec<u8>,
+}
+
+impl Input {
+    /// Opens the list; a missing or unreadable file is an error now, before anything starts.
+    pub fn open(path: &str) -> Result<Input, String> {
+        let reader: Box<dyn BufRead + Send> = if path == "-" {
+            Box::new(BufReader::new(io::stdin()))
+        } else {
+            Box::new(BufReader::new(
+                File::open(path).map_err(|e| cannot_read(path, e))?,
+            ))
+        };
+        Ok(Input {
+            reader,
+            path: path.to_string(),
+            number: 0,
+            buffer: Vec::new(),
+        })
     }
-    Ok(lines)
+
+    /// The next line that is neither blank nor a comment; `None` at the end of the list. A
+    /// line that is not a URL (or not UTF-8) is a [`Line::Invalid`], not an error: only a
+    /// failure to read is.
+    pub fn next_line(&mut self) -> Result<Option<Line>, String> {
+        loop {
+            self.buffer.clear();
+            let read = self
+                .reader
+                .read_until(b'\n', &mut self.buffer)
+                .map_err(|e| cannot_read(&self.path, e))?;
+            if read == 0 {
+                return Ok(None);
+            }
+            self.number += 1;
+            let text = String::from_utf8_lossy(&self.buffer);
+            let input = text.trim();
+            if input.is_empty() || input.starts_with('#') {
+                continue;
+            }
+            let number = self.number;
+            let line = if std::str::from_utf8(&self.buffer).is_err() {
+                Line::Invalid(Record::failed(
+                    number,
+                    input.to_string(),
+                    None,
+                    "invalid_url",
+                    "the line is not valid UTF-8".to_string(),
+                ))
+            } else {
+                match parse_url(input) {
+                    Ok(url) => Line::Request(CliRequest::new(number, input.to_string(), url)),
+                    Err(e) => Line::Invalid(Record::failed(
+                        number,
+                        input.to_string(),
+                        None,
+                        "invalid_url",
+                        e.to_string(),
+                    )),
+                }
+            };
+            return Ok(Some(line));
+        }
+    }
+
+    /// Every line left, at once (to seed a crawl in Redis).
+    pub fn read_all(mut self) -> Result<Vec<Line>, String> {
+        let mut lines = Vec::new();
+        while let Some(line) = self.next_line()? {
+            lines.push(line);
+        }
+        Ok(lines)
+    }
+}
+
+/// How many lines of the list at `path` are neither blank nor comments: the progress's
+/// total, counted without parsing anything. `None` for stdin, which can be read only once.
+pub fn count(path: &str) -> Result<Option<u64>, String> {
+    if path == "-" {
+        return Ok(None);
+    }
+    let mut reader =
+        BufReader::with_capacity(1 << 16, File::open(path).map_err(|e| cannot_read(path, e))?);
+    let mut line = Vec::new();
+    let mut count = 0;
+    loop {
+        line.clear();
+        if reader
+            .read_until(b'\n', &mut line)
+            .map_err(|e| cannot_read(path, e))?
+            == 0
+        {
+            return Ok(Some(count));
+        }
+        // The same test as `next_line`'s, so that the total matches what is fetched.
+        let text = String::from_utf8_lossy(&line);
+        let text = text.trim();
+        if !text.is_empty() && !text.starts_with('#') {
+            count += 1;
+        }
+    }
+}
+
+fn cannot_read(path: &str, e: io::Error) -> String {
+    format!("cannot read URL file {path}: {e}")
 }

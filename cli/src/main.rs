@@ -4,6 +4,7 @@
 
 mod crawl;
 mod driver;
+mod feed;
 mod input;
 mod logger;
 mod monitor;
@@ -15,7 +16,7 @@ mod warc;
 
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
@@ -23,11 +24,12 @@ use clap::{Parser, Subcommand};
 use crate::crawl::{Crawl, Seeding};
 use crate::driver::lib::{Error, Fetcher, RedisOptions, Scheduler, StoreError};
 use crate::driver::Driver;
-use crate::input::Line;
+use crate::feed::{Feed, Refused};
+use crate::input::Input;
 use crate::monitor::Monitor;
 use crate::options::FetchArgs;
 use crate::output::Output;
-use crate::record::{CliRequest, Record, Shared};
+use crate::record::{CliRequest, Shared};
 use crate::warc::{Warc, WarcInfo};
 
 /// The software, as the WARC files name it (with the driver).
@@ -72,22 +74,22 @@ fn fetch(args: FetchArgs) -> Result<ExitCode, String> {
     }
     let driver = Driver::new()?;
     let config = settings.config.clone();
-    // Without Redis the input is read, then enqueued. With Redis it seeds the crawl, unless
+    // Without Redis the list is read as the crawl goes. With Redis it seeds the crawl, unless
     // the crawl was seeded before: then it is not read at all.
-    let (mut fetcher, lines, mut crawl): (Fetcher<CliRequest>, _, _) = match &settings.redis {
+    let (mut fetcher, input, mut crawl): (Fetcher<CliRequest>, _, _) = match &settings.redis {
         None => {
             let scheduler = Scheduler::with_policy(config, settings.policy)
                 .map_err(|e| format!("invalid options: {e}"))?;
             let fetcher = Fetcher::from_scheduler(scheduler, settings.client)
                 .map_err(|e| format!("invalid options: {e}"))?;
-            (fetcher, Some(input::read_lines(&args.urls)?), None)
+            (fetcher, Some(Input::open(&args.urls)?), None)
         }
         Some(options) => {
             let mut crawl = Crawl::connect(options)?;
-            let lines = if crawl.is_seeded()? {
+            let input = if crawl.is_seeded()? {
                 None
             } else {
-                Some(input::read_lines(&args.urls)?)
+                Some(Input::open(&args.urls)?)
             };
             let fetcher = driver
                 .with_redis(config, settings.policy, settings.client, options.clone())
@@ -98,7 +100,7 @@ fn fetch(args: FetchArgs) -> Result<ExitCode, String> {
                     Error::Redis(e) => e.to_string(),
                     e => format!("invalid options: {e}"),
                 })?;
-            (fetcher, lines, Some((crawl_name(options), crawl)))
+            (fetcher, input, Some((crawl_name(options), crawl)))
         }
     };
 
@@ -121,10 +123,10 @@ fn fetch(args: FetchArgs) -> Result<ExitCode, String> {
 
     // With Redis: the lines that are not URLs, when this worker seeds the crawl.
     let mut invalid = Vec::new();
-    let mut lines = lines;
+    let mut input = input;
     if let Some((name, crawl)) = &mut crawl {
-        let seeding = match lines.take() {
-            Some(lines) => crawl.seed(lines)?,
+        let seeding = match input.take() {
+            Some(input) => crawl.seed(input.read_all()?)?,
             None => Seeding::Resumed,
         };
         match seeding {
@@ -144,10 +146,9 @@ fn fetch(args: FetchArgs) -> Result<ExitCode, String> {
             }
         }
     }
-    let total = match (&mut crawl, &lines) {
-        (Some((_, crawl)), _) => crawl.unfinished()? + invalid.len() as u64,
-        (None, Some(lines)) => lines.len() as u64,
-        (None, None) => 0,
+    let total = match &mut crawl {
+        Some((_, crawl)) => Some(crawl.unfinished()? + invalid.len() as u64),
+        None => input::count(&args.urls)?,
     };
 
     let started = Instant::now();
@@ -174,36 +175,39 @@ fn fetch(args: FetchArgs) -> Result<ExitCode, String> {
         counters.count(true);
         output.write(&record);
     }
-    for line in lines.into_iter().flatten() {
-        match line {
-            Line::Invalid(record) => {
-                counters.count(true);
-                output.write(&record);
-            }
-            Line::Request(request) => {
-                if let Err(e) = fetcher.enqueue(request) {
-                    // `parse_url` checked it already; kept for completeness.
-                    let request = e.request;
-                    let record = Record::failed(
-                        request.line,
-                        request.input,
-                        Some(&request.url),
-                        "invalid_url",
-                        e.reason.to_string(),
-                    );
-                    counters.count(true);
-                    output.write(&record);
-                }
-            }
-        }
+    // Without Redis: the first `backlog` requests now, then one more as each finishes.
+    let feed = input.map(|input| {
+        Arc::new(Mutex::new(Feed::new(
+            input,
+            usize::try_from(args.backlog).unwrap_or(usize::MAX),
+            output.clone(),
+            counters.clone(),
+        )))
+    });
+    if let Some(feed) = &feed {
+        lock(feed).fill(|request| fetcher.enqueue(request).map_err(Refused::boxed));
     }
     {
         let output = output.clone();
         let counters = counters.clone();
+        let feed = feed.clone();
+        let handle = fetcher.handle();
+        let monitor = monitor.clone();
         fetcher.on_finished(move |request: CliRequest| {
             if let Some(record) = &request.record {
                 counters.count(record.is_error());
                 output.write(record);
+            }
+            if let Some(feed) = &feed {
+                let mut feed = lock(feed);
+                feed.finished();
+                if monitor.interrupted() {
+                    feed.stop();
+                } else {
+                    // Enqueued through the handle: the fetcher is busy calling back. `run`
+                    // takes the handle's requests before it decides that it is done.
+                    feed.fill(|request| handle.enqueue(request).map_err(Refused::boxed));
+                }
             }
         });
     }
@@ -216,18 +220,14 @@ fn fetch(args: FetchArgs) -> Result<ExitCode, String> {
     // Without Redis what is left gets a record; with Redis it stays there, for the next run.
     let left = match &mut crawl {
         None => {
-            let left = unfinished.len();
+            let mut left = unfinished.len() as u64;
             for request in unfinished {
-                let record = Record::failed(
-                    request.line,
-                    request.input,
-                    Some(&request.url),
-                    "not_fetched",
-                    "the run was stopped before this URL was fetched".to_string(),
-                );
-                output.write(&record);
+                output.write(&feed::not_fetched(request));
             }
-            Some(left as u64)
+            if let Some(feed) = &feed {
+                left += lock(feed).record_rest();
+            }
+            Some(left)
         }
         Some((_, crawl)) => {
             drop(unfinished);
@@ -271,6 +271,13 @@ fn fetch(args: FetchArgs) -> Result<ExitCode, String> {
             _ => {}
         }
     }
+    if let Some(error) = feed
+        .as_ref()
+        .and_then(|f| lock(f).error().map(str::to_string))
+    {
+        eprintln!("downpour: {error}; the URLs after it were not read");
+        return Ok(ExitCode::from(2));
+    }
     if let Some(error) = redis_error {
         if !logger::said(&error) {
             eprintln!("downpour: {error}");
@@ -282,6 +289,11 @@ fn fetch(args: FetchArgs) -> Result<ExitCode, String> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// The feed, even if a callback panicked while holding it (it is left consistent).
+fn lock(feed: &Mutex<Feed>) -> std::sync::MutexGuard<'_, Feed> {
+    feed.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The crawl's name in messages: its prefix, quoted.

@@ -63,7 +63,8 @@ pub struct Monitor {
 }
 
 impl Monitor {
-    pub fn new(quiet: bool, total: u64, output: Output, shared: Arc<Shared>) -> Self {
+    /// `total` is the count of URLs to fetch, when it is known (not for stdin).
+    pub fn new(quiet: bool, total: Option<u64>, output: Output, shared: Arc<Shared>) -> Self {
         Monitor {
             progress: Progress::new(quiet, total),
             counters: Arc::new(Counters::default()),
@@ -134,17 +135,24 @@ enum Progress {
 }
 
 impl Progress {
-    fn new(quiet: bool, total: u64) -> Self {
+    fn new(quiet: bool, total: Option<u64>) -> Self {
         if quiet {
             Progress::Quiet
         } else if io::stderr().is_terminal() {
-            let bar = ProgressBar::new(total);
-            bar.set_style(
-                ProgressStyle::with_template(
+            let (bar, template) = match total {
+                Some(total) => (
+                    ProgressBar::new(total),
                     "{elapsed_precise} [{bar:30}] {pos}/{len} {per_sec} {msg}",
-                )
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
+                ),
+                None => (
+                    ProgressBar::no_length(),
+                    "{elapsed_precise} {pos} done {per_sec} {msg}",
+                ),
+            };
+            bar.set_style(
+                ProgressStyle::with_template(template)
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> "),
             );
             Progress::Bar(bar)
         } else {

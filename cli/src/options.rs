@@ -36,6 +36,12 @@ pub struct FetchArgs {
     /// Most fetches in flight over all hosts [default: 64]
     #[arg(long, value_name = "N")]
     pub concurrency: Option<usize>,
+    /// URLs of the list read ahead of the fetches: at most this many are queued or in flight
+    /// at once, and each one that finishes lets the next line in, so memory stays bounded
+    /// for a list of any length. A list sorted by host needs enough to span many hosts, or
+    /// the polite policy has few hosts to take turns between (without Redis)
+    #[arg(long, value_name = "N", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub backlog: u64,
     /// Do not fetch or obey robots.txt (polite; fifo never does)
     #[arg(long)]
     pub allow_all: bool,

@@ -59,9 +59,10 @@ pub struct CliRequest {
     /// When the first response head of the request arrived.
     #[serde(skip)]
     pub first_byte: Option<Instant>,
-    /// The record, filled by `on_done`.
+    /// The record, filled by `on_done` (boxed: the request moves through the scheduler's
+    /// queues, the record only once it is done).
     #[serde(skip)]
-    pub record: Option<Record>,
+    pub record: Option<Box<Record>>,
 }
 
 /// Why a line produced no response.
@@ -194,11 +195,13 @@ fn ms(d: Duration) -> f64 {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut text = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        text.push(char::from(DIGITS[usize::from(b >> 4)]));
+        text.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    text
 }
 
 impl CliRequest {
@@ -327,6 +330,6 @@ impl Request for CliRequest {
                 return;
             }
         }
-        self.record = Some(self.build(outcome));
+        self.record = Some(Box::new(self.build(outcome)));
     }
 }

@@ -211,6 +211,66 @@ fn reads_stdin_and_obeys_robots_by_default() {
 }
 
 #[test]
+fn a_list_longer_than_the_backlog_is_read_as_the_crawl_goes() {
+    let servers = Servers::start(2);
+    let dir = scratch("backlog");
+    let list = dir.join("urls.txt");
+    // 24 URLs over two hosts, each answered after 100 ms, with a line that is not a URL and
+    // one that is not UTF-8 among them.
+    let mut text = Vec::new();
+    for i in 0..24 {
+        text.extend(servers.url(i % 2, &format!("/delay?ms=100&i={i}")).bytes());
+        text.push(b'\n');
+        if i == 10 {
+            text.extend(b"not a url\n\xff\xfe\n# a comment\n\n");
+        }
+    }
+    std::fs::write(&list, &text).unwrap();
+    let out = downpour(&[
+        "fetch",
+        list.to_str().unwrap(),
+        "--policy",
+        "fifo",
+        "--concurrency",
+        "64",
+        "--backlog",
+        "3",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let records = records(&out.stdout);
+    assert_eq!(records.len(), 26, "one record per line: {records:#?}");
+    assert_eq!(by_line(&records, 12)["error"]["kind"], "invalid_url");
+    let not_utf8 = by_line(&records, 13);
+    assert_eq!(not_utf8["error"]["kind"], "invalid_url");
+    assert!(
+        not_utf8["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("UTF-8"),
+        "{not_utf8}"
+    );
+    for line in (1..=11).chain(16..=28) {
+        assert_eq!(by_line(&records, line)["status"], 200, "line {line}");
+    }
+    // At most 3 at once at the servers, though 64 were allowed: the fourth URL is read only
+    // once a response has come back, which is after the server wrote it.
+    let log = servers.hits("/delay");
+    assert_eq!(log.len(), 24);
+    for request in &log {
+        let overlapping = log
+            .iter()
+            .filter(|other| {
+                other.arrived <= request.arrived
+                    && other.ended.is_none_or(|ended| ended > request.arrived)
+            })
+            .count();
+        assert!(overlapping <= 3, "{overlapping} requests at once: {log:#?}");
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("24 fetched, 2 failed"), "{stderr}");
+}
+
+#[test]
 fn an_unreadable_list_fails_with_one_line() {
     let dir = scratch("missing");
     let missing = dir.join("no-such-file.txt");
@@ -269,6 +329,9 @@ fn ctrl_c_stops_gracefully_and_reports_what_is_left() {
             "--delay",
             "0ms",
             "--allow-all",
+            // Most lines are still unread at the stop: they get their records too.
+            "--backlog",
+            "2",
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -504,7 +504,7 @@ fn build_client(options: &Built, proxy: Option<&ProxyTarget>) -> HyperClient {
         .pool_idle_timeout(options.pool_idle_timeout)
         .pool_max_idle_per_host(options.pool_max_idle_per_host)
         .http1_max_buf_size(options.max_header_size.saturating_add(4096).max(8192))
-        .http1_max_headers((options.max_header_size / 8).clamp(100, 10_000))
+        .http1_max_headers((options.max_header_size / 64).clamp(100, 1024))
         .http2_max_header_list_size(u32::try_from(options.max_header_size).unwrap_or(u32::MAX))
         .retry_canceled_requests(true);
     builder.build(connector)

@@ -202,7 +202,7 @@ impl<R> fmt::Debug for Handle<R> {
 impl<R: Request> Handle<R> {
     /// Enqueues a request. Its URL is checked now; it is fetched once the fetcher runs.
     pub fn enqueue(&self, request: R) -> Result<(), HandleError<R>> {
-        if let Err(reason) = parse_url(request.url().as_str()) {
+        if let Err(reason) = check_url(request.url()) {
             return Err(HandleError::Refused(EnqueueError { reason, request }));
         }
         self.tx
