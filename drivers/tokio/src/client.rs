@@ -504,6 +504,9 @@ fn build_client(options: &Built, proxy: Option<&ProxyTarget>) -> HyperClient {
         .pool_idle_timeout(options.pool_idle_timeout)
         .pool_max_idle_per_host(options.pool_max_idle_per_host)
         .http1_max_buf_size(options.max_header_size.saturating_add(4096).max(8192))
+        // hyper allocates this many header slots for every response head it parses: a
+        // count in proportion to the size cap (1,024 at 64 KiB) rather than one no head can
+        // reach, which cost a 512 KiB allocation per response.
         .http1_max_headers((options.max_header_size / 64).clamp(100, 1024))
         .http2_max_header_list_size(u32::try_from(options.max_header_size).unwrap_or(u32::MAX))
         .retry_canceled_requests(true);
