@@ -54,7 +54,7 @@
 //!   [`ClientOptions::connect_timeout`]. Bodies are read up to `max_body_size` (decoded:
 //!   gzip, deflate and brotli are decoded with the same cap, so a decompression bomb stops
 //!   there); response heads larger than `max_header_size` fail the hop, and so do heads of
-//!   more than `max_header_size / 64` headers (1,024 with the default 64 KiB; at least 100).
+//!   more than `max_header_size / 64` headers (between 100 and 1,024, the default 64 KiB's).
 //! - Redirects are not followed here: the scheduler schedules each hop through its policy,
 //!   so politeness holds for every host a request visits.
 //! - Proxies: `http_proxy`, `https_proxy`, `all_proxy` and `no_proxy` (lower or upper case)
