@@ -421,6 +421,15 @@ pub fn header_larger_than_the_limit<D: Driver>(driver: &D) {
     assert!(p.result().ok, "a head under the limit: {:?}", p.result());
 }
 
+/// A head of 120 headers, more than some HTTP stacks take by default (hyper's 100), well
+/// under `max_header_size`: a response. (ureq stops at 128.)
+pub fn many_headers_under_the_limit<D: Driver>(driver: &D) {
+    let s = Servers::start(1);
+    let p = one(driver, no_retries(), &s.url(0, "/many-headers?n=120"));
+    assert!(p.result().ok, "120 headers: {:?}", p.result());
+    assert_eq!(p.result().status, Some(200));
+}
+
 /// URLs that can never be fetched are refused at once, with the reason; the rest runs.
 pub fn invalid_urls_are_refused<D: Driver>(driver: &D) {
     let s = Servers::start(1);

@@ -356,6 +356,7 @@ macro_rules! suite {
             malformed_status_line,
             malformed_header,
             header_larger_than_the_limit,
+            many_headers_under_the_limit,
             invalid_urls_are_refused,
             unresolvable_host,
             connection_refused,

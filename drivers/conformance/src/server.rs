@@ -536,6 +536,15 @@ async fn route<S: Resettable>(
             b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nthis line is no header\r\n\r\nok".to_vec(),
             Then::Close,
         )),
+        "/many-headers" => {
+            let count: usize = query(path, "n").and_then(|s| s.parse().ok()).unwrap_or(120);
+            let headers: Vec<(String, String)> = (0..count)
+                .map(|i| (format!("x-h{i}"), i.to_string()))
+                .collect();
+            let headers: Vec<(&str, String)> =
+                headers.iter().map(|(n, v)| (n.as_str(), v.clone())).collect();
+            Some((response(200, &headers, b"ok"), Then::KeepAlive))
+        }
         "/huge-header" => {
             let size: usize = query(path, "size")
                 .and_then(|s| s.parse().ok())
