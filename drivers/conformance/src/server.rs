@@ -541,8 +541,10 @@ async fn route<S: Resettable>(
             let headers: Vec<(String, String)> = (0..count)
                 .map(|i| (format!("x-h{i}"), i.to_string()))
                 .collect();
-            let headers: Vec<(&str, String)> =
-                headers.iter().map(|(n, v)| (n.as_str(), v.clone())).collect();
+            let headers: Vec<(&str, String)> = headers
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.clone()))
+                .collect();
             Some((response(200, &headers, b"ok"), Then::KeepAlive))
         }
         "/huge-header" => {

@@ -19,7 +19,7 @@ use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::connect::proxy::Tunnel;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
-use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::client::proxy::matcher::Matcher;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
@@ -115,9 +115,8 @@ impl HttpClient {
         let prepared = self.prepare(fetch, user_agent);
         async move {
             match prepared {
-                Ok((client, request, limits)) => {
-                    match tokio::time::timeout(limits.timeout, send(client, request, limits)).await
-                    {
+                Ok((response, limits)) => {
+                    match tokio::time::timeout(limits.timeout, send(response, limits)).await {
                         Ok(result) => result,
                         Err(_) => HopResult::Failed(TransportError::new(
                             TransportErrorKind::Timeout,
@@ -134,7 +133,7 @@ impl HttpClient {
         &mut self,
         fetch: Fetch,
         user_agent: &HeaderValue,
-    ) -> Result<(HyperClient, http::Request<Full<Bytes>>, Limits), TransportError> {
+    ) -> Result<(ResponseFuture, Limits), TransportError> {
         let uri: Uri = fetch.url.as_str().parse().map_err(|e| {
             TransportError::new(
                 TransportErrorKind::Other,
@@ -153,7 +152,7 @@ impl HttpClient {
                 }),
         };
         let (client, http_auth) = match proxy {
-            None => (self.direct.clone(), None),
+            None => (&self.direct, None),
             Some(target) => {
                 let key = ProxyKey {
                     uri: target.uri.to_string(),
@@ -171,7 +170,7 @@ impl HttpClient {
                 } else {
                     None
                 };
-                (client.clone(), auth)
+                (&*client, auth)
             }
         };
         let mut headers = fetch.headers;
@@ -197,7 +196,9 @@ impl HttpClient {
             max_body_size: fetch.max_body_size,
             max_header_size: fetch.max_header_size,
         };
-        Ok((client, request, limits))
+        // The request is made here, lazily (nothing is sent before the hop is polled): the
+        // hop's future then holds the response future alone, not a copy of the client.
+        Ok((client.request(request), limits))
     }
 }
 
@@ -208,12 +209,8 @@ struct Limits {
     max_header_size: usize,
 }
 
-async fn send(
-    client: HyperClient,
-    request: http::Request<Full<Bytes>>,
-    limits: Limits,
-) -> HopResult {
-    let response = match client.request(request).await {
+async fn send(response: ResponseFuture, limits: Limits) -> HopResult {
+    let response = match response.await {
         Ok(r) => r,
         Err(e) => return HopResult::Failed(classify(&e)),
     };
