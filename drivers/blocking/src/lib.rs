@@ -97,7 +97,7 @@ use downpour_common::proxy;
 mod persist;
 mod resolver;
 
-use std::collections::HashSet;
+use rustc_hash::FxHashSet;
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -349,7 +349,8 @@ pub struct Fetcher<R> {
     scheduler: Scheduler<R>,
     pool: Pool<R>,
     /// Hops whose results the scheduler waits for.
-    hop_ids: HashSet<FetchId>,
+    /// The ids the scheduler handed out (not from the network): a fast hash is safe.
+    hop_ids: FxHashSet<FetchId>,
     tx: mpsc::Sender<Message<R>>,
     rx: mpsc::Receiver<Message<R>>,
     on_finished: Option<OnFinished<R>>,
@@ -404,7 +405,7 @@ impl<R: Request + Send + 'static> Fetcher<R> {
         Ok(Fetcher {
             scheduler,
             pool: Pool::new(client, options.worker_stack_size.max(64 << 10)),
-            hop_ids: HashSet::new(),
+            hop_ids: FxHashSet::default(),
             tx,
             rx,
             on_finished: None,

@@ -91,7 +91,7 @@ mod client;
 use downpour_common::decode;
 use downpour_common::proxy;
 
-use std::collections::HashSet;
+use rustc_hash::FxHashSet;
 use std::fmt;
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -262,7 +262,8 @@ pub struct Fetcher<R> {
     client: HttpClient,
     /// Hops in flight, polled on the driver's task (as a `buffer_unordered` loop would).
     hops: FuturesUnordered<HopFuture>,
-    hop_ids: HashSet<FetchId>,
+    /// The ids the scheduler handed out (not from the network): a fast hash is safe.
+    hop_ids: FxHashSet<FetchId>,
     tx: async_channel::Sender<Command<R>>,
     /// Boxed: a receiver waiting for a message must not move.
     rx: Pin<Box<async_channel::Receiver<Command<R>>>>,
@@ -322,7 +323,7 @@ impl<R: Request + Send + 'static> Fetcher<R> {
             scheduler,
             client,
             hops: FuturesUnordered::new(),
-            hop_ids: HashSet::new(),
+            hop_ids: FxHashSet::default(),
             tx,
             rx: Box::pin(rx),
             on_finished: None,

@@ -80,7 +80,7 @@
 mod client;
 use downpour_common::decode;
 
-use std::collections::HashSet;
+use rustc_hash::FxHashSet;
 use std::fmt;
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -237,7 +237,8 @@ pub struct Fetcher<R> {
     user_agent: HeaderValue,
     /// Hops in flight, polled on the driver's task (as a `buffer_unordered` loop would).
     hops: FuturesUnordered<HopFuture>,
-    hop_ids: HashSet<FetchId>,
+    /// The ids the scheduler handed out (not from the network): a fast hash is safe.
+    hop_ids: FxHashSet<FetchId>,
     tx: mpsc::UnboundedSender<Command<R>>,
     rx: mpsc::UnboundedReceiver<Command<R>>,
     on_finished: Option<OnFinished<R>>,
@@ -297,7 +298,7 @@ impl<R: Request + Send + 'static> Fetcher<R> {
             client,
             user_agent,
             hops: FuturesUnordered::new(),
-            hop_ids: HashSet::new(),
+            hop_ids: FxHashSet::default(),
             tx,
             rx,
             on_finished: None,
