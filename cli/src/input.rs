@@ -95,9 +95,10 @@ impl Input {
 }
 
 /// How many lines of the list at `path` are neither blank nor comments: the progress's
-/// total, counted without parsing anything. `None` for stdin, which can be read only once.
+/// total, counted without parsing anything. `None` for stdin and anything else that is not a
+/// regular file (a pipe, e.g. `<(command)`), which can be read only once.
 pub fn count(path: &str) -> Result<Option<u64>, String> {
-    if path == "-" {
+    if path == "-" || !std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
         return Ok(None);
     }
     let mut reader =

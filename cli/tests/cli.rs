@@ -270,6 +270,36 @@ fn a_list_longer_than_the_backlog_is_read_as_the_crawl_goes() {
     assert!(stderr.contains("24 fetched, 2 failed"), "{stderr}");
 }
 
+#[cfg(unix)]
+#[test]
+fn reads_a_list_from_a_named_pipe_once() {
+    use std::io::Write;
+    let servers = Servers::start(1);
+    let dir = scratch("fifo");
+    let fifo = dir.join("urls");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    let urls: String = (0..5)
+        .map(|i| servers.url(0, &format!("/p/{i}")) + "\n")
+        .collect();
+    // As `<(command)` does: a writer that can write the list once.
+    let writer = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || {
+            let mut pipe = std::fs::OpenOptions::new().write(true).open(fifo).unwrap();
+            pipe.write_all(urls.as_bytes()).unwrap();
+        })
+    };
+    let out = downpour(&["fetch", fifo.to_str().unwrap(), "--policy", "fifo"]);
+    writer.join().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let records = records(&out.stdout);
+    assert_eq!(records.len(), 5, "every URL of the pipe: {records:#?}");
+    for line in 1..=5 {
+        assert_eq!(by_line(&records, line)["status"], 200);
+    }
+}
+
 #[test]
 fn an_unreadable_list_fails_with_one_line() {
     let dir = scratch("missing");
