@@ -5,6 +5,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use downpour_conformance::redis::RedisServer;
@@ -556,40 +557,37 @@ fn an_unwritable_warc_file_fails_with_one_line() {
     assert!(stderr.contains("cannot create WARC file"), "{stderr}");
 }
 
-#[cfg(unix)]
-#[test]
-fn a_second_ctrl_c_aborts_the_fetches_in_flight() {
-    let servers = Servers::start(1);
-    let dir = scratch("interrupt-twice");
-    let list = dir.join("urls.txt");
+/// A list of 3 URLs that stall (the server never answers) and 5 that would not.
+fn stalling_list(servers: &Servers, name: &str) -> PathBuf {
+    let list = scratch(name).join("urls.txt");
     let mut urls: Vec<String> = (0..3)
         .map(|i| servers.url(0, &format!("/stall?i={i}")))
         .collect();
     urls.extend((0..5).map(|i| servers.url(0, &format!("/a?i={i}"))));
     std::fs::write(&list, urls.join("\n")).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_downpour"))
-        .args([
-            "fetch",
-            list.to_str().unwrap(),
-            "--delay",
-            "0ms",
-            "--allow-all",
-            "--per-host",
-            "3",
-            "--concurrency",
-            "3",
-            "--retries",
-            "0",
-            "--timeout",
-            "60s",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (lines, stderr_lines) = mpsc::channel();
+    list
+}
+
+/// The 3 stalling URLs in flight at once, never retried, the rest waiting.
+const STALLING_ARGS: &[&str] = &[
+    "--delay",
+    "0ms",
+    "--per-host",
+    "3",
+    "--concurrency",
+    "3",
+    "--retries",
+    "0",
+    "--timeout",
+    "60s",
+];
+
+/// Once the 3 stalling URLs are in flight: a Ctrl-C, which they hold up (the command is still
+/// running after its note that it is stopping), then a second. Returns the thread that
+/// collects the command's stderr, to the end.
+fn interrupt_while_stalled(child: &mut Child, servers: &Servers) -> JoinHandle<String> {
     let stderr = child.stderr.take().unwrap();
+    let (lines, stderr_lines) = mpsc::channel();
     let reader = std::thread::spawn(move || {
         let mut all = String::new();
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -599,11 +597,10 @@ fn a_second_ctrl_c_aborts_the_fetches_in_flight() {
         }
         all
     });
-
     wait_for("three stalled requests", || {
         servers.hits("/stall").len() == 3
     });
-    interrupt(&child);
+    interrupt(child);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let line = stderr_lines
@@ -618,8 +615,24 @@ fn a_second_ctrl_c_aborts_the_fetches_in_flight() {
         child.try_wait().unwrap().is_none(),
         "exited on the first Ctrl-C"
     );
+    interrupt(child);
+    reader
+}
 
-    interrupt(&child);
+#[cfg(unix)]
+#[test]
+fn a_second_ctrl_c_aborts_the_fetches_in_flight() {
+    let servers = Servers::start(1);
+    let list = stalling_list(&servers, "interrupt-twice");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_downpour"))
+        .args(["fetch", list.to_str().unwrap(), "--allow-all"])
+        .args(STALLING_ARGS)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let reader = interrupt_while_stalled(&mut child, &servers);
     let stopped = Instant::now();
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -1032,58 +1045,11 @@ fn redis_unreachable_fails_at_start_with_one_line() {
 fn redis_keeps_what_ctrl_c_leaves_even_the_fetches_aborted_by_the_second() {
     let redis = RedisServer::start();
     let servers = Servers::start(1);
-    let dir = scratch("redis-interrupt");
-    let list = dir.join("urls.txt");
-    let mut urls: Vec<String> = (0..3)
-        .map(|i| servers.url(0, &format!("/stall?i={i}")))
-        .collect();
-    urls.extend((0..5).map(|i| servers.url(0, &format!("/a?i={i}"))));
-    std::fs::write(&list, urls.join("\n")).unwrap();
-    let mut child = redis_worker(
-        &redis,
-        "stop",
-        &list,
-        &[
-            "--delay",
-            "0ms",
-            "--per-host",
-            "3",
-            "--concurrency",
-            "3",
-            "--retries",
-            "0",
-            "--timeout",
-            "60s",
-        ],
-    )
-    .spawn()
-    .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (lines, stderr_lines) = mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        let mut all = String::new();
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            all.push_str(&line);
-            all.push('\n');
-            let _ = lines.send(line);
-        }
-        all
-    });
-    wait_for("three stalled requests", || {
-        servers.hits("/stall").len() == 3
-    });
-    interrupt(&child);
-    // The stalled fetches hold the graceful stop; the second Ctrl-C aborts them.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let line = stderr_lines
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("a note that the run is stopping");
-        if line.contains("stopping") {
-            break;
-        }
-    }
-    interrupt(&child);
+    let list = stalling_list(&servers, "redis-interrupt");
+    let mut child = redis_worker(&redis, "stop", &list, STALLING_ARGS)
+        .spawn()
+        .unwrap();
+    let reader = interrupt_while_stalled(&mut child, &servers);
     let out = finish(child, "the worker after the second Ctrl-C");
     assert_eq!(out.status.code(), Some(130), "{out:?}");
     assert!(
