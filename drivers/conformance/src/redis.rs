@@ -320,6 +320,36 @@ fn redis_options(server: &RedisServer, prefix: &str) -> RedisOptions {
     }
 }
 
+/// `count` requests over 20 hosts, 4 at once, with this delay; once a quarter of them have
+/// finished, `outage` runs on a thread of its own (it stops Redis, and may start it again).
+fn stopping_redis_at_a_quarter(
+    s: &Servers,
+    count: usize,
+    delay: Duration,
+    redis: RedisOptions,
+    outage: impl FnOnce() + Send + 'static,
+) -> RedisRun {
+    let mut outage = Some(outage);
+    let mut finished = 0;
+    RedisRun {
+        config: Config {
+            concurrency: 4,
+            ..test_config()
+        },
+        policy: Box::new(Polite::new().delay(delay).allow_all(true)),
+        requests: probes(s, 20, count),
+        redis,
+        on_finished: Box::new(move |_| {
+            finished += 1;
+            if finished == count / 4 {
+                if let Some(outage) = outage.take() {
+                    std::thread::spawn(outage);
+                }
+            }
+        }),
+    }
+}
+
 fn fast_polite() -> Box<dyn Policy> {
     Box::new(
         Polite::new()
@@ -458,32 +488,18 @@ pub fn redis_going_away_loses_nothing<D: RedisDriver>(driver: &D) {
     };
     // A short stop: Redis restarts after 600 ms.
     let bouncer = redis.clone();
-    let mut finished = 0;
     let out = driver
-        .run_redis(RedisRun {
-            config: Config {
-                concurrency: 4,
-                ..test_config()
+        .run_redis(stopping_redis_at_a_quarter(
+            &s,
+            COUNT,
+            Duration::from_millis(20),
+            options.clone(),
+            move || {
+                bouncer.lock().unwrap().stop();
+                std::thread::sleep(Duration::from_millis(600));
+                bouncer.lock().unwrap().start_again();
             },
-            policy: Box::new(
-                Polite::new()
-                    .delay(Duration::from_millis(20))
-                    .allow_all(true),
-            ),
-            requests: probes(&s, 20, COUNT),
-            redis: options.clone(),
-            on_finished: Box::new(move |_| {
-                finished += 1;
-                if finished == COUNT / 4 {
-                    let bouncer = bouncer.clone();
-                    std::thread::spawn(move || {
-                        bouncer.lock().unwrap().stop();
-                        std::thread::sleep(Duration::from_millis(600));
-                        bouncer.lock().unwrap().start_again();
-                    });
-                }
-            }),
-        })
+        ))
         .expect("run");
     assert!(out.error.is_none(), "{:?}", out.error);
     let mut tags: Vec<u64> = out.finished.iter().map(|p| p.tag).collect();
@@ -504,28 +520,14 @@ pub fn redis_going_away_loses_nothing<D: RedisDriver>(driver: &D) {
         ..options
     };
     let stopper = redis.clone();
-    let mut finished = 0;
     let out = driver
-        .run_redis(RedisRun {
-            config: Config {
-                concurrency: 4,
-                ..test_config()
-            },
-            policy: Box::new(
-                Polite::new()
-                    .delay(Duration::from_millis(100))
-                    .allow_all(true),
-            ),
-            requests: probes(&s, 20, COUNT),
-            redis: options.clone(),
-            on_finished: Box::new(move |_| {
-                finished += 1;
-                if finished == COUNT / 4 {
-                    let stopper = stopper.clone();
-                    std::thread::spawn(move || stopper.lock().unwrap().stop());
-                }
-            }),
-        })
+        .run_redis(stopping_redis_at_a_quarter(
+            &s,
+            COUNT,
+            Duration::from_millis(100),
+            options.clone(),
+            move || stopper.lock().unwrap().stop(),
+        ))
         .expect("run");
     let error = out.error.expect("the run gives up");
     assert!(error.contains("unreachable"), "{error}");
