@@ -42,12 +42,9 @@ impl Feed {
     /// record now.
     pub fn fill(&mut self, mut enqueue: impl FnMut(CliRequest) -> Result<(), Box<Refused>>) {
         while !self.stopped && self.unfinished < self.backlog {
-            let Some(input) = &mut self.input else {
-                return;
-            };
-            match input.next_line() {
-                Ok(Some(Line::Invalid(record))) => self.write(&record),
-                Ok(Some(Line::Request(request))) => match enqueue(request).map_err(|e| *e) {
+            match self.next_line() {
+                Some(Line::Invalid(record)) => self.write(&record),
+                Some(Line::Request(request)) => match enqueue(request).map_err(|e| *e) {
                     Ok(()) => self.unfinished += 1,
                     Err(Refused { request, reason }) => self.write(&Record::failed(
                         request.line,
@@ -57,11 +54,7 @@ impl Feed {
                         reason,
                     )),
                 },
-                Ok(None) => self.input = None,
-                Err(message) => {
-                    self.error = Some(message);
-                    self.input = None;
-                }
+                None => return,
             }
         }
     }
@@ -81,17 +74,12 @@ impl Feed {
     /// not fetched.
     pub fn record_rest(&mut self) -> u64 {
         let mut left = 0;
-        while let Some(input) = &mut self.input {
-            match input.next_line() {
-                Ok(Some(Line::Invalid(record))) => self.write(&record),
-                Ok(Some(Line::Request(request))) => {
+        while let Some(line) = self.next_line() {
+            match line {
+                Line::Invalid(record) => self.write(&record),
+                Line::Request(request) => {
                     left += 1;
                     self.output.write(&not_fetched(request));
-                }
-                Ok(None) => self.input = None,
-                Err(message) => {
-                    self.error = Some(message);
-                    self.input = None;
                 }
             }
         }
@@ -101,6 +89,23 @@ impl Feed {
     /// Why the list could not be read to its end, if it could not.
     pub fn error(&self) -> Option<&str> {
         self.error.as_deref()
+    }
+
+    /// The next line of the list; `None` once it is read to its end or could not be read
+    /// further (the error is kept).
+    fn next_line(&mut self) -> Option<Line> {
+        match self.input.as_mut()?.next_line() {
+            Ok(Some(line)) => Some(line),
+            Ok(None) => {
+                self.input = None;
+                None
+            }
+            Err(message) => {
+                self.error = Some(message);
+                self.input = None;
+                None
+            }
+        }
     }
 
     fn write(&self, record: &Record) {

@@ -1,6 +1,7 @@
 //! The list of URLs: one per line, blank lines and `#` comments skipped. It is read as the
 //! crawl goes (see [`Feed`](crate::feed::Feed)), so a list of any length fits in memory.
 
+use std::borrow::Cow;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader};
 
@@ -55,31 +56,28 @@ impl Input {
             }
             self.number += 1;
             let text = String::from_utf8_lossy(&self.buffer);
-            let input = text.trim();
-            if input.is_empty() || input.starts_with('#') {
+            let Some(input) = listed(&text) else {
                 continue;
-            }
-            let number = self.number;
-            let line = if std::str::from_utf8(&self.buffer).is_err() {
-                Line::Invalid(Record::failed(
-                    number,
-                    input.to_string(),
-                    None,
-                    "invalid_url",
-                    "the line is not valid UTF-8".to_string(),
-                ))
+            };
+            // Lossy decoding copies only a line that is not UTF-8.
+            let reason = if matches!(text, Cow::Owned(_)) {
+                "the line is not valid UTF-8".to_string()
             } else {
                 match parse_url(input) {
-                    Ok(url) => Line::Request(CliRequest::new(number, input.to_string(), url)),
-                    Err(e) => Line::Invalid(Record::failed(
-                        number,
-                        input.to_string(),
-                        None,
-                        "invalid_url",
-                        e.to_string(),
-                    )),
+                    Ok(url) => {
+                        let request = CliRequest::new(self.number, input.to_string(), url);
+                        return Ok(Some(Line::Request(request)));
+                    }
+                    Err(e) => e.to_string(),
                 }
             };
+            let line = Line::Invalid(Record::failed(
+                self.number,
+                input.to_string(),
+                None,
+                "invalid_url",
+                reason,
+            ));
             return Ok(Some(line));
         }
     }
@@ -115,12 +113,16 @@ pub fn count(path: &str) -> Result<Option<u64>, String> {
             return Ok(Some(count));
         }
         // The same test as `next_line`'s, so that the total matches what is fetched.
-        let text = String::from_utf8_lossy(&line);
-        let text = text.trim();
-        if !text.is_empty() && !text.starts_with('#') {
+        if listed(&String::from_utf8_lossy(&line)).is_some() {
             count += 1;
         }
     }
+}
+
+/// The entry of a line of the list, trimmed: `None` for a blank line or a `#` comment.
+fn listed(line: &str) -> Option<&str> {
+    let entry = line.trim();
+    (!entry.is_empty() && !entry.starts_with('#')).then_some(entry)
 }
 
 fn cannot_read(path: &str, e: io::Error) -> String {
