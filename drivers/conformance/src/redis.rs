@@ -350,6 +350,17 @@ fn stopping_redis_at_a_quarter(
     }
 }
 
+/// A run of what the crawl holds in Redis, enqueueing nothing.
+fn resuming(redis: RedisOptions) -> RedisRun {
+    RedisRun {
+        config: test_config(),
+        policy: fast_polite(),
+        requests: Vec::new(),
+        redis,
+        on_finished: Box::new(|_| {}),
+    }
+}
+
 fn fast_polite() -> Box<dyn Policy> {
     Box::new(
         Polite::new()
@@ -410,13 +421,7 @@ pub fn redis_restores_stored_requests_and_sets_corrupt_ones_aside<D: RedisDriver
         .query(&mut c)
         .unwrap();
     let out = driver
-        .run_redis(RedisRun {
-            config: test_config(),
-            policy: fast_polite(),
-            requests: Vec::new(),
-            redis: redis_options(&redis, &prefix),
-            on_finished: Box::new(|_| {}),
-        })
+        .run_redis(resuming(redis_options(&redis, &prefix)))
         .expect("run");
     assert!(out.error.is_none(), "{:?}", out.error);
     assert_eq!(out.finished.len(), 50, "every stored request fetched");
@@ -444,13 +449,7 @@ pub fn redis_foreign_data_and_unreachable_redis_are_clear_errors<D: RedisDriver>
         .query(&mut c)
         .unwrap();
     let out = driver
-        .run_redis(RedisRun {
-            config: test_config(),
-            policy: fast_polite(),
-            requests: Vec::new(),
-            redis: redis_options(&redis, &prefix),
-            on_finished: Box::new(|_| {}),
-        })
+        .run_redis(resuming(redis_options(&redis, &prefix)))
         .expect("run");
     let error = out.error.expect("the run reports the foreign data");
     assert!(error.contains("meta"), "{error}");
@@ -460,13 +459,7 @@ pub fn redis_foreign_data_and_unreachable_redis_are_clear_errors<D: RedisDriver>
         ..redis_options(&redis, &prefix)
     };
     let error = driver
-        .run_redis(RedisRun {
-            config: test_config(),
-            policy: fast_polite(),
-            requests: Vec::new(),
-            redis: closed,
-            on_finished: Box::new(|_| {}),
-        })
+        .run_redis(resuming(closed))
         .expect_err("an unreachable Redis is refused at start");
     assert!(error.contains("unreachable"), "{error}");
 }
@@ -540,15 +533,7 @@ pub fn redis_going_away_loses_nothing<D: RedisDriver>(driver: &D) {
         "{left} left, {} done",
         first.len()
     );
-    let out = driver
-        .run_redis(RedisRun {
-            config: test_config(),
-            policy: fast_polite(),
-            requests: Vec::new(),
-            redis: options,
-            on_finished: Box::new(|_| {}),
-        })
-        .expect("second run");
+    let out = driver.run_redis(resuming(options)).expect("second run");
     assert!(out.error.is_none(), "{:?}", out.error);
     let mut tags: Vec<u64> = first
         .into_iter()
