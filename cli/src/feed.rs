@@ -1,21 +1,35 @@
-//! The URL list fed to the fetcher as the crawl goes: at most `backlog` of its requests are
+//! The URL list fed to the fetchers as the crawl goes: at most `backlog` of its requests are
 //! unfinished at a time, and each one that finishes lets the next line in. Memory stays
-//! bounded for a list of any length, and the first fetch starts at once.
+//! bounded for a list of any length, and the first fetch starts at once. With `--threads`,
+//! each request goes to the thread that owns its host.
 
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-use crate::driver::lib::{EnqueueError, HandleError};
+use downpour_common::store::partition_of;
+
+use crate::driver::lib::{EnqueueError, Handle, HandleError};
 use crate::input::{Input, Line};
 use crate::monitor::Counters;
 use crate::output::Output;
 use crate::record::{CliRequest, Record};
 
-/// The input, and the count of its requests in the fetcher.
+/// The input, shared by the fetching threads: each request goes to the thread that owns its
+/// host, and a thread with nothing to do waits here until it has, or the list ends.
 pub struct Feed {
+    state: Mutex<State>,
+    /// Signalled when a waiting thread was given a request, and when the list ends or stops.
+    more: Condvar,
+}
+
+struct State {
     /// `None` once the list is read to its end, or could not be read further.
     input: Option<Input>,
     backlog: usize,
     unfinished: usize,
+    /// Per thread: its requests fed and not finished yet.
+    unfinished_of: Vec<usize>,
+    /// Per thread: whether it waits in [`Feed::wait_for_work`].
+    waiting: Vec<bool>,
     /// Set by a stop: nothing more is read until [`record_rest`](Feed::record_rest).
     stopped: bool,
     /// Why the list could not be read to its end.
@@ -25,61 +39,95 @@ pub struct Feed {
 }
 
 impl Feed {
-    pub fn new(input: Input, backlog: usize, output: Output, counters: Arc<Counters>) -> Self {
+    /// A feed for `threads` fetching threads; host `h` belongs to thread
+    /// `partition_of(h, threads)`, as it would to a Redis partition.
+    pub fn new(
+        input: Input,
+        backlog: usize,
+        threads: usize,
+        output: Output,
+        counters: Arc<Counters>,
+    ) -> Self {
+        let threads = threads.max(1);
         Feed {
-            input: Some(input),
-            backlog: backlog.max(1),
-            unfinished: 0,
-            stopped: false,
-            error: None,
-            output,
-            counters,
+            state: Mutex::new(State {
+                input: Some(input),
+                backlog: backlog.max(1),
+                unfinished: 0,
+                unfinished_of: vec![0; threads],
+                waiting: vec![false; threads],
+                stopped: false,
+                error: None,
+                output,
+                counters,
+            }),
+            more: Condvar::new(),
         }
     }
 
     /// Reads lines until `backlog` requests are unfinished or the list ends, handing each
-    /// request to `enqueue`. A line that is not a URL, or a URL `enqueue` refuses, gets its
-    /// record now.
-    pub fn fill(&mut self, mut enqueue: impl FnMut(CliRequest) -> Result<(), Box<Refused>>) {
-        while !self.stopped && self.unfinished < self.backlog {
-            match self.next_line() {
-                Some(Line::Invalid(record)) => self.write(&record),
-                Some(Line::Request(request)) => match enqueue(request).map_err(|e| *e) {
-                    Ok(()) => self.unfinished += 1,
-                    Err(Refused { request, reason }) => self.write(&Record::failed(
-                        request.line,
-                        request.input,
-                        Some(&request.url),
-                        "invalid_url",
-                        reason,
-                    )),
-                },
-                None => return,
-            }
+    /// request to the handle of the thread that owns its host (`handles[thread]`). A line
+    /// that is not a URL, or a URL the fetcher refuses, gets its record now.
+    pub fn fill(&self, handles: &[Handle<CliRequest>]) {
+        let mut state = self.lock();
+        if state.fill(handles) {
+            self.more.notify_all();
         }
     }
 
-    /// One of the requests fed has finished.
-    pub fn finished(&mut self) {
-        self.unfinished = self.unfinished.saturating_sub(1);
+    /// One request of `thread` has finished: the next line comes in, unless the run stops.
+    pub fn finished(&self, thread: usize, handles: &[Handle<CliRequest>], stopping: bool) {
+        let mut state = self.lock();
+        state.unfinished = state.unfinished.saturating_sub(1);
+        state.unfinished_of[thread] = state.unfinished_of[thread].saturating_sub(1);
+        if stopping {
+            state.stopped = true;
+            self.more.notify_all();
+        } else if state.fill(handles) {
+            self.more.notify_all();
+        }
     }
 
-    /// Reads no more lines (the run is stopping).
-    pub fn stop(&mut self) {
-        self.stopped = true;
+    /// For a thread whose fetcher has run out of work: waits until it was given more (true:
+    /// run it again) or until it will not be (false: the list is read, or the run stops).
+    pub fn wait_for_work(&self, thread: usize) -> bool {
+        let mut state = self.lock();
+        loop {
+            if state.stopped {
+                return false;
+            }
+            // Counted when fed, under this lock: a request fed after the fetcher went idle
+            // shows here, and is in the fetcher's handle queue for its next run.
+            if state.unfinished_of[thread] > 0 {
+                return true;
+            }
+            if state.input.is_none() {
+                return false;
+            }
+            state.waiting[thread] = true;
+            state = self.more.wait(state).unwrap_or_else(|e| e.into_inner());
+            state.waiting[thread] = false;
+        }
+    }
+
+    /// Reads no more lines (the run is stopping); the waiting threads end.
+    pub fn stop(&self) {
+        self.lock().stopped = true;
+        self.more.notify_all();
     }
 
     /// After a stopped run: every line not read yet gets its record, `not_fetched` (or
-    /// `invalid_url`), as the requests left in the fetcher do. Returns how many URLs were
+    /// `invalid_url`), as the requests left in the fetchers do. Returns how many URLs were
     /// not fetched.
-    pub fn record_rest(&mut self) -> u64 {
+    pub fn record_rest(&self) -> u64 {
+        let mut state = self.lock();
         let mut left = 0;
-        while let Some(line) = self.next_line() {
+        while let Some(line) = state.next_line() {
             match line {
-                Line::Invalid(record) => self.write(&record),
+                Line::Invalid(record) => state.write(&record),
                 Line::Request(request) => {
                     left += 1;
-                    self.output.write(&not_fetched(request));
+                    state.output.write(&not_fetched(request));
                 }
             }
         }
@@ -87,8 +135,55 @@ impl Feed {
     }
 
     /// Why the list could not be read to its end, if it could not.
-    pub fn error(&self) -> Option<&str> {
-        self.error.as_deref()
+    pub fn error(&self) -> Option<String> {
+        self.lock().error.clone()
+    }
+
+    /// The state, even if a callback panicked while holding it (it is left consistent).
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl State {
+    /// Feeds up to the backlog; true if a waiting thread was given a request.
+    fn fill(&mut self, handles: &[Handle<CliRequest>]) -> bool {
+        let threads = self.unfinished_of.len() as u32;
+        let mut woke = false;
+        while !self.stopped && self.unfinished < self.backlog {
+            match self.next_line() {
+                Some(Line::Invalid(record)) => self.write(&record),
+                Some(Line::Request(request)) => {
+                    let thread = match threads {
+                        1 => 0,
+                        n => partition_of(request.url.host_str().unwrap_or(""), n) as usize,
+                    };
+                    match handles[thread].enqueue(request) {
+                        Ok(()) => {
+                            self.unfinished += 1;
+                            self.unfinished_of[thread] += 1;
+                            woke |= self.waiting[thread];
+                        }
+                        Err(e) => {
+                            let Refused { request, reason } = e.into();
+                            self.write(&Record::failed(
+                                request.line,
+                                request.input,
+                                Some(&request.url),
+                                "invalid_url",
+                                reason,
+                            ))
+                        }
+                    }
+                }
+                None => {
+                    // The list ended (or failed): the threads waiting for more end too.
+                    woke |= self.waiting.iter().any(|&w| w);
+                    break;
+                }
+            }
+        }
+        woke
     }
 
     /// The next line of the list; `None` once it is read to its end or could not be read
@@ -125,17 +220,10 @@ pub fn not_fetched(request: CliRequest) -> Record {
     )
 }
 
-/// A request the fetcher would not take, and why (boxed where it is returned: the error of
-/// `enqueue` is rare, the request large).
-pub struct Refused {
+/// A request the fetcher would not take, and why.
+struct Refused {
     request: CliRequest,
     reason: String,
-}
-
-impl Refused {
-    pub fn boxed(e: impl Into<Refused>) -> Box<Refused> {
-        Box::new(e.into())
-    }
 }
 
 impl From<EnqueueError<CliRequest>> for Refused {

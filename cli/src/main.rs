@@ -16,15 +16,16 @@ mod warc;
 
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::Arc;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 
 use crate::crawl::{Crawl, Seeding};
-use crate::driver::lib::{Error, Fetcher, RedisOptions, Scheduler, StoreError};
+use crate::driver::lib::{Config, Error, Fetcher, Handle, RedisOptions, Scheduler, StoreError};
 use crate::driver::Driver;
-use crate::feed::{Feed, Refused};
+use crate::feed::Feed;
 use crate::input::Input;
 use crate::monitor::Monitor;
 use crate::options::FetchArgs;
@@ -72,17 +73,28 @@ fn fetch(args: FetchArgs) -> Result<ExitCode, String> {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create directory {}: {e}", dir.display()))?;
     }
-    let driver = Driver::new()?;
-    let config = settings.config.clone();
+    let threads = args.threads as usize;
     // Without Redis the list is read as the crawl goes. With Redis it seeds the crawl, unless
     // the crawl was seeded before: then it is not read at all.
-    let (mut fetcher, input, mut crawl): (Fetcher<CliRequest>, _, _) = match &settings.redis {
+    let mut drivers = Vec::with_capacity(threads);
+    let mut fetchers: Vec<Fetcher<CliRequest>> = Vec::with_capacity(threads);
+    let (input, mut crawl) = match &settings.redis {
         None => {
-            let scheduler = Scheduler::with_policy(config, settings.policy)
-                .map_err(|e| format!("invalid options: {e}"))?;
-            let fetcher = Fetcher::from_scheduler(scheduler, settings.client)
-                .map_err(|e| format!("invalid options: {e}"))?;
-            (fetcher, Some(Input::open(&args.urls)?), None)
+            for thread in 0..threads {
+                // Each thread has its share of the concurrency, and schedules its own hosts.
+                let config = Config {
+                    concurrency: share(settings.config.concurrency, threads, thread),
+                    ..settings.config.clone()
+                };
+                let scheduler = Scheduler::with_policy(config, settings.policy.make())
+                    .map_err(|e| format!("invalid options: {e}"))?;
+                fetchers.push(
+                    Fetcher::from_scheduler(scheduler, settings.client.clone())
+                        .map_err(|e| format!("invalid options: {e}"))?,
+                );
+                drivers.push(Driver::new()?);
+            }
+            (Some(Input::open(&args.urls)?), None)
         }
         Some(options) => {
             let mut crawl = Crawl::connect(options)?;
@@ -91,8 +103,14 @@ fn fetch(args: FetchArgs) -> Result<ExitCode, String> {
             } else {
                 Some(Input::open(&args.urls)?)
             };
+            let driver = Driver::new()?;
             let fetcher = driver
-                .with_redis(config, settings.policy, settings.client, options.clone())
+                .with_redis(
+                    settings.config.clone(),
+                    settings.policy.make(),
+                    settings.client.clone(),
+                    options.clone(),
+                )
                 .map_err(|e| match e {
                     Error::Redis(StoreError::Unreachable { url, last, .. }) => {
                         format!("cannot reach Redis at {url}: {last}")
@@ -100,7 +118,9 @@ fn fetch(args: FetchArgs) -> Result<ExitCode, String> {
                     Error::Redis(e) => e.to_string(),
                     e => format!("invalid options: {e}"),
                 })?;
-            (fetcher, input, Some((crawl_name(options), crawl)))
+            drivers.push(driver);
+            fetchers.push(fetcher);
+            (input, Some((crawl_name(options), crawl)))
         }
     };
 
@@ -164,6 +184,7 @@ fn fetch(args: FetchArgs) -> Result<ExitCode, String> {
     let monitor = Arc::new(Monitor::new(
         args.quiet,
         total,
+        fetchers.len(),
         output.clone(),
         shared.clone(),
     ));
@@ -177,21 +198,23 @@ fn fetch(args: FetchArgs) -> Result<ExitCode, String> {
     }
     // Without Redis: the first `backlog` requests now, then one more as each finishes.
     let feed = input.map(|input| {
-        Arc::new(Mutex::new(Feed::new(
+        Arc::new(Feed::new(
             input,
             usize::try_from(args.backlog).unwrap_or(usize::MAX),
+            fetchers.len(),
             output.clone(),
             counters.clone(),
-        )))
+        ))
     });
+    let handles: Arc<[Handle<CliRequest>]> = fetchers.iter().map(Fetcher::handle).collect();
     if let Some(feed) = &feed {
-        lock(feed).fill(|request| fetcher.enqueue(request).map_err(Refused::boxed));
+        feed.fill(&handles);
     }
-    {
+    for (thread, fetcher) in fetchers.iter_mut().enumerate() {
         let output = output.clone();
         let counters = counters.clone();
         let feed = feed.clone();
-        let handle = fetcher.handle();
+        let handles = handles.clone();
         let monitor = monitor.clone();
         fetcher.on_finished(move |request: CliRequest| {
             if let Some(record) = &request.record {
@@ -199,24 +222,34 @@ fn fetch(args: FetchArgs) -> Result<ExitCode, String> {
                 output.write(record);
             }
             if let Some(feed) = &feed {
-                let mut feed = lock(feed);
-                feed.finished();
-                if monitor.interrupted() {
-                    feed.stop();
-                } else {
-                    // Enqueued through the handle: the fetcher is busy calling back. `run`
-                    // takes the handle's requests before it decides that it is done.
-                    feed.fill(|request| handle.enqueue(request).map_err(Refused::boxed));
-                }
+                // Enqueued through the handles: this fetcher is busy calling back, and the
+                // others run on their own threads.
+                feed.finished(thread, &handles, monitor.interrupted());
             }
         });
     }
+    {
+        let handles = handles.clone();
+        let monitor = monitor.clone();
+        let feed = feed.clone();
+        ctrlc::set_handler(move || {
+            // The feed first: a fetcher that stops then finds no more work.
+            if let Some(feed) = &feed {
+                feed.stop();
+            }
+            monitor.interrupt(&handles);
+        })
+        .map_err(|e| format!("cannot watch for Ctrl-C: {e}"))?;
+    }
 
-    driver.drive(&mut fetcher, &monitor)?;
+    run(&drivers, &mut fetchers, feed.as_deref(), &monitor, &handles)?;
     monitor.finish();
 
-    let unfinished = fetcher.take_unfinished();
-    let redis_error = fetcher.redis_error().map(|e| e.to_string());
+    let unfinished: Vec<CliRequest> = fetchers
+        .iter_mut()
+        .flat_map(Fetcher::take_unfinished)
+        .collect();
+    let redis_error = fetchers[0].redis_error().map(|e| e.to_string());
     // Without Redis what is left gets a record; with Redis it stays there, for the next run.
     let left = match &mut crawl {
         None => {
@@ -225,7 +258,7 @@ fn fetch(args: FetchArgs) -> Result<ExitCode, String> {
                 output.write(&feed::not_fetched(request));
             }
             if let Some(feed) = &feed {
-                left += lock(feed).record_rest();
+                left += feed.record_rest();
             }
             Some(left)
         }
@@ -271,10 +304,7 @@ fn fetch(args: FetchArgs) -> Result<ExitCode, String> {
             _ => {}
         }
     }
-    if let Some(error) = feed
-        .as_ref()
-        .and_then(|f| lock(f).error().map(str::to_string))
-    {
+    if let Some(error) = feed.as_ref().and_then(|f| f.error()) {
         eprintln!("downpour: {error}; the URLs after it were not read");
         return Ok(ExitCode::from(2));
     }
@@ -291,9 +321,50 @@ fn fetch(args: FetchArgs) -> Result<ExitCode, String> {
     })
 }
 
-/// The feed, even if a callback panicked while holding it (it is left consistent).
-fn lock(feed: &Mutex<Feed>) -> std::sync::MutexGuard<'_, Feed> {
-    feed.lock().unwrap_or_else(|e| e.into_inner())
+/// Runs each fetcher on a thread of its own until the feed has nothing more for it, and
+/// shows the progress from this one meanwhile.
+fn run(
+    drivers: &[Driver],
+    fetchers: &mut [Fetcher<CliRequest>],
+    feed: Option<&Feed>,
+    monitor: &Monitor,
+    handles: &[Handle<CliRequest>],
+) -> Result<(), String> {
+    let (running, ended) = mpsc::channel::<()>();
+    std::thread::scope(|scope| {
+        for (thread, (driver, fetcher)) in drivers.iter().zip(fetchers.iter_mut()).enumerate() {
+            let running = running.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("fetch-{thread}"))
+                .spawn_scoped(scope, move || {
+                    loop {
+                        driver.run(fetcher, monitor, thread);
+                        if !feed.is_some_and(|feed| feed.wait_for_work(thread)) {
+                            break;
+                        }
+                    }
+                    drop(running);
+                });
+            if let Err(e) = spawned {
+                // The threads started end with what they have: nothing is lost.
+                if let Some(feed) = feed {
+                    feed.stop();
+                }
+                handles.iter().for_each(Handle::stop);
+                return Err(format!("cannot start a fetching thread: {e}"));
+            }
+        }
+        drop(running);
+        while let Err(RecvTimeoutError::Timeout) = ended.recv_timeout(monitor.interval()) {
+            monitor.tick();
+        }
+        Ok(())
+    })
+}
+
+/// Thread `k`'s share of `total` over `parts` threads.
+fn share(total: usize, parts: usize, k: usize) -> usize {
+    total / parts + usize::from(k < total % parts)
 }
 
 /// The crawl's name in messages: its prefix, quoted.

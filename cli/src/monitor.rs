@@ -3,12 +3,12 @@
 
 use std::io::{self, IsTerminal};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::driver::lib::{Handle, Stats, WaitSummary};
+use crate::driver::lib::{Handle, WaitSummary};
 use crate::output::Output;
 use crate::record::{CliRequest, Shared};
 
@@ -36,9 +36,12 @@ impl Counters {
     }
 }
 
-/// The scheduler's state at a tick, when the driver can read it during a run.
+/// The scheduler's state at a tick, when the driver can read it during a run (summed over
+/// the threads).
+#[derive(Clone, Copy, Default)]
 pub struct Detail {
-    stats: Stats,
+    queued: usize,
+    in_flight: usize,
     wait: WaitSummary,
 }
 
@@ -46,10 +49,22 @@ impl Detail {
     /// The blocking driver's fetcher is busy in `run` at every tick: it has no detail.
     #[cfg(any(feature = "tokio", feature = "smol"))]
     pub fn of(fetcher: &crate::driver::lib::Fetcher<CliRequest>) -> Self {
+        let stats = fetcher.stats();
         Detail {
-            stats: fetcher.stats(),
+            queued: stats.queued,
+            in_flight: stats.in_flight,
             wait: fetcher.scheduler().wait_summary(Instant::now()),
         }
+    }
+
+    fn add(mut self, other: &Detail) -> Detail {
+        self.queued += other.queued;
+        self.in_flight += other.in_flight;
+        self.wait.delay += other.wait.delay;
+        self.wait.backoff += other.wait.backoff;
+        self.wait.in_flight_limit += other.wait.in_flight_limit;
+        self.wait.robots += other.wait.robots;
+        self
     }
 }
 
@@ -60,17 +75,26 @@ pub struct Monitor {
     output: Output,
     shared: Arc<Shared>,
     interrupts: AtomicU32,
+    /// Per fetching thread, its last detail.
+    details: Mutex<Vec<Option<Detail>>>,
 }
 
 impl Monitor {
     /// `total` is the count of URLs to fetch, when it is known (not for stdin).
-    pub fn new(quiet: bool, total: Option<u64>, output: Output, shared: Arc<Shared>) -> Self {
+    pub fn new(
+        quiet: bool,
+        total: Option<u64>,
+        threads: usize,
+        output: Output,
+        shared: Arc<Shared>,
+    ) -> Self {
         Monitor {
             progress: Progress::new(quiet, total),
             counters: Arc::new(Counters::default()),
             output,
             shared,
             interrupts: AtomicU32::new(0),
+            details: Mutex::new(vec![None; threads.max(1)]),
         }
     }
 
@@ -79,21 +103,43 @@ impl Monitor {
         self.progress.interval()
     }
 
+    /// Keeps the detail of fetching thread `thread`, for the next [`tick`](Monitor::tick).
+    #[cfg(any(feature = "tokio", feature = "smol"))]
+    pub fn set_detail(&self, thread: usize, detail: Detail) {
+        if let Some(slot) = self
+            .details
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(thread)
+        {
+            *slot = Some(detail);
+        }
+    }
+
     /// Shows the progress and flushes the records written so far.
-    pub fn tick(&self, detail: Option<Detail>) {
+    pub fn tick(&self) {
+        let detail = self
+            .details
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .flatten()
+            .fold(None, |sum: Option<Detail>, d| {
+                Some(sum.unwrap_or_default().add(d))
+            });
         self.progress
             .update(&self.counters, detail.as_ref(), self.shared.started);
         self.output.flush_quietly();
     }
 
     /// A Ctrl-C: the first stops gracefully, the second aborts the fetches in flight, a
-    /// third (should the second not be enough) exits at once.
-    pub fn interrupt(&self, handle: &Handle<CliRequest>) {
+    /// third (should the second not be enough) exits at once. `handles`: every fetcher's.
+    pub fn interrupt(&self, handles: &[Handle<CliRequest>]) {
         match self.interrupts.fetch_add(1, Ordering::SeqCst) {
             0 => {
                 self.progress
                     .note("stopping: fetches in flight finish (Ctrl-C again to abort them)");
-                handle.stop();
+                handles.iter().for_each(Handle::stop);
             }
             1 => {
                 self.shared.aborting.store(true, Ordering::SeqCst);
@@ -102,7 +148,7 @@ impl Monitor {
                 } else {
                     "aborting the fetches in flight"
                 });
-                handle.stop_now();
+                handles.iter().for_each(Handle::stop_now);
             }
             _ => {
                 self.progress.note("exiting at once");
@@ -171,11 +217,14 @@ impl Progress {
         let done = counters.done();
         let describe = || {
             let mut text = format!("errors {}", counters.errors());
-            if let Some(Detail { stats, wait }) = detail {
+            if let Some(Detail {
+                queued,
+                in_flight,
+                wait,
+            }) = detail
+            {
                 text.push_str(&format!(
-                    ", queued {}, in flight {}, hosts waiting: delay {} backoff {} limit {} robots {}",
-                    stats.queued,
-                    stats.in_flight,
+                    ", queued {queued}, in flight {in_flight}, hosts waiting: delay {} backoff {} limit {} robots {}",
                     wait.delay,
                     wait.backoff,
                     wait.in_flight_limit,

@@ -42,6 +42,12 @@ pub struct FetchArgs {
     /// the polite policy has few hosts to take turns between (without Redis)
     #[arg(long, value_name = "N", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub backlog: u64,
+    /// Threads that fetch, each with its own share of the hosts (so each host is still
+    /// fetched by one of them, with its delay) and of --concurrency. More than 1 helps only
+    /// when one core is the limit: many fast hosts, e.g. on a local network (without Redis;
+    /// with Redis, run more workers)
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub threads: u32,
     /// Do not fetch or obey robots.txt (polite; fifo never does)
     #[arg(long)]
     pub allow_all: bool,
@@ -144,10 +150,42 @@ const DEFAULT_HEADERS: [&str; 5] = [
     "location",
 ];
 
+/// The policy chosen, made once per thread (each thread schedules its own hosts).
+pub enum PolicyChoice {
+    Fifo,
+    Polite {
+        allow_all: bool,
+        delay: Option<Duration>,
+        per_host: Option<u32>,
+    },
+}
+
+impl PolicyChoice {
+    pub fn make(&self) -> Box<dyn Policy> {
+        match *self {
+            PolicyChoice::Fifo => Box::new(Fifo::new()),
+            PolicyChoice::Polite {
+                allow_all,
+                delay,
+                per_host,
+            } => {
+                let mut policy = Polite::new().allow_all(allow_all);
+                if let Some(delay) = delay {
+                    policy = policy.delay(delay);
+                }
+                if let Some(n) = per_host {
+                    policy = policy.per_host(n);
+                }
+                Box::new(policy)
+            }
+        }
+    }
+}
+
 /// What the options make, checked.
 pub struct Settings {
     pub config: Config,
-    pub policy: Box<dyn Policy>,
+    pub policy: PolicyChoice,
     pub client: ClientOptions,
     /// Response headers copied into the records.
     pub headers: Vec<HeaderName>,
@@ -219,18 +257,27 @@ impl FetchArgs {
             .validate()
             .map_err(|e| format!("invalid options: {e}"))?;
 
-        let policy: Box<dyn Policy> = if polite {
-            let mut policy = Polite::new().allow_all(self.allow_all);
-            if let Some(delay) = self.delay {
-                policy = policy.delay(delay);
+        let policy = if polite {
+            PolicyChoice::Polite {
+                allow_all: self.allow_all,
+                delay: self.delay,
+                per_host: self.per_host,
             }
-            if let Some(n) = self.per_host {
-                policy = policy.per_host(n);
-            }
-            Box::new(policy)
         } else {
-            Box::new(Fifo::new())
+            PolicyChoice::Fifo
         };
+        if self.threads > 1 && redis.is_some() {
+            return Err(
+                "--threads only applies without --redis: with Redis, run more workers (one per partition)"
+                    .into(),
+            );
+        }
+        if self.threads as usize > config.concurrency {
+            return Err(format!(
+                "invalid options: --threads {} is more than --concurrency {}: each thread needs at least one fetch",
+                self.threads, config.concurrency
+            ));
+        }
 
         let proxy = match (&self.proxy, self.no_proxy_env) {
             (Some(url), _) => Proxy::Rules {

@@ -8,8 +8,9 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use downpour_common::store::partition_of;
 use downpour_conformance::redis::RedisServer;
-use downpour_conformance::{Robots, Servers, Tinyproxy};
+use downpour_conformance::{host_ip, violations, LogEntry, Robots, Servers, Tinyproxy};
 use serde_json::Value;
 
 fn scratch(name: &str) -> PathBuf {
@@ -257,18 +258,113 @@ fn a_list_longer_than_the_backlog_is_read_as_the_crawl_goes() {
     // once a response has come back, which is after the server wrote it.
     let log = servers.hits("/delay");
     assert_eq!(log.len(), 24);
-    for request in &log {
-        let overlapping = log
-            .iter()
-            .filter(|other| {
-                other.arrived <= request.arrived
-                    && other.ended.is_none_or(|ended| ended > request.arrived)
-            })
-            .count();
-        assert!(overlapping <= 3, "{overlapping} requests at once: {log:#?}");
-    }
+    let at_once = most_at_once(&log, |_| true);
+    assert!(at_once <= 3, "{at_once} requests at once: {log:#?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("24 fetched, 2 failed"), "{stderr}");
+}
+
+/// The most requests of `log` in progress at one time, over `of` (arrival counts as start).
+fn most_at_once(log: &[LogEntry], of: impl Fn(&LogEntry) -> bool) -> usize {
+    log.iter()
+        .filter(|r| of(r))
+        .map(|request| {
+            log.iter()
+                .filter(|other| {
+                    of(other)
+                        && other.arrived <= request.arrived
+                        && other.ended.is_none_or(|ended| ended > request.arrived)
+                })
+                .count()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+#[test]
+fn threads_each_fetch_their_own_hosts_with_their_share_of_the_concurrency() {
+    let servers = Servers::start(4);
+    // Two hosts that belong to different threads of two.
+    let hosts: Vec<u32> = (0..4)
+        .map(|i| partition_of(&host_ip(i).to_string(), 2))
+        .collect();
+    let a = hosts
+        .iter()
+        .position(|&p| p == 0)
+        .expect("a host of thread 0");
+    let b = hosts
+        .iter()
+        .position(|&p| p == 1)
+        .expect("a host of thread 1");
+    // Pairs of one host in a row: fifo with a concurrency of 2 on one thread would fetch
+    // each pair at once.
+    let list = scratch("threads").join("urls.txt");
+    let urls: Vec<String> = (0..16)
+        .map(|i| {
+            let host = if i / 2 % 2 == 0 { a } else { b };
+            servers.url(host, &format!("/delay?ms=100&i={i}"))
+        })
+        .collect();
+    std::fs::write(&list, urls.join("\n")).unwrap();
+    let out = downpour(&[
+        "fetch",
+        list.to_str().unwrap(),
+        "--policy",
+        "fifo",
+        "--concurrency",
+        "2",
+        "--threads",
+        "2",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let records = records(&out.stdout);
+    assert_eq!(lines_recorded(&records), (1..=16).map(|l| (l, 1)).collect());
+    assert!(records.iter().all(|r| r["status"] == 200), "{records:#?}");
+    let log = servers.hits("/delay");
+    assert_eq!(log.len(), 16);
+    // Each thread has a concurrency of 1 and owns one host ...
+    for host in [a, b] {
+        let at_once = most_at_once(&log, |r| r.host == host_ip(host));
+        assert_eq!(at_once, 1, "host {host}: {log:#?}");
+    }
+    // ... and the two threads fetch at the same time.
+    assert_eq!(most_at_once(&log, |_| true), 2, "{log:#?}");
+}
+
+#[test]
+fn threads_waiting_for_lines_are_fed_and_lose_nothing() {
+    let servers = Servers::start(6);
+    let list = scratch("threads-backlog").join("urls.txt");
+    let urls: Vec<String> = (0..60)
+        .map(|i| servers.url(i % 6, &format!("/delay?ms=10&i={i}")))
+        .collect();
+    std::fs::write(&list, urls.join("\n")).unwrap();
+    // Three threads and a backlog of 2: at every moment at least one thread has nothing to
+    // do and waits until the feed gives it a line of one of its hosts.
+    let out = downpour(&[
+        "fetch",
+        list.to_str().unwrap(),
+        "--delay",
+        "30ms",
+        "--allow-all",
+        "--threads",
+        "3",
+        "--backlog",
+        "2",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let records = records(&out.stdout);
+    assert_eq!(lines_recorded(&records), (1..=60).map(|l| (l, 1)).collect());
+    assert!(records.iter().all(|r| r["status"] == 200), "{records:#?}");
+    let log = servers.hits("/delay");
+    assert_eq!(log.len(), 60);
+    assert_eq!(
+        violations(&log, Duration::from_millis(30)),
+        Vec::<String>::new()
+    );
+    assert!(most_at_once(&log, |_| true) <= 2, "{log:#?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("60 fetched, 0 failed"), "{stderr}");
 }
 
 #[cfg(unix)]
@@ -338,6 +434,33 @@ fn bad_option_values_fail_clearly() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("max_body_size"));
 
+    let out = downpour(&["fetch", list, "--threads", "5", "--concurrency", "4"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--threads 5 is more than --concurrency 4"),
+        "{stderr}"
+    );
+
+    let out = downpour(&[
+        "fetch",
+        list,
+        "--threads",
+        "2",
+        "--redis",
+        "redis://127.0.0.1:9/",
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--threads only applies without --redis"),
+        "{stderr}"
+    );
+
+    let out = downpour(&["fetch", list, "--threads", "0"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--threads"));
+
     let out = downpour(&["fetch", list, "--no-such-option"]);
     assert!(!out.status.success());
     assert!(out.stdout.is_empty());
@@ -362,6 +485,9 @@ fn ctrl_c_stops_gracefully_and_reports_what_is_left() {
             "--allow-all",
             // Most lines are still unread at the stop: they get their records too.
             "--backlog",
+            "2",
+            // The second thread has no host: it waits for lines until the stop ends it.
+            "--threads",
             "2",
         ])
         .stdin(Stdio::null())

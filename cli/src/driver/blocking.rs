@@ -1,9 +1,5 @@
-//! The run loop without a runtime: `run` blocks this thread (where the callbacks run), a
-//! second thread ticks the progress, and Ctrl-C comes from the `ctrlc` crate's thread,
-//! through the fetcher's handle.
-
-use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::Arc;
+//! The run loop without a runtime: `run` blocks the fetching thread, where the callbacks
+//! run; the fetches run on the fetcher's own pool.
 
 use super::lib::{ClientOptions, Config, Error, Fetcher, Policy, RedisOptions};
 use crate::monitor::Monitor;
@@ -33,24 +29,9 @@ impl Driver {
         Fetcher::with_redis(config, policy, client, redis)
     }
 
-    /// Runs the fetcher to the end (or until stopped), ticking the progress and serving Ctrl-C.
-    pub fn drive(
-        &self,
-        fetcher: &mut Fetcher<CliRequest>,
-        monitor: &Arc<Monitor>,
-    ) -> Result<(), String> {
-        super::on_ctrl_c(fetcher.handle(), monitor.clone())?;
-        let (finished, ticks) = mpsc::channel::<()>();
-        std::thread::scope(|scope| {
-            scope.spawn(move || {
-                // The fetcher is busy in `run`: the ticks show the counters without its queue.
-                while let Err(RecvTimeoutError::Timeout) = ticks.recv_timeout(monitor.interval()) {
-                    monitor.tick(None);
-                }
-            });
-            fetcher.run();
-            drop(finished);
-        });
-        Ok(())
+    /// Runs the fetcher until it has nothing left to do (or is stopped). It is busy in
+    /// `run` throughout: the progress shows the counters without its queue.
+    pub fn run(&self, fetcher: &mut Fetcher<CliRequest>, _monitor: &Monitor, _thread: usize) {
+        fetcher.run();
     }
 }

@@ -1,7 +1,7 @@
 //! The driver the command runs on, chosen by a cargo feature: `tokio` (the default), `smol`
 //! or `blocking`. Everything else in the command is the same for all three; each module here
-//! holds only what differs: the run loop, Ctrl-C, the progress ticks and how
-//! `Fetcher::with_redis` is called. Each exports `Driver` (`new`, `with_redis`, `drive`),
+//! holds only what differs: the run loop (with the progress detail) and how
+//! `Fetcher::with_redis` is called. Each exports `Driver` (`new`, `with_redis`, `run`),
 //! `NAME` and `VERSION`; `lib` is the driver crate.
 
 #[cfg(any(
@@ -34,14 +34,3 @@ pub use {self::smol::*, downpour_smol as lib};
 mod blocking;
 #[cfg(all(feature = "blocking", not(any(feature = "tokio", feature = "smol"))))]
 pub use {self::blocking::*, downpour_blocking as lib};
-
-/// Calls `monitor.interrupt` on every Ctrl-C, from a thread of the `ctrlc` crate (for the
-/// drivers without a runtime that watches signals).
-#[cfg(not(feature = "tokio"))]
-fn on_ctrl_c(
-    handle: lib::Handle<crate::record::CliRequest>,
-    monitor: std::sync::Arc<crate::monitor::Monitor>,
-) -> Result<(), String> {
-    ctrlc::set_handler(move || monitor.interrupt(&handle))
-        .map_err(|e| format!("cannot watch for Ctrl-C: {e}"))
-}

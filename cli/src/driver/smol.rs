@@ -1,7 +1,4 @@
-//! The run loop on smol: `async_io::block_on` on the calling thread; Ctrl-C from the
-//! `ctrlc` crate's thread, through the fetcher's handle.
-
-use std::sync::Arc;
+//! The run loop on smol: `async_io::block_on` on the fetching thread.
 
 use async_io::Timer;
 use futures_lite::future;
@@ -34,13 +31,9 @@ impl Driver {
         async_io::block_on(Fetcher::with_redis(config, policy, client, redis))
     }
 
-    /// Runs the fetcher to the end (or until stopped), ticking the progress and serving Ctrl-C.
-    pub fn drive(
-        &self,
-        fetcher: &mut Fetcher<CliRequest>,
-        monitor: &Arc<Monitor>,
-    ) -> Result<(), String> {
-        super::on_ctrl_c(fetcher.handle(), monitor.clone())?;
+    /// Runs the fetcher until it has nothing left to do (or is stopped), keeping its detail
+    /// for the progress as fetching thread `thread`.
+    pub fn run(&self, fetcher: &mut Fetcher<CliRequest>, monitor: &Monitor, thread: usize) {
         async_io::block_on(async {
             loop {
                 // `run` keeps its state in the fetcher: dropping it at an await point for a
@@ -59,9 +52,8 @@ impl Driver {
                 if finished {
                     break;
                 }
-                monitor.tick(Some(Detail::of(fetcher)));
+                monitor.set_detail(thread, Detail::of(fetcher));
             }
         });
-        Ok(())
     }
 }

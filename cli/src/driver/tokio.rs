@@ -1,6 +1,4 @@
-//! The run loop on tokio: one current-thread runtime; Ctrl-C from `tokio::signal`.
-
-use std::sync::Arc;
+//! The run loop on tokio: one current-thread runtime per fetching thread.
 
 use ::tokio::runtime::Runtime;
 use ::tokio::time::{interval, MissedTickBehavior};
@@ -40,31 +38,20 @@ impl Driver {
             .block_on(Fetcher::with_redis(config, policy, client, redis))
     }
 
-    /// Runs the fetcher to the end (or until stopped), ticking the progress and serving Ctrl-C.
-    pub fn drive(
-        &self,
-        fetcher: &mut Fetcher<CliRequest>,
-        monitor: &Arc<Monitor>,
-    ) -> Result<(), String> {
+    /// Runs the fetcher until it has nothing left to do (or is stopped), keeping its detail
+    /// for the progress as fetching thread `thread`.
+    pub fn run(&self, fetcher: &mut Fetcher<CliRequest>, monitor: &Monitor, thread: usize) {
         self.runtime.block_on(async {
-            let handle = fetcher.handle();
-            let mut ctrl_c = Box::pin(::tokio::signal::ctrl_c());
             let mut tick = interval(monitor.interval());
             tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
             loop {
                 // `run` keeps its state in the fetcher: leaving it at an await point and
-                // calling it again loses nothing, so the progress and Ctrl-C are served in
-                // between.
+                // calling it again loses nothing, so the detail is read in between.
                 ::tokio::select! {
                     _ = fetcher.run() => break,
-                    _ = tick.tick() => monitor.tick(Some(Detail::of(fetcher))),
-                    _ = &mut ctrl_c => {
-                        ctrl_c = Box::pin(::tokio::signal::ctrl_c());
-                        monitor.interrupt(&handle);
-                    }
+                    _ = tick.tick() => monitor.set_detail(thread, Detail::of(fetcher)),
                 }
             }
         });
-        Ok(())
     }
 }
