@@ -1,11 +1,17 @@
 //! Where the JSON lines go: a file or stdout, shared by the callbacks and the run loop.
 
+use std::cell::RefCell;
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use crate::record::Record;
+
+thread_local! {
+    /// The line being written, kept for the next one.
+    static LINE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
 
 /// The JSON lines' destination. Cheap to clone.
 #[derive(Clone)]
@@ -30,16 +36,23 @@ impl Output {
 
     /// Writes one record as a line.
     pub fn write(&self, record: &Record) {
-        let mut out = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let written = serde_json::to_writer(&mut *out, record)
-            .map_err(io::Error::from)
-            .and_then(|()| out.write_all(b"\n"))
-            .and_then(|()| if self.1 { out.flush() } else { Ok(()) });
-        if let Err(e) = written {
-            // Nothing sensible is left to do with a closed stdout (e.g. `| head`).
-            eprintln!("downpour: cannot write output: {e}");
-            std::process::exit(1);
-        }
+        // Serialized before taking the lock: the fetching threads hold it only to copy.
+        LINE.with_borrow_mut(|line| {
+            line.clear();
+            let written = serde_json::to_writer(&mut *line, record)
+                .map_err(io::Error::from)
+                .and_then(|()| {
+                    line.push(b'\n');
+                    let mut out = self.0.lock().unwrap_or_else(|e| e.into_inner());
+                    out.write_all(line)
+                        .and_then(|()| if self.1 { out.flush() } else { Ok(()) })
+                });
+            if let Err(e) = written {
+                // Nothing sensible is left to do with a closed stdout (e.g. `| head`).
+                eprintln!("downpour: cannot write output: {e}");
+                std::process::exit(1);
+            }
+        });
     }
 
     /// Flushes, for the end of the run.
