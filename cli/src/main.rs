@@ -242,7 +242,7 @@ fn fetch(args: FetchArgs) -> Result<ExitCode, String> {
         .map_err(|e| format!("cannot watch for Ctrl-C: {e}"))?;
     }
 
-    run(&drivers, &mut fetchers, feed.as_deref(), &monitor, &handles)?;
+    let failed = run(&drivers, &mut fetchers, feed.as_deref(), &monitor, &handles);
     monitor.finish();
 
     let unfinished: Vec<CliRequest> = fetchers
@@ -304,6 +304,10 @@ fn fetch(args: FetchArgs) -> Result<ExitCode, String> {
             _ => {}
         }
     }
+    if let Some(error) = failed {
+        eprintln!("downpour: {error}");
+        return Ok(ExitCode::from(2));
+    }
     if let Some(error) = feed.as_ref().and_then(|f| f.error()) {
         eprintln!("downpour: {error}; the URLs after it were not read");
         return Ok(ExitCode::from(2));
@@ -322,17 +326,24 @@ fn fetch(args: FetchArgs) -> Result<ExitCode, String> {
 }
 
 /// Runs each fetcher on a thread of its own until the feed has nothing more for it, and
-/// shows the progress from this one meanwhile.
+/// shows the progress from this one meanwhile. Returns why a thread could not start, if one
+/// could not: then the run stops, and the fetchers' requests are left unfinished.
 fn run(
     drivers: &[Driver],
     fetchers: &mut [Fetcher<CliRequest>],
     feed: Option<&Feed>,
     monitor: &Monitor,
     handles: &[Handle<CliRequest>],
-) -> Result<(), String> {
+) -> Option<String> {
     let (running, ended) = mpsc::channel::<()>();
     std::thread::scope(|scope| {
+        let mut failed = None;
+        let mut unstarted = Vec::new();
         for (thread, (driver, fetcher)) in drivers.iter().zip(fetchers.iter_mut()).enumerate() {
+            if failed.is_some() {
+                unstarted.push((thread, driver, fetcher));
+                continue;
+            }
             let running = running.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("fetch-{thread}"))
@@ -346,19 +357,23 @@ fn run(
                     drop(running);
                 });
             if let Err(e) = spawned {
-                // The threads started end with what they have: nothing is lost.
+                failed = Some(format!("cannot start a fetching thread: {e}"));
                 if let Some(feed) = feed {
                     feed.stop();
                 }
                 handles.iter().for_each(Handle::stop);
-                return Err(format!("cannot start a fetching thread: {e}"));
             }
         }
         drop(running);
+        // The fetchers without a thread take in what their handles hold, here: stopped, they
+        // fetch nothing, and their requests end among the unfinished.
+        for (thread, driver, fetcher) in unstarted {
+            driver.run(fetcher, monitor, thread);
+        }
         while let Err(RecvTimeoutError::Timeout) = ended.recv_timeout(monitor.interval()) {
             monitor.tick();
         }
-        Ok(())
+        failed
     })
 }
 

@@ -281,21 +281,24 @@ fn most_at_once(log: &[LogEntry], of: impl Fn(&LogEntry) -> bool) -> usize {
         .unwrap_or(0)
 }
 
+/// Two of the first four hosts of [`Servers`]: one of thread 0 and one of thread 1 of two.
+fn hosts_of_two_threads() -> (usize, usize) {
+    let thread_of: Vec<u32> = (0..4)
+        .map(|i| partition_of(&host_ip(i).to_string(), 2))
+        .collect();
+    let of = |t| {
+        thread_of
+            .iter()
+            .position(|&p| p == t)
+            .expect("a host of each thread")
+    };
+    (of(0), of(1))
+}
+
 #[test]
 fn threads_each_fetch_their_own_hosts_with_their_share_of_the_concurrency() {
     let servers = Servers::start(4);
-    // Two hosts that belong to different threads of two.
-    let hosts: Vec<u32> = (0..4)
-        .map(|i| partition_of(&host_ip(i).to_string(), 2))
-        .collect();
-    let a = hosts
-        .iter()
-        .position(|&p| p == 0)
-        .expect("a host of thread 0");
-    let b = hosts
-        .iter()
-        .position(|&p| p == 1)
-        .expect("a host of thread 1");
+    let (a, b) = hosts_of_two_threads();
     // Pairs of one host in a row: fifo with a concurrency of 2 on one thread would fetch
     // each pair at once.
     let list = scratch("threads").join("urls.txt");
@@ -469,11 +472,12 @@ fn bad_option_values_fail_clearly() {
 #[cfg(unix)]
 #[test]
 fn ctrl_c_stops_gracefully_and_reports_what_is_left() {
-    let servers = Servers::start(1);
+    let servers = Servers::start(4);
+    let (a, b) = hosts_of_two_threads();
     let dir = scratch("interrupt");
     let list = dir.join("urls.txt");
     let urls: Vec<String> = (0..20)
-        .map(|i| servers.url(0, &format!("/delay?ms=300&i={i}")))
+        .map(|i| servers.url([a, b][i % 2], &format!("/delay?ms=300&i={i}")))
         .collect();
     std::fs::write(&list, urls.join("\n")).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_downpour"))
@@ -486,7 +490,7 @@ fn ctrl_c_stops_gracefully_and_reports_what_is_left() {
             // Most lines are still unread at the stop: they get their records too.
             "--backlog",
             "2",
-            // The second thread has no host: it waits for lines until the stop ends it.
+            // Each thread is fed the other's lines too, up to the stop.
             "--threads",
             "2",
         ])
@@ -495,7 +499,6 @@ fn ctrl_c_stops_gracefully_and_reports_what_is_left() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // One request is done once the second has arrived (one at a time per host).
     wait_for("two requests at the server", || {
         servers.hits("/delay").len() >= 2
     });
