@@ -264,6 +264,28 @@ fn a_list_longer_than_the_backlog_is_read_as_the_crawl_goes() {
     assert!(stderr.contains("24 fetched, 2 failed"), "{stderr}");
 }
 
+/// A list file of `urls`, one per line, in a scratch directory named `name`.
+fn list_file(name: &str, urls: &[String]) -> PathBuf {
+    let list = scratch(name).join("urls.txt");
+    std::fs::write(&list, urls.join("\n")).unwrap();
+    list
+}
+
+/// After a run of a list of `lines` `/delay` URLs: it succeeded, every line has one record,
+/// each a 200, and the servers saw each URL once. Returns the servers' log of them.
+fn fetched_once_each(out: &Output, servers: &Servers, lines: u64) -> Vec<LogEntry> {
+    assert!(out.status.success(), "{out:?}");
+    let records = records(&out.stdout);
+    assert_eq!(
+        lines_recorded(&records),
+        (1..=lines).map(|l| (l, 1)).collect()
+    );
+    assert!(records.iter().all(|r| r["status"] == 200), "{records:#?}");
+    let log = servers.hits("/delay");
+    assert_eq!(log.len() as u64, lines, "{log:#?}");
+    log
+}
+
 /// The most requests of `log` in progress at one time, over `of` (arrival counts as start).
 fn most_at_once(log: &[LogEntry], of: impl Fn(&LogEntry) -> bool) -> usize {
     log.iter()
@@ -301,14 +323,13 @@ fn threads_each_fetch_their_own_hosts_with_their_share_of_the_concurrency() {
     let (a, b) = hosts_of_two_threads();
     // Pairs of one host in a row: fifo with a concurrency of 2 on one thread would fetch
     // each pair at once.
-    let list = scratch("threads").join("urls.txt");
     let urls: Vec<String> = (0..16)
         .map(|i| {
             let host = if i / 2 % 2 == 0 { a } else { b };
             servers.url(host, &format!("/delay?ms=100&i={i}"))
         })
         .collect();
-    std::fs::write(&list, urls.join("\n")).unwrap();
+    let list = list_file("threads", &urls);
     let out = downpour(&[
         "fetch",
         list.to_str().unwrap(),
@@ -319,12 +340,7 @@ fn threads_each_fetch_their_own_hosts_with_their_share_of_the_concurrency() {
         "--threads",
         "2",
     ]);
-    assert!(out.status.success(), "{out:?}");
-    let records = records(&out.stdout);
-    assert_eq!(lines_recorded(&records), (1..=16).map(|l| (l, 1)).collect());
-    assert!(records.iter().all(|r| r["status"] == 200), "{records:#?}");
-    let log = servers.hits("/delay");
-    assert_eq!(log.len(), 16);
+    let log = fetched_once_each(&out, &servers, 16);
     // Each thread has a concurrency of 1 and owns one host ...
     for host in [a, b] {
         let at_once = most_at_once(&log, |r| r.host == host_ip(host));
@@ -337,11 +353,10 @@ fn threads_each_fetch_their_own_hosts_with_their_share_of_the_concurrency() {
 #[test]
 fn threads_waiting_for_lines_are_fed_and_lose_nothing() {
     let servers = Servers::start(6);
-    let list = scratch("threads-backlog").join("urls.txt");
     let urls: Vec<String> = (0..60)
         .map(|i| servers.url(i % 6, &format!("/delay?ms=10&i={i}")))
         .collect();
-    std::fs::write(&list, urls.join("\n")).unwrap();
+    let list = list_file("threads-backlog", &urls);
     // Three threads and a backlog of 2: at every moment at least one thread has nothing to
     // do and waits until the feed gives it a line of one of its hosts.
     let out = downpour(&[
@@ -355,12 +370,7 @@ fn threads_waiting_for_lines_are_fed_and_lose_nothing() {
         "--backlog",
         "2",
     ]);
-    assert!(out.status.success(), "{out:?}");
-    let records = records(&out.stdout);
-    assert_eq!(lines_recorded(&records), (1..=60).map(|l| (l, 1)).collect());
-    assert!(records.iter().all(|r| r["status"] == 200), "{records:#?}");
-    let log = servers.hits("/delay");
-    assert_eq!(log.len(), 60);
+    let log = fetched_once_each(&out, &servers, 60);
     assert_eq!(
         violations(&log, Duration::from_millis(30)),
         Vec::<String>::new()
@@ -474,12 +484,10 @@ fn bad_option_values_fail_clearly() {
 fn ctrl_c_stops_gracefully_and_reports_what_is_left() {
     let servers = Servers::start(4);
     let (a, b) = hosts_of_two_threads();
-    let dir = scratch("interrupt");
-    let list = dir.join("urls.txt");
     let urls: Vec<String> = (0..20)
         .map(|i| servers.url([a, b][i % 2], &format!("/delay?ms=300&i={i}")))
         .collect();
-    std::fs::write(&list, urls.join("\n")).unwrap();
+    let list = list_file("interrupt", &urls);
     let child = Command::new(env!("CARGO_BIN_EXE_downpour"))
         .args([
             "fetch",
