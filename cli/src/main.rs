@@ -74,19 +74,20 @@ fn fetch(args: FetchArgs) -> Result<ExitCode, String> {
             .map_err(|e| format!("cannot create directory {}: {e}", dir.display()))?;
     }
     let threads = args.threads as usize;
-    // Without Redis the list is read as the crawl goes. With Redis it seeds the crawl, unless
-    // the crawl was seeded before: then it is not read at all.
+    // Each thread has its share of the concurrency, and fetches its own hosts: without Redis
+    // the feed gives it their lines; with Redis it is a worker that leases its partitions.
+    let config_of = |thread| Config {
+        concurrency: share(settings.config.concurrency, threads, thread),
+        ..settings.config.clone()
+    };
     let mut drivers = Vec::with_capacity(threads);
     let mut fetchers: Vec<Fetcher<CliRequest>> = Vec::with_capacity(threads);
+    // Without Redis the list is read as the crawl goes. With Redis it seeds the crawl, unless
+    // the crawl was seeded before: then it is not read at all.
     let (input, mut crawl) = match &settings.redis {
         None => {
             for thread in 0..threads {
-                // Each thread has its share of the concurrency, and schedules its own hosts.
-                let config = Config {
-                    concurrency: share(settings.config.concurrency, threads, thread),
-                    ..settings.config.clone()
-                };
-                let scheduler = Scheduler::with_policy(config, settings.policy.make())
+                let scheduler = Scheduler::with_policy(config_of(thread), settings.policy.make())
                     .map_err(|e| format!("invalid options: {e}"))?;
                 fetchers.push(
                     Fetcher::from_scheduler(scheduler, settings.client.clone())
@@ -103,23 +104,25 @@ fn fetch(args: FetchArgs) -> Result<ExitCode, String> {
             } else {
                 Some(Input::open(&args.urls)?)
             };
-            let driver = Driver::new()?;
-            let fetcher = driver
-                .with_redis(
-                    settings.config.clone(),
-                    settings.policy.make(),
-                    settings.client.clone(),
-                    options.clone(),
-                )
-                .map_err(|e| match e {
-                    Error::Redis(StoreError::Unreachable { url, last, .. }) => {
-                        format!("cannot reach Redis at {url}: {last}")
-                    }
-                    Error::Redis(e) => e.to_string(),
-                    e => format!("invalid options: {e}"),
-                })?;
-            drivers.push(driver);
-            fetchers.push(fetcher);
+            for thread in 0..threads {
+                let driver = Driver::new()?;
+                let fetcher = driver
+                    .with_redis(
+                        config_of(thread),
+                        settings.policy.make(),
+                        settings.client.clone(),
+                        options.clone(),
+                    )
+                    .map_err(|e| match e {
+                        Error::Redis(StoreError::Unreachable { url, last, .. }) => {
+                            format!("cannot reach Redis at {url}: {last}")
+                        }
+                        Error::Redis(e) => e.to_string(),
+                        e => format!("invalid options: {e}"),
+                    })?;
+                drivers.push(driver);
+                fetchers.push(fetcher);
+            }
             (input, Some((crawl_name(options), crawl)))
         }
     };
@@ -249,7 +252,9 @@ fn fetch(args: FetchArgs) -> Result<ExitCode, String> {
         .iter_mut()
         .flat_map(Fetcher::take_unfinished)
         .collect();
-    let redis_error = fetchers[0].redis_error().map(|e| e.to_string());
+    let redis_error = fetchers
+        .iter()
+        .find_map(|f| f.redis_error().map(|e| e.to_string()));
     // Without Redis what is left gets a record; with Redis it stays there, for the next run.
     let left = match &mut crawl {
         None => {

@@ -43,9 +43,9 @@ pub struct FetchArgs {
     #[arg(long, value_name = "N", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub backlog: u64,
     /// Threads that fetch, each with its own share of the hosts (so each host is still
-    /// fetched by one of them, with its delay) and of --concurrency. More than 1 helps only
-    /// when one core is the limit: many fast hosts, e.g. on a local network (without Redis;
-    /// with Redis, run more workers)
+    /// fetched by one of them, with its delay) and of --concurrency; with Redis, each is a
+    /// worker with partitions of its own. More than 1 helps only when one core is the limit:
+    /// many fast hosts, e.g. on a local network
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub threads: u32,
     /// Do not fetch or obey robots.txt (polite; fifo never does)
@@ -266,11 +266,19 @@ impl FetchArgs {
         } else {
             PolicyChoice::Fifo
         };
-        if self.threads > 1 && redis.is_some() {
-            return Err(
-                "--threads only applies without --redis: with Redis, run more workers (one per partition)"
-                    .into(),
-            );
+        if let Some(redis) = &redis {
+            if self.threads > 1 && redis.partition.is_some() {
+                return Err(
+                    "invalid options: --partition runs one partition, on one thread: leave out --threads"
+                        .into(),
+                );
+            }
+            if self.threads > redis.partitions {
+                return Err(format!(
+                    "invalid options: --threads {} is more than --partitions {}: a partition is fetched by one worker at a time",
+                    self.threads, redis.partitions
+                ));
+            }
         }
         if self.threads as usize > config.concurrency {
             return Err(format!(

@@ -466,7 +466,7 @@ fn bad_option_values_fail_clearly() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("--threads only applies without --redis"),
+        stderr.contains("--threads 2 is more than --partitions 1"),
         "{stderr}"
     );
 
@@ -1098,6 +1098,39 @@ fn redis_two_workers_share_one_crawl_and_write_every_url_once() {
     assert_eq!(lines.len(), 37, "{all:#?}");
     assert!(lines.values().all(|&n| n == 1), "{lines:?}");
     assert_eq!(redis.unfinished("two", 2), 0);
+}
+
+#[test]
+fn redis_threads_are_workers_of_one_crawl_at_once() {
+    let redis = RedisServer::start();
+    let servers = Servers::start(6);
+    let urls: Vec<String> = (0..36)
+        .map(|i| servers.url(i % 6, &format!("/delay?ms=20&i={i}")))
+        .collect();
+    let list = list_file("redis-threads", &urls);
+    let mut worker = redis_worker(
+        &redis,
+        "threads",
+        &list,
+        &["--delay", "50ms", "--partitions", "2", "--threads", "2"],
+    );
+    let out = finish(worker.spawn().unwrap(), "the worker");
+    let log = fetched_once_each(&out, &servers, 36);
+    assert_eq!(redis.unfinished("threads", 2), 0);
+    assert_eq!(
+        violations(&log, Duration::from_millis(50)),
+        Vec::<String>::new()
+    );
+    // The two partitions were fetched at the same time, not one after the other.
+    let partition = |r: &LogEntry| partition_of(&r.host.to_string(), 2);
+    let overlap = log.iter().any(|r| {
+        log.iter().any(|other| {
+            partition(other) != partition(r)
+                && other.arrived <= r.arrived
+                && other.ended.is_none_or(|ended| ended > r.arrived)
+        })
+    });
+    assert!(overlap, "{log:#?}");
 }
 
 #[cfg(unix)]
