@@ -78,15 +78,12 @@ impl Feed {
         }
     }
 
-    /// One request of `thread` has finished: the next line comes in, unless the run stops.
-    pub fn finished(&self, thread: usize, handles: &[Handle<CliRequest>], stopping: bool) {
+    /// One request of `thread` has finished: the next line comes in, unless the run stopped.
+    pub fn finished(&self, thread: usize, handles: &[Handle<CliRequest>]) {
         let mut state = self.lock();
         state.unfinished = state.unfinished.saturating_sub(1);
         state.unfinished_of[thread] = state.unfinished_of[thread].saturating_sub(1);
-        if stopping {
-            state.stopped = true;
-            self.more.notify_all();
-        } else if state.fill(handles) {
+        if state.fill(handles) {
             self.more.notify_all();
         }
     }

@@ -218,7 +218,6 @@ fn fetch(args: FetchArgs) -> Result<ExitCode, String> {
         let counters = counters.clone();
         let feed = feed.clone();
         let handles = handles.clone();
-        let monitor = monitor.clone();
         fetcher.on_finished(move |request: CliRequest| {
             if let Some(record) = &request.record {
                 counters.count(record.is_error());
@@ -227,7 +226,7 @@ fn fetch(args: FetchArgs) -> Result<ExitCode, String> {
             if let Some(feed) = &feed {
                 // Enqueued through the handles: this fetcher is busy calling back, and the
                 // others run on their own threads.
-                feed.finished(thread, &handles, monitor.interrupted());
+                feed.finished(thread, &handles);
             }
         });
     }
@@ -236,7 +235,8 @@ fn fetch(args: FetchArgs) -> Result<ExitCode, String> {
         let monitor = monitor.clone();
         let feed = feed.clone();
         ctrlc::set_handler(move || {
-            // The feed first: a fetcher that stops then finds no more work.
+            // The feed first: no line is fed after the stop, and a fetcher that stops then
+            // finds no more work.
             if let Some(feed) = &feed {
                 feed.stop();
             }
