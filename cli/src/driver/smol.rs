@@ -55,5 +55,7 @@ impl Driver {
                 monitor.set_detail(thread, Detail::of(fetcher));
             }
         });
+        // Out of work (it may wait for more): its queue shows as it is now.
+        monitor.set_detail(thread, Detail::of(fetcher));
     }
 }

@@ -53,5 +53,7 @@ impl Driver {
                 }
             }
         });
+        // Out of work (it may wait for more): its queue shows as it is now.
+        monitor.set_detail(thread, Detail::of(fetcher));
     }
 }
