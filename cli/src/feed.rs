@@ -30,8 +30,6 @@ struct State {
     unfinished_of: Vec<usize>,
     /// Per thread: whether it waits in [`Feed::wait_for_work`].
     waiting: Vec<bool>,
-    /// Per thread: whether it was told to run once more after the stop.
-    last_run: Vec<bool>,
     /// Set by a stop: nothing more is read until [`record_rest`](Feed::record_rest).
     stopped: bool,
     /// Why the list could not be read to its end.
@@ -58,7 +56,6 @@ impl Feed {
                 unfinished: 0,
                 unfinished_of: vec![0; threads],
                 waiting: vec![false; threads],
-                last_run: vec![false; threads],
                 stopped: false,
                 error: None,
                 output,
@@ -89,15 +86,13 @@ impl Feed {
     }
 
     /// For a thread whose fetcher has run out of work: waits until it was given more (true:
-    /// run it again) or until it will not be (false: the list is read, or the run stopped and
-    /// the fetcher ran once since).
+    /// run it again) or until it will not be (false: the list is read, or the run stopped;
+    /// what its handle still holds then ends among the fetcher's unfinished requests).
     pub fn wait_for_work(&self, thread: usize) -> bool {
         let mut state = self.lock();
         loop {
             if state.stopped {
-                // One more run takes in what the fetcher's handle still holds (lines fed just
-                // before the stop, and the stop itself): they end among its unfinished.
-                return !std::mem::replace(&mut state.last_run[thread], true);
+                return false;
             }
             // Counted when fed, under this lock: a request fed after the fetcher went idle
             // shows here, and is in the fetcher's handle queue for its next run.

@@ -343,11 +343,11 @@ fn run(
     let (running, ended) = mpsc::channel::<()>();
     std::thread::scope(|scope| {
         let mut failed = None;
-        let mut unstarted = Vec::new();
         for (thread, (driver, fetcher)) in drivers.iter().zip(fetchers.iter_mut()).enumerate() {
+            // The fetchers left without a thread fetch nothing: what their handles hold ends
+            // among their unfinished requests.
             if failed.is_some() {
-                unstarted.push((thread, driver, fetcher));
-                continue;
+                break;
             }
             let running = running.clone();
             let spawned = std::thread::Builder::new()
@@ -370,11 +370,6 @@ fn run(
             }
         }
         drop(running);
-        // The fetchers without a thread take in what their handles hold, here: stopped, they
-        // fetch nothing, and their requests end among the unfinished.
-        for (thread, driver, fetcher) in unstarted {
-            driver.run(fetcher, monitor, thread);
-        }
         while let Err(RecvTimeoutError::Timeout) = ended.recv_timeout(monitor.interval()) {
             monitor.tick();
         }

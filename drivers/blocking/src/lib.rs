@@ -522,8 +522,13 @@ impl<R: Request + Send + 'static> Fetcher<R> {
         self.scheduler.resume(Instant::now());
     }
 
-    /// Takes back the requests that did not start (after a stop), in order of acceptance.
+    /// Takes back the requests that did not start (after a stop), in order of acceptance,
+    /// with those a [`Handle`] enqueued since `run` returned.
     pub fn take_unfinished(&mut self) -> Vec<R> {
+        // What arrived after `run` returned (a handle's requests) is still in the channel.
+        while let Ok(message) = self.rx.try_recv() {
+            self.message(message);
+        }
         self.scheduler
             .take_unfinished()
             .into_iter()

@@ -527,6 +527,33 @@ pub fn graceful_stop_keeps_the_rest_queued<D: Driver>(driver: &D) {
     );
 }
 
+/// A request enqueued through a handle after `run` returned is not lost: `take_unfinished`
+/// hands it back with the rest, in order, without fetching it.
+pub fn requests_enqueued_after_the_run_are_taken_back<D: Driver>(driver: &D) {
+    let s = Servers::start(1);
+    let requests = (0..10)
+        .map(|i| Probe::new(&s.url(0, &format!("/delay?ms=20&i={i}")), i))
+        .collect();
+    let mut run_spec = fifo(
+        Config {
+            concurrency: 1,
+            ..test_config()
+        },
+        requests,
+    );
+    run_spec.options.stop_after = Some(2);
+    run_spec.options.enqueue_after_run = (100..103)
+        .map(|i| Probe::new(&s.url(0, &format!("/late?i={i}")), i))
+        .collect();
+    let out = run(driver, run_spec);
+    let finished = out.finished.len();
+    assert!((2..10).contains(&finished), "{finished} finished");
+    let unfinished: Vec<u64> = out.unfinished.iter().map(|p| p.tag).collect();
+    let queued: Vec<u64> = (finished as u64..10).chain(100..103).collect();
+    assert_eq!(unfinished, queued, "the rest, then the late ones, in order");
+    assert!(s.hits("/late").is_empty(), "a late request was fetched");
+}
+
 /// `stop_now` gives up the hops in flight at once: their requests end with an "aborted"
 /// transport error, and `run` returns without waiting for them.
 pub fn stop_now_aborts_the_hops_in_flight<D: Driver>(driver: &D) {

@@ -59,6 +59,9 @@ pub struct Options {
     pub stop_after: Option<usize>,
     /// Stop at once (hops in flight aborted) once this many requests are finished.
     pub stop_now_after: Option<usize>,
+    /// Enqueue these through a handle after the run returned, before the unfinished
+    /// requests are taken back.
+    pub enqueue_after_run: Vec<Probe>,
 }
 
 /// Proxy rules, in the form of the environment variables.
@@ -294,6 +297,8 @@ macro_rules! driver_suite {
                 let handle = fetcher.handle();
                 let stop_after = run.options.stop_after;
                 let stop_now_after = run.options.stop_now_after;
+                let late = run.options.enqueue_after_run;
+                let late_handle = fetcher.handle();
                 let sink = finished.clone();
                 fetcher.on_finished(move |probe: $crate::Probe| {
                     let mut finished = sink.lock().unwrap();
@@ -317,6 +322,9 @@ macro_rules! driver_suite {
                     let $fetcher = &mut fetcher;
                     $run
                 };
+                for probe in late {
+                    late_handle.enqueue(probe).expect("a valid request, a live fetcher");
+                }
                 let unfinished = fetcher.take_unfinished();
                 let finished = ::std::mem::take(&mut *finished.lock().unwrap());
                 $crate::RunOutcome {
@@ -362,6 +370,7 @@ macro_rules! suite {
             connection_refused,
             panicking_callback_is_trapped,
             graceful_stop_keeps_the_rest_queued,
+            requests_enqueued_after_the_run_are_taken_back,
             stop_now_aborts_the_hops_in_flight,
             connections_are_reused,
             user_agent_is_sent,
