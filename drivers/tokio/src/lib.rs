@@ -414,7 +414,7 @@ impl<R: Request + Send + 'static> Fetcher<R> {
     }
 
     /// Takes back the requests that did not start (after a stop), in order of acceptance,
-    /// with those a [`Handle`] enqueued since `run` returned.
+    /// with the requests a [`Handle`] enqueued that no run has taken in yet.
     pub fn take_unfinished(&mut self) -> Vec<R> {
         // What the handles sent after `run` returned is still in the channel.
         while let Ok(command) = self.rx.try_recv() {
