@@ -344,11 +344,6 @@ fn run(
     std::thread::scope(|scope| {
         let mut failed = None;
         for (thread, (driver, fetcher)) in drivers.iter().zip(fetchers.iter_mut()).enumerate() {
-            // The fetchers left without a thread fetch nothing: what their handles hold ends
-            // among their unfinished requests.
-            if failed.is_some() {
-                break;
-            }
             let running = running.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("fetch-{thread}"))
@@ -367,6 +362,9 @@ fn run(
                     feed.stop();
                 }
                 handles.iter().for_each(Handle::stop);
+                // The fetchers left without a thread fetch nothing: what their handles hold
+                // ends among their unfinished requests.
+                break;
             }
         }
         drop(running);
