@@ -71,13 +71,19 @@
 //! [`Fetcher::run`] is the loop of the [`downpour`] docs: after every input (a hop's result,
 //! a command from a [`Handle`], the timer) it drains [`Scheduler::poll_action`], starts the
 //! fetches, runs the callbacks, then waits for the next hop to finish, a command, or
-//! [`Scheduler::poll_timeout`] — one [`tokio::time::Sleep`], reset only when that deadline
-//! changes. It returns when nothing is left (or, after a stop, nothing is in flight).
+//! [`Scheduler::poll_timeout`] — one timer, reset only when that deadline changes. It
+//! returns when nothing is left (or, after a stop, nothing is in flight).
+//!
+//! The timer is precise: on Linux a timerfd on tokio's reactor, which wakes the loop
+//! within tens of microseconds of the deadline, where tokio's own sleep (used elsewhere)
+//! rounds up to the next millisecond. tokio's paused test clock therefore does not apply
+//! to it on Linux. The runtime needs I/O and time enabled (`enable_all`), as hyper does.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 mod client;
+mod timer;
 use downpour_common::decode;
 
 use rustc_hash::FxHashSet;
@@ -99,6 +105,7 @@ use http::HeaderValue;
 use tokio::sync::mpsc;
 
 use crate::client::HttpClient;
+use crate::timer::Timer;
 
 /// Settings of the HTTP client. Start from [`ClientOptions::default`].
 ///
@@ -440,9 +447,7 @@ impl<R: Request + Send + 'static> Fetcher<R> {
     /// Fetches until nothing is left to do (or, after a stop, until nothing is in flight),
     /// then returns the counters. Call it again after enqueueing more.
     pub async fn run(&mut self) -> Stats {
-        let far = tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
-        let timer = tokio::time::sleep_until(far);
-        tokio::pin!(timer);
+        let mut timer = Timer::new();
         let mut armed: Option<Instant> = None;
         loop {
             while let Ok(command) = self.rx.try_recv() {
@@ -472,7 +477,7 @@ impl<R: Request + Send + 'static> Fetcher<R> {
             let deadline = self.deadline();
             if deadline != armed {
                 if let Some(at) = deadline {
-                    timer.as_mut().reset(tokio::time::Instant::from_std(at));
+                    timer.reset(at);
                 }
                 armed = deadline;
             }
@@ -484,7 +489,7 @@ impl<R: Request + Send + 'static> Fetcher<R> {
                     Event::Command
                 }
                 event = Self::redis_event(&mut self.redis), if self.redis_running() => event,
-                () = &mut timer, if armed.is_some() => Event::Timer,
+                () = timer.fired(), if armed.is_some() => Event::Timer,
             };
             match event {
                 Event::Hop(id, result) => self.hop_done(id, result),
