@@ -25,6 +25,14 @@ use crate::{ClientOptions, Error, Proxy};
 /// How many bytes a worker reads from a body at a time.
 const READ_CHUNK: usize = 64 << 10;
 
+/// The output buffer of every connection: the request head is written through it a line at
+/// a time, so it bounds the longest line (request line or header) a hop can send, and the
+/// whole head through an HTTP proxy in absolute form (see [`check_head_size`]). Servers
+/// refuse much shorter lines (8 KiB is common), and every pooled connection keeps its own
+/// buffer, zeroed when it opens: ureq's default of 128 KiB made a thousand connections
+/// cost 128 MiB before a byte was read.
+pub(crate) const MAX_LINE: usize = 32 << 10;
+
 /// Most agents (connection pools) the origins are spread over.
 const MAX_SHARDS: usize = 256;
 
@@ -88,7 +96,9 @@ impl HttpClient {
             .timeout_connect(Some(options.connect_timeout))
             .timeout_global(Some(timeout))
             .max_response_header_size(max_header_size)
-            .input_buffer_size(max_header_size.saturating_add(4096).max(128 << 10))
+            // The whole response head must fit in the input buffer; the body streams through.
+            .input_buffer_size(max_header_size.saturating_add(4096))
+            .output_buffer_size(MAX_LINE)
             .max_idle_connections(idle_per_agent)
             .max_idle_connections_per_host(options.pool_max_idle_per_host)
             .max_idle_age(options.pool_idle_timeout)
@@ -163,6 +173,8 @@ impl HttpClient {
             );
         }
         let uri = parse_uri(url)?;
+        let absolute_form = proxy.is_some() && url.scheme() == "http";
+        check_head_size(&fetch.method, &uri, &headers, absolute_form)?;
         // Through a proxy: `CONNECT` for https (ureq's connector), absolute form for http
         // (ours, first in the chain). Either way the proxy is part of the pool's key.
         let ureq_proxy = match proxy {
@@ -276,6 +288,50 @@ fn parse_uri(url: &downpour::Url) -> Result<Uri, TransportError> {
             format!("{url} cannot be sent over HTTP: {e}"),
         )
     })
+}
+
+/// Refuses a request the output buffer cannot carry, with the reason (ureq would only say
+/// its output overflowed): a line longer than [`MAX_LINE`] or, in absolute form through a
+/// proxy, whose head is rewritten in one piece, a head longer than that.
+fn check_head_size(
+    method: &http::Method,
+    uri: &Uri,
+    headers: &http::HeaderMap,
+    absolute_form: bool,
+) -> Result<(), TransportError> {
+    let too_long = |what: String| {
+        TransportError::new(
+            TransportErrorKind::Other,
+            format!("{what}, longer than the {MAX_LINE} bytes this driver can send"),
+        )
+    };
+    // `METHOD target HTTP/1.1\r\n`, with the whole URL as the target through a proxy.
+    let target = if absolute_form {
+        uri.to_string().len()
+    } else {
+        uri.path_and_query().map_or(1, |p| p.as_str().len())
+    };
+    let request_line = method.as_str().len() + target + 11;
+    if request_line > MAX_LINE {
+        return Err(too_long(format!(
+            "the URL is too long: its request line is {request_line} bytes"
+        )));
+    }
+    let mut head = request_line;
+    for (name, value) in headers {
+        let line = name.as_str().len() + value.len() + 4;
+        if line > MAX_LINE {
+            return Err(too_long(format!("the header {name} is {line} bytes")));
+        }
+        head += line;
+    }
+    // Room for the lines the client adds (`Host`, `Proxy-Authorization`, the blank line).
+    if absolute_form && head + 1024 > MAX_LINE {
+        return Err(too_long(format!(
+            "the request head is {head} bytes, sent through an HTTP proxy in one piece"
+        )));
+    }
+    Ok(())
 }
 
 /// Reads the response: its head, then the body up to the cap, decoded.

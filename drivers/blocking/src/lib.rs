@@ -52,12 +52,16 @@
 //! # What the driver does
 //!
 //! - Hops run concurrently, up to [`Config::concurrency`], one per worker thread; workers
-//!   are started as they are needed (as many as hops were ever in flight at once) and live
-//!   as long as the [`Fetcher`]. Connections are pooled and reused per origin (and per proxy).
+//!   are started as they are needed (as many as hops were ever in flight at once; those a
+//!   burst of hops needs are started before any of them is handed out) and live as long as
+//!   the [`Fetcher`]. Connections are pooled and reused per origin (and per proxy).
 //! - Every hop has the scheduler's overall timeout (resolve to last body byte) and the
 //!   [`ClientOptions::connect_timeout`]. Bodies are read up to `max_body_size` (decoded:
 //!   gzip, deflate and brotli are decoded with the same cap, so a decompression bomb stops
-//!   there); response heads larger than `max_header_size` fail the hop.
+//!   there); response heads larger than `max_header_size` fail the hop. Each pooled
+//!   connection reads through a buffer of `max_header_size` + 4 KiB and writes through
+//!   one of 32 KiB: a request line or header longer than that (through an HTTP proxy, a
+//!   whole request head) fails its hop with that reason.
 //! - Redirects are not followed here and every status is a response: the scheduler
 //!   schedules each hop through its policy, so politeness holds for every host a request
 //!   visits.
@@ -278,8 +282,25 @@ impl<R: Send + 'static> Pool<R> {
         }
     }
 
+    /// Hands a burst of hops to idle workers. The workers the burst lacks are all started
+    /// first, while the others are still idle: a thread started while hundreds of others
+    /// connect and fault in their buffers waits on the kernel's memory locks, and so would
+    /// the hops behind it (a thousand hosts' first hops took several times longer).
+    fn submit(&mut self, jobs: &mut Vec<Job<R>>) {
+        let missing = jobs.len().saturating_sub(self.idle.len());
+        for _ in 0..missing {
+            match self.start() {
+                Some(worker) => self.idle.push(worker),
+                None => break,
+            }
+        }
+        for job in jobs.drain(..) {
+            self.submit_one(job);
+        }
+    }
+
     /// Hands a hop to an idle worker, starting one when none is idle.
-    fn submit(&mut self, job: Job<R>) {
+    fn submit_one(&mut self, job: Job<R>) {
         let mut job = job;
         loop {
             let worker = match self.idle.pop() {
@@ -658,15 +679,19 @@ impl<R: Request + Send + 'static> Fetcher<R> {
     }
 
     fn drain_actions(&mut self) {
+        // Consecutive fetches go out together (see `Pool::submit`), before any other action.
+        let mut burst = Vec::new();
         while let Some(action) = self.scheduler.poll_action() {
+            if !matches!(action, Action::Fetch(_)) && !burst.is_empty() {
+                self.pool.submit(&mut burst);
+            }
             match action {
                 Action::Fetch(fetch) => {
                     self.hop_ids.insert(fetch.id);
-                    let job = Job {
+                    burst.push(Job {
                         fetch,
                         results: self.tx.clone(),
-                    };
-                    self.pool.submit(job);
+                    });
                 }
                 Action::Callback(callbacks) => {
                     // `run` traps a panic in each callback.
@@ -694,6 +719,9 @@ impl<R: Request + Send + 'static> Fetcher<R> {
                 #[cfg(not(feature = "redis"))]
                 Action::Persist(_) => {}
             }
+        }
+        if !burst.is_empty() {
+            self.pool.submit(&mut burst);
         }
     }
 }

@@ -630,6 +630,17 @@ pub fn user_agent_is_sent<D: Driver>(driver: &D) {
     );
 }
 
+/// A URL far longer than a request line usually is (20 KB of query) is sent whole.
+pub fn long_urls_are_sent<D: Driver>(driver: &D) {
+    let s = Servers::start(1);
+    let path = format!("/echo?q={}", "x".repeat(20_000));
+    let p = one(driver, no_retries(), &s.url(0, &path));
+    assert!(p.result().ok, "{:?}", p.result());
+    let log = s.log();
+    assert_eq!(log.len(), 1, "one request: {} logged", log.len());
+    assert_eq!(log[0].path, path, "the path arrived cut or changed");
+}
+
 /// HTTPS to a server whose certificate the driver was told to trust.
 pub fn https_with_a_trusted_certificate<D: Driver>(driver: &D) {
     let s = Servers::start_with_tls(0, true);

@@ -374,6 +374,7 @@ macro_rules! suite {
             stop_now_aborts_the_hops_in_flight,
             connections_are_reused,
             user_agent_is_sent,
+            long_urls_are_sent,
             https_with_a_trusted_certificate,
             https_with_an_untrusted_certificate_fails,
             proxy_for_http,

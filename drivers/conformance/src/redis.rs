@@ -552,6 +552,11 @@ pub fn redis_worker_killed_with_sigkill_loses_nothing<D: RedisDriver>(_driver: &
     const HOSTS: usize = 200;
     const COUNT: usize = 10_000;
     const CONCURRENCY: usize = 32;
+    // The crawl's length is set by politeness, not by the driver's speed: a host's 50 URLs
+    // take (50 - one free start per run) x DELAY_MS of running, over 3 s even after six
+    // restarts, and a kill comes within 900 ms of each start, so at least three kills
+    // always land mid-crawl.
+    const DELAY_MS: u64 = 80;
     let s = Servers::start(HOSTS);
     let redis = RedisServer::start();
     let prefix = prefix("sigkill");
@@ -563,7 +568,7 @@ pub fn redis_worker_killed_with_sigkill_loses_nothing<D: RedisDriver>(_driver: &
         prefix: prefix.clone(),
         partitions: 1,
         lease_ttl_ms: 500,
-        delay_ms: 2,
+        delay_ms: DELAY_MS,
         concurrency: CONCURRENCY,
         done_file: dir.join("done"),
     };
