@@ -615,6 +615,25 @@ pub fn connections_are_reused<D: Driver>(driver: &D) {
     );
 }
 
+/// A server that closes each connection after its response, unannounced: the next request
+/// to it goes on a new connection, and none fails (no retries allowed).
+pub fn connections_the_server_closed_are_not_reused<D: Driver>(driver: &D) {
+    let s = Servers::start(1);
+    let requests = (0..20)
+        .map(|i| Probe::new(&s.url(0, &format!("/then-close?i={i}")), i))
+        .collect();
+    let config = Config {
+        concurrency: 1,
+        ..no_retries()
+    };
+    let out = run(driver, fifo(config, requests));
+    assert_eq!(out.finished.len(), 20);
+    for p in &out.finished {
+        assert!(p.result().ok, "{}: {:?}", p.url, p.result());
+    }
+    assert_eq!(s.connections(), 20, "one connection per request");
+}
+
 /// `User-Agent` comes from the config.
 pub fn user_agent_is_sent<D: Driver>(driver: &D) {
     let s = Servers::start(1);

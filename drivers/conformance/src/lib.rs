@@ -373,6 +373,7 @@ macro_rules! suite {
             requests_enqueued_after_the_run_are_taken_back,
             stop_now_aborts_the_hops_in_flight,
             connections_are_reused,
+            connections_the_server_closed_are_not_reused,
             user_agent_is_sent,
             long_urls_are_sent,
             https_with_a_trusted_certificate,

@@ -484,6 +484,9 @@ async fn route<S: Resettable>(
             };
             Some((r, Then::KeepAlive))
         }
+        // Closes the connection after the response without saying so (no `connection:
+        // close`), as servers do with idle keep-alive connections.
+        "/then-close" => Some((response(200, &[], b"bye"), Then::Close)),
         "/echo" => {
             let text: String = req
                 .headers
