@@ -78,6 +78,29 @@
 //! within tens of microseconds of the deadline, where tokio's own sleep (used elsewhere)
 //! rounds up to the next millisecond. tokio's paused test clock therefore does not apply
 //! to it on Linux. The runtime needs I/O and time enabled (`enable_all`), as hyper does.
+//!
+//! # Throughput
+//!
+//! The fetcher and its callbacks run on one task, so one fetcher uses about one core. For
+//! more, run one fetcher per core, each on a current-thread runtime of its own thread, and
+//! give each its share of the hosts (the `downpour` command does this with `--threads`).
+//! When the servers (or a proxy, or Redis) share the machine's cores, a thread that runs out
+//! of ready work has usually just woken them: yielding a few times before it sleeps lets
+//! them answer first, and saves a sleep and a wake-up per batch (about 5% more requests a
+//! second over loopback on 2 cores, with fewer context switches):
+//!
+//! ```no_run
+//! let runtime = tokio::runtime::Builder::new_current_thread()
+//!     .enable_all()
+//!     .on_thread_park(|| {
+//!         for _ in 0..3 {
+//!             std::thread::yield_now();
+//!         }
+//!     })
+//!     .build()?;
+//! # let _ = runtime;
+//! # Ok::<(), std::io::Error>(())
+//! ```
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
