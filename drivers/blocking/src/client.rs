@@ -173,7 +173,10 @@ impl HttpClient {
             );
         }
         let uri = parse_uri(url)?;
-        let absolute_form = proxy.is_some() && url.scheme() == "http";
+        // Plain HTTP through a proxy goes in absolute form (see `absolute`).
+        let absolute_form = proxy
+            .filter(|_| url.scheme() == "http")
+            .map(|target| target.credentials.as_ref());
         check_head_size(&fetch.method, &uri, &headers, absolute_form)?;
         // Through a proxy: `CONNECT` for https (ureq's connector), absolute form for http
         // (ours, first in the chain). Either way the proxy is part of the pool's key.
@@ -292,12 +295,13 @@ fn parse_uri(url: &downpour::Url) -> Result<Uri, TransportError> {
 
 /// Refuses a request the output buffer cannot carry, with the reason (ureq would only say
 /// its output overflowed): a line longer than [`MAX_LINE`] or, in absolute form through a
-/// proxy, whose head is rewritten in one piece, a head longer than that.
+/// proxy (`proxy_credentials` then says whether it has any), whose head is rewritten in one
+/// piece, a head longer than that.
 fn check_head_size(
     method: &http::Method,
     uri: &Uri,
     headers: &http::HeaderMap,
-    absolute_form: bool,
+    absolute_form: Option<Option<&(String, String)>>,
 ) -> Result<(), TransportError> {
     let too_long = |what: String| {
         TransportError::new(
@@ -306,12 +310,12 @@ fn check_head_size(
         )
     };
     // `METHOD target HTTP/1.1\r\n`, with the whole URL as the target through a proxy.
-    let target = if absolute_form {
+    let target = if absolute_form.is_some() {
         uri.to_string().len()
     } else {
         uri.path_and_query().map_or(1, |p| p.as_str().len())
     };
-    let request_line = method.as_str().len() + target + 11;
+    let request_line = method.as_str().len() + target + 12;
     if request_line > MAX_LINE {
         return Err(too_long(format!(
             "the URL is too long: its request line is {request_line} bytes"
@@ -319,19 +323,39 @@ fn check_head_size(
     }
     let mut head = request_line;
     for (name, value) in headers {
+        // `name: value\r\n`, and the last one goes out with the blank line that ends the head.
         let line = name.as_str().len() + value.len() + 4;
-        if line > MAX_LINE {
+        if line + 2 > MAX_LINE {
             return Err(too_long(format!("the header {name} is {line} bytes")));
         }
         head += line;
     }
-    // Room for the lines the client adds (`Host`, `Proxy-Authorization`, the blank line).
-    if absolute_form && head + 1024 > MAX_LINE {
+    let Some(proxy_credentials) = absolute_form else {
+        return Ok(());
+    };
+    // The lines the client adds: `Host`, `Content-Length`, `Authorization` for credentials
+    // in the URL, `Proxy-Authorization`, and the blank line.
+    let authority = uri.authority().map_or("", |a| a.as_str());
+    let (userinfo, host) = authority.rsplit_once('@').unwrap_or(("", authority));
+    head += "Host: \r\n".len() + host.len() + "Content-Length: 18446744073709551615\r\n".len() + 2;
+    if !userinfo.is_empty() {
+        head += "Authorization: Basic \r\n".len() + base64_len(userinfo.len());
+    }
+    if let Some((user, password)) = proxy_credentials {
+        head +=
+            "Proxy-Authorization: Basic \r\n".len() + base64_len(user.len() + 1 + password.len());
+    }
+    if head > MAX_LINE {
         return Err(too_long(format!(
             "the request head is {head} bytes, sent through an HTTP proxy in one piece"
         )));
     }
     Ok(())
+}
+
+/// The length of `n` bytes in base64, padded.
+fn base64_len(n: usize) -> usize {
+    n.div_ceil(3) * 4
 }
 
 /// Reads the response: its head, then the body up to the cap, decoded.

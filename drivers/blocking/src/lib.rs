@@ -60,8 +60,9 @@
 //!   gzip, deflate and brotli are decoded with the same cap, so a decompression bomb stops
 //!   there); response heads larger than `max_header_size` fail the hop. Each pooled
 //!   connection reads through a buffer of `max_header_size` + 4 KiB and writes through
-//!   one of 32 KiB: a request line or header longer than that (through an HTTP proxy, a
-//!   whole request head) fails its hop with that reason.
+//!   one of 32 KiB (over TLS, twice: the TLS layer has a pair of its own): a request line
+//!   or header longer than that (through an HTTP proxy, a whole request head) fails its
+//!   hop with that reason.
 //! - Redirects are not followed here and every status is a response: the scheduler
 //!   schedules each hop through its policy, so politeness holds for every host a request
 //!   visits.

@@ -615,23 +615,24 @@ pub fn connections_are_reused<D: Driver>(driver: &D) {
     );
 }
 
-/// A server that closes each connection after its response, unannounced: the next request
-/// to it goes on a new connection, and none fails (no retries allowed).
+/// A server that closes each connection after its response, unannounced (no `connection:
+/// close`): once the close has arrived, the next request to it goes on a new connection,
+/// and none fails (no retries allowed). The delay between requests lets the close land: a
+/// request sent on the connection at the very moment the server closes it can still fail.
 pub fn connections_the_server_closed_are_not_reused<D: Driver>(driver: &D) {
     let s = Servers::start(1);
-    let requests = (0..20)
+    let requests = (0..10)
         .map(|i| Probe::new(&s.url(0, &format!("/then-close?i={i}")), i))
         .collect();
-    let config = Config {
-        concurrency: 1,
-        ..no_retries()
-    };
-    let out = run(driver, fifo(config, requests));
-    assert_eq!(out.finished.len(), 20);
+    let policy = Polite::new()
+        .delay(Duration::from_millis(30))
+        .allow_all(true);
+    let out = run(driver, polite(no_retries(), policy, requests));
+    assert_eq!(out.finished.len(), 10);
     for p in &out.finished {
         assert!(p.result().ok, "{}: {:?}", p.url, p.result());
     }
-    assert_eq!(s.connections(), 20, "one connection per request");
+    assert_eq!(s.connections(), 10, "one connection per request");
 }
 
 /// `User-Agent` comes from the config.

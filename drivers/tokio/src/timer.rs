@@ -5,7 +5,8 @@
 //! every request to a host: over a thousand hosts at a 100 ms delay, that millisecond costs
 //! a percent of the crawl's rate. On Linux the timer is a timerfd on tokio's reactor, which
 //! wakes the run loop within tens of microseconds of the deadline; elsewhere, or when no
-//! timerfd can be made, it is tokio's sleep. Either way it never fires early.
+//! timerfd can be made (out of descriptors), it is tokio's sleep. Either way it never fires
+//! early. Like hyper's sockets, it needs the runtime's I/O driver (`enable_all`).
 
 use std::pin::Pin;
 use std::time::Instant;
