@@ -174,10 +174,13 @@ impl HttpClient {
         }
         let uri = parse_uri(url)?;
         // Plain HTTP through a proxy goes in absolute form (see `absolute`).
-        let absolute_form = proxy
-            .filter(|_| url.scheme() == "http")
-            .map(|target| target.credentials.as_ref());
-        check_head_size(&fetch.method, &uri, &headers, absolute_form)?;
+        let form = match proxy {
+            Some(target) if url.scheme() == "http" => Form::Absolute {
+                proxy_credentials: target.credentials.as_ref(),
+            },
+            _ => Form::Origin,
+        };
+        check_head_size(&fetch.method, &uri, &headers, form)?;
         // Through a proxy: `CONNECT` for https (ureq's connector), absolute form for http
         // (ours, first in the chain). Either way the proxy is part of the pool's key.
         let ureq_proxy = match proxy {
@@ -293,15 +296,24 @@ fn parse_uri(url: &downpour::Url) -> Result<Uri, TransportError> {
     })
 }
 
+/// How a request's target is written.
+enum Form<'a> {
+    /// `/path?query`, to the origin (or through a `CONNECT` tunnel).
+    Origin,
+    /// The whole URL, to an HTTP proxy, whose credentials (if any) the head carries.
+    Absolute {
+        proxy_credentials: Option<&'a (String, String)>,
+    },
+}
+
 /// Refuses a request the output buffer cannot carry, with the reason (ureq would only say
-/// its output overflowed): a line longer than [`MAX_LINE`] or, in absolute form through a
-/// proxy (`proxy_credentials` then says whether it has any), whose head is rewritten in one
-/// piece, a head longer than that.
+/// its output overflowed): a line longer than [`MAX_LINE`] or, in absolute form, whose head
+/// is rewritten in one piece, a head longer than that.
 fn check_head_size(
     method: &http::Method,
     uri: &Uri,
     headers: &http::HeaderMap,
-    absolute_form: Option<Option<&(String, String)>>,
+    form: Form<'_>,
 ) -> Result<(), TransportError> {
     let too_long = |what: String| {
         TransportError::new(
@@ -310,10 +322,9 @@ fn check_head_size(
         )
     };
     // `METHOD target HTTP/1.1\r\n`, with the whole URL as the target through a proxy.
-    let target = if absolute_form.is_some() {
-        uri.to_string().len()
-    } else {
-        uri.path_and_query().map_or(1, |p| p.as_str().len())
+    let target = match form {
+        Form::Absolute { .. } => uri.to_string().len(),
+        Form::Origin => uri.path_and_query().map_or(1, |p| p.as_str().len()),
     };
     let request_line = method.as_str().len() + target + 12;
     if request_line > MAX_LINE {
@@ -330,7 +341,7 @@ fn check_head_size(
         }
         head += line;
     }
-    let Some(proxy_credentials) = absolute_form else {
+    let Form::Absolute { proxy_credentials } = form else {
         return Ok(());
     };
     // The lines the client adds: `Host`, `Content-Length`, `Authorization` for credentials
