@@ -38,17 +38,23 @@ impl Drop for RedisServer {
 impl RedisServer {
     /// Starts one. Panics with the fix when `redis-server` is not installed.
     pub fn start() -> RedisServer {
-        let port = free_port();
-        let dir =
-            std::env::temp_dir().join(format!("downpour-redis-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("redis directory");
-        let mut server = RedisServer {
-            child: None,
-            port,
-            dir,
-        };
-        server.start_again();
-        server
+        // A port found free can be taken before redis-server binds it (by a parallel test's
+        // server, or as a connection's local port): then another one is tried.
+        for _ in 0..5 {
+            let port = free_port();
+            let dir =
+                std::env::temp_dir().join(format!("downpour-redis-{}-{port}", std::process::id()));
+            std::fs::create_dir_all(&dir).expect("redis directory");
+            let mut server = RedisServer {
+                child: None,
+                port,
+                dir,
+            };
+            if server.launch() {
+                return server;
+            }
+        }
+        panic!("redis-server could not bind a free port in 5 tries");
     }
 
     /// The server's URL.
@@ -58,8 +64,19 @@ impl RedisServer {
 
     /// Starts it again (after [`stop`](RedisServer::stop)), on the same port and data.
     pub fn start_again(&mut self) {
+        assert!(
+            self.launch(),
+            "redis-server could not bind port {} again",
+            self.port
+        );
+    }
+
+    /// Starts redis-server on the port and waits until it answers. False if it exited (its
+    /// port was taken); a server that answers but is not this child (it took the port
+    /// first) is not mistaken for it.
+    fn launch(&mut self) -> bool {
         assert!(self.child.is_none(), "already running");
-        let child = Command::new("redis-server")
+        let mut child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "yes", "--appendfsync", "everysec"])
             .arg("--dir")
@@ -70,15 +87,25 @@ impl RedisServer {
             .unwrap_or_else(|e| {
                 panic!("cannot start redis-server ({e}); install it (Debian: apt-get install redis-server)")
             });
-        self.child = Some(child);
+        let pid = format!("process_id:{}", child.id());
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
+            if child.try_wait().ok().flatten().is_some() {
+                return false;
+            }
             if let Ok(mut c) = self.connection() {
-                if redis::cmd("PING").query::<String>(&mut c).is_ok() {
-                    return;
+                let info: redis::RedisResult<String> =
+                    redis::cmd("INFO").arg("server").query(&mut c);
+                if info.is_ok_and(|info| info.lines().any(|line| line.trim() == pid)) {
+                    self.child = Some(child);
+                    return true;
                 }
             }
-            assert!(Instant::now() < deadline, "redis-server did not start");
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("redis-server did not start on port {}", self.port);
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -749,4 +776,26 @@ macro_rules! redis_suite {
             }
         )*
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_port_taken_by_another_server_is_not_mistaken_for_its_own() {
+        let first = RedisServer::start();
+        let dir = std::env::temp_dir().join(format!("downpour-redis-{}-taken", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut second = RedisServer {
+            child: None,
+            port: first.port,
+            dir,
+        };
+        assert!(!second.launch(), "took the first server for its own");
+        assert!(second.child.is_none());
+        // The first one still answers.
+        let mut c = first.connection().unwrap();
+        assert_eq!(redis::cmd("PING").query::<String>(&mut c).unwrap(), "PONG");
+    }
 }
