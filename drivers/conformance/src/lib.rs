@@ -32,7 +32,9 @@ use downpour::{http, Config, Context, FetchError, Outcome, Policy, Request, Resp
 use serde::{Deserialize, Serialize};
 
 pub use proxy::Tinyproxy;
-pub use server::{gzip_bomb, host_ip, violations, LogEntry, Robots, Servers, BOMB_SIZE, TEXT};
+pub use server::{
+    gzip_bomb, host_ip, tls_config, violations, LogEntry, Robots, Servers, BOMB_SIZE, TEXT,
+};
 
 /// One run of a driver: what to fetch, how.
 pub struct Run {

@@ -221,7 +221,9 @@ pub fn violations(log: &[LogEntry], delay: Duration) -> Vec<String> {
     found
 }
 
-fn tls_config(ip: Ipv4Addr) -> (rustls::ServerConfig, Vec<u8>) {
+/// A TLS server config with a fresh self-signed certificate for `localhost` and `ip`, and
+/// that certificate (DER), for a client to trust.
+pub fn tls_config(ip: Ipv4Addr) -> (rustls::ServerConfig, Vec<u8>) {
     let mut params =
         rcgen::CertificateParams::new(vec!["localhost".to_string()]).expect("certificate params");
     params

@@ -1,12 +1,12 @@
 //! HTTP/2 over TLS (ALPN): requests to one origin share one connection, concurrently, and
 //! the responses say HTTP/2. The server is hyper's, with rustls offering `h2` only.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use downpour_conformance::{test_config, Probe};
+use downpour_conformance::{test_config, tls_config, Probe};
 use downpour_tokio::{ClientOptions, Config, Fetcher, Fifo, Proxy};
 use http_body_util::Full;
 use hyper::service::service_fn;
@@ -16,23 +16,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 /// connections it accepted.
 async fn h2_server() -> (SocketAddr, Vec<u8>, Arc<AtomicUsize>) {
     let ip = Ipv4Addr::LOCALHOST;
-    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-    params
-        .subject_alt_names
-        .push(rcgen::SanType::IpAddress(IpAddr::V4(ip)));
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = params.self_signed(&key).unwrap();
-    let der = cert.der().to_vec();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![rustls::pki_types::CertificateDer::from(der.clone())],
-            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-        )
-        .unwrap();
+    let (mut config, der) = tls_config(ip);
     config.alpn_protocols = vec![b"h2".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
