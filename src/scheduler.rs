@@ -53,6 +53,8 @@ pub struct Scheduler<R> {
     rng: fastrand::Rng,
     /// Time stamps are kept as nanoseconds since this (the first `now` seen), to keep entries small.
     epoch: Option<Instant>,
+    /// The latest `now` handed in: time never goes back in here, whatever a driver passes.
+    latest: Option<Instant>,
     seq: u64,
     entries: usize,
     unfinished: usize,
@@ -177,6 +179,7 @@ impl<R: Request> Scheduler<R> {
             timers: BinaryHeap::new(),
             actions: VecDeque::new(),
             epoch: None,
+            latest: None,
             seq: 0,
             entries: 0,
             unfinished: 0,
@@ -276,6 +279,7 @@ impl<R: Request> Scheduler<R> {
     /// Accepts a request. It is checked now: one that could never be fetched (not http or
     /// https, no host) comes back in the error.
     pub fn enqueue(&mut self, now: Instant, request: R) -> Result<RequestId, EnqueueError<R>> {
+        let now = self.observe(now);
         let id = self.accept(now, request, None, true)?;
         self.fill(now);
         Ok(id)
@@ -288,6 +292,7 @@ impl<R: Request> Scheduler<R> {
         now: Instant,
         requests: impl IntoIterator<Item = R>,
     ) -> Vec<EnqueueError<R>> {
+        let now = self.observe(now);
         let mut refused = Vec::new();
         for request in requests {
             if let Err(e) = self.accept(now, request, None, true) {
@@ -301,6 +306,7 @@ impl<R: Request> Scheduler<R> {
     /// Accepts a request restored from durable storage: like [`enqueue`](Scheduler::enqueue),
     /// without a [`Persist::Accepted`] (it is stored already).
     pub fn restore(&mut self, now: Instant, request: R) -> Result<RequestId, EnqueueError<R>> {
+        let now = self.observe(now);
         let id = self.accept(now, request, None, false)?;
         self.fill(now);
         Ok(id)
@@ -310,6 +316,7 @@ impl<R: Request> Scheduler<R> {
     /// its hop in flight returns, or its callbacks come back, otherwise). Returns whether the
     /// request was unfinished.
     pub fn cancel(&mut self, now: Instant, id: RequestId) -> bool {
+        let now = self.observe(now);
         let Some(entry) = self.entry_mut(id) else {
             return false;
         };
@@ -346,6 +353,7 @@ impl<R: Request> Scheduler<R> {
 
     /// Starts fetching again after [`stop`](Scheduler::stop).
     pub fn resume(&mut self, now: Instant) {
+        let now = self.observe(now);
         self.stopped = false;
         self.fill(now);
     }
@@ -390,15 +398,22 @@ impl<R: Request> Scheduler<R> {
 
     // ----- inputs -----
 
-    /// The result of a hop handed out as [`Action::Fetch`].
+    /// The result of a hop handed out as [`Action::Fetch`], and when the hop ended.
+    ///
+    /// `ended` is when the response was complete (or the hop failed). A driver that hears
+    /// of results late — its I/O runs on other threads, or its loop was busy — passes the
+    /// time each one ended, which may be earlier than the `now` of its calls since: the
+    /// host's delay then counts from the real end of its response, not from the moment the
+    /// driver got round to it. Everything else happens at the latest time handed in.
     pub fn handle_fetch(
         &mut self,
-        now: Instant,
+        ended: Instant,
         id: FetchId,
         result: HopResult,
     ) -> Result<(), Unexpected> {
+        let now = self.observe(ended);
         let index = id.request.index;
-        let stamp = self.stamp(now);
+        let stamp = self.stamp(ended);
         let (host, latency) = match self.entry_mut(id.request) {
             Some(e) if e.state == State::InFlight && e.hop == id.hop => (
                 e.host,
@@ -416,7 +431,7 @@ impl<R: Request> Scheduler<R> {
             retry_after,
             latency,
         };
-        self.policy.handle_finish(now, host, &feedback);
+        self.policy.handle_finish(ended, host, &feedback);
         if self.slot_entry(index).robots != NOT_ROBOTS {
             self.robots_result(now, index, result);
         } else {
@@ -433,6 +448,7 @@ impl<R: Request> Scheduler<R> {
         now: Instant,
         report: CallbackReport<R>,
     ) -> Result<Option<R>, Unexpected> {
+        let now = self.observe(now);
         let CallbackReport {
             id,
             request,
@@ -497,6 +513,7 @@ impl<R: Request> Scheduler<R> {
 
     /// Time passed. Spurious calls are harmless.
     pub fn handle_timeout(&mut self, now: Instant) {
+        let now = self.observe(now);
         self.handle_timers(now);
         self.hosts.sweep(now, self.policy.as_mut());
         self.fill(now);
@@ -550,6 +567,13 @@ impl<R: Request> Scheduler<R> {
     }
 
     // ----- internals -----
+
+    /// `now`, or the latest time handed in when that is later.
+    fn observe(&mut self, now: Instant) -> Instant {
+        let latest = self.latest.map_or(now, |l| l.max(now));
+        self.latest = Some(latest);
+        latest
+    }
 
     fn stamp(&mut self, now: Instant) -> u64 {
         let epoch = *self.epoch.get_or_insert(now);

@@ -26,6 +26,9 @@ struct Req {
     log: Vec<String>,
     #[serde(skip)]
     parsed: Option<Url>,
+    /// The outcome's `started_at`.
+    #[serde(skip)]
+    started_at: Option<Instant>,
 }
 
 impl Req {
@@ -80,6 +83,7 @@ impl Request for Req {
         self.log.push(format!("error {}", error.kind()));
     }
     fn on_done(&mut self, _: &mut Context<Self>, outcome: &Outcome) {
+        self.started_at = outcome.started_at;
         self.log
             .push(format!("done r{} x{}", outcome.redirects, outcome.retries));
     }
@@ -286,6 +290,36 @@ fn a_redirect_to_another_host_waits_for_that_hosts_delay() {
         "end of b.test/1 + 1 s"
     );
     assert_eq!(h.done.len(), 2);
+}
+
+#[test]
+fn a_hop_reported_late_counts_its_delay_from_its_end_and_nothing_starts_in_the_past() {
+    let config = Config {
+        concurrency: 1,
+        ..Config::default()
+    };
+    let policy = Polite::new().delay(Duration::from_secs(1)).allow_all(true);
+    let mut h = Harness::new(config, policy);
+    h.enqueue(Req::new("http://a.test/1"));
+    h.enqueue(Req::new("http://a.test/2"));
+    h.enqueue(Req::new("http://d.test/1"));
+    assert_eq!(h.pending_urls(), ["http://a.test/1"], "one slot");
+    // a.test/1 ended at 10 ms; the driver hears of it at 300 ms.
+    h.advance(300 * MS);
+    let a1 = h.pending.remove(0);
+    h.s.handle_fetch(h.t0 + 10 * MS, a1.id, ok("")).unwrap();
+    h.drain();
+    // The freed slot goes to d.test at the latest time handed in, not at a.test's end.
+    h.answer("http://d.test/1", ok(""));
+    let d1 = h.done.iter().find(|r| r.url == "http://d.test/1").unwrap();
+    assert_eq!(d1.started_at, Some(h.t0 + 300 * MS));
+    assert_eq!(
+        h.s.poll_timeout(),
+        Some(h.t0 + 1010 * MS),
+        "a.test waits from the end of its response, not from when it was reported"
+    );
+    assert!(h.advance_to_deadline());
+    assert_eq!(h.start_time("http://a.test/2"), 1010 * MS);
 }
 
 #[test]

@@ -198,8 +198,10 @@ enum Message<R> {
     Enqueue(R),
     Stop,
     StopNow,
-    /// A hop's result, from this worker.
-    Hop(FetchId, usize, HopResult),
+    /// A hop's result, from this worker, and when the hop ended there: the run loop may
+    /// get to it later (it shares the cores with every worker), and the host's delay counts
+    /// from the end of the response.
+    Hop(FetchId, usize, HopResult, Instant),
     /// The reply to the running Redis pipeline, from the Redis thread.
     #[cfg(feature = "redis")]
     Redis(redis::RedisResult<Vec<redis::Value>>),
@@ -317,6 +319,7 @@ impl<R: Send + 'static> Pool<R> {
                             job.fetch.id,
                             usize::MAX,
                             HopResult::Failed(failed),
+                            Instant::now(),
                         ));
                         return;
                     }
@@ -362,7 +365,9 @@ fn worker<R>(index: usize, jobs: &mpsc::Receiver<Job<R>>, client: &HttpClient) {
                     "the hop failed unexpectedly (panic in the HTTP stack)",
                 ))
             });
-        let _ = job.results.send(Message::Hop(id, index, result));
+        let _ = job
+            .results
+            .send(Message::Hop(id, index, result, Instant::now()));
     }
 }
 
@@ -641,10 +646,10 @@ impl<R: Request + Send + 'static> Fetcher<R> {
 
     fn message(&mut self, message: Message<R>) {
         match message {
-            Message::Hop(id, worker, result) => {
+            Message::Hop(id, worker, result, ended) => {
                 self.pool.done(worker);
                 if self.hop_ids.remove(&id) {
-                    let _ = self.scheduler.handle_fetch(Instant::now(), id, result);
+                    let _ = self.scheduler.handle_fetch(ended, id, result);
                 }
             }
             Message::Enqueue(request) => {
