@@ -18,7 +18,8 @@
 //! 3. sleep until the earlier of [`poll_timeout`](Scheduler::poll_timeout) and the next I/O
 //!    completion; repeat until [`is_idle`](Scheduler::is_idle).
 //!
-//! `now` is always passed in. The same inputs give the same actions.
+//! `now` is always passed in (for a hop's result, when the hop ended). The same inputs give
+//! the same actions.
 //!
 //! # A complete blocking example
 //!

@@ -32,7 +32,8 @@ const UNSET: u64 = u64::MAX;
 
 /// The scheduler: a pure state machine that decides what to fetch and when.
 ///
-/// It never reads a clock, opens a socket or spawns a thread: every input carries `now`, and
+/// It never reads a clock, opens a socket or spawns a thread: every input carries `now` (a
+/// hop's result carries when it ended, see [`handle_fetch`](Scheduler::handle_fetch)), and
 /// every effect comes out as an [`Action`]. See the [crate docs](crate) for the run loop.
 pub struct Scheduler<R> {
     config: Config,
@@ -400,11 +401,16 @@ impl<R: Request> Scheduler<R> {
 
     /// The result of a hop handed out as [`Action::Fetch`], and when the hop ended.
     ///
-    /// `ended` is when the response was complete (or the hop failed). A driver that hears
-    /// of results late — its I/O runs on other threads, or its loop was busy — passes the
-    /// time each one ended, which may be earlier than the `now` of its calls since: the
-    /// host's delay then counts from the real end of its response, not from the moment the
-    /// driver got round to it. Everything else happens at the latest time handed in.
+    /// `ended` is when the response was complete (read to its last byte, or given up on at
+    /// its limit) or the hop failed; never a time still to come, which would move the
+    /// scheduler's clock ahead of the real one. A driver that handles each result as it
+    /// arrives passes `Instant::now()`. One that hears of results late — its I/O runs on
+    /// other threads, or its loop was busy — passes the time each one ended, which may be
+    /// earlier than the `now` of its calls since: the host's delay then counts from the real
+    /// end of its response, not from the moment the driver got round to it. Everything else
+    /// (the hops this result lets start, the outcome, a retry's back-off) happens at the
+    /// latest time handed in, so such a driver tells the present first, with
+    /// [`handle_timeout`](Scheduler::handle_timeout).
     pub fn handle_fetch(
         &mut self,
         ended: Instant,

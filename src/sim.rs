@@ -992,7 +992,7 @@ impl Checker {
             self.set_next(id, Next::Redirect(url.clone()));
         }
         if let Some(o) = callback.outcome() {
-            // Now, or when the last hop ended if the driver heard of it late.
+            // Now, or earlier (the latest time handed in) if the driver heard of the hop late.
             assert!(o.finished_at <= now, "finished_at of {key}");
             assert!(o.enqueued_at <= o.finished_at, "enqueued_at of {key}");
             if let Some(started) = o.started_at {

@@ -136,6 +136,10 @@ pub trait Policy: Send {
     fn remove(&mut self, item: &Queued) -> bool;
 
     /// A hop popped earlier has ended at `now`, with what it tells about its host.
+    ///
+    /// `now` is when the hop ended, as the driver reports it: hops end in any order and a
+    /// driver may hear of one late, so it can be earlier than times given before (to `pop`,
+    /// `push` or another `handle_finish`). Keep the later of two ends of a host.
     fn handle_finish(&mut self, now: Instant, host: HostId, feedback: &Feedback);
 
     /// The earliest time at which [`pop`](Policy::pop) may return something it would not

@@ -295,7 +295,8 @@ impl Policy for Polite {
         };
         let h = &mut self.hosts[host.index()];
         h.pace = ratelimit::pace(&h.pace, &rules, feedback, now);
-        h.last_end = Some(now);
+        // Hops to a host may be reported out of order: the latest end counts.
+        h.last_end = Some(h.last_end.map_or(now, |t| t.max(now)));
         self.schedule(host, now);
     }
 
@@ -544,6 +545,23 @@ mod tests {
         assert_eq!(p.poll_timeout(), Some(t0 + Duration::from_secs(10)));
         assert_eq!(p.pop(t0 + Duration::from_secs(9)), None);
         assert!(p.pop(t0 + Duration::from_secs(10)).is_some());
+    }
+
+    #[test]
+    fn a_crawl_delay_counts_from_the_latest_end_when_hops_are_reported_out_of_order() {
+        let t0 = crate::t0();
+        let ms = Duration::from_millis;
+        let mut p = Polite::new().per_host(2).delay(ms(100));
+        p.push(t0, q(0, 0));
+        p.push(t0, q(1, 0));
+        p.push(t0, q(2, 0));
+        p.pop(t0).unwrap();
+        p.pop(t0).unwrap();
+        // The second hop ended at 200 ms and is reported first; the first ended at 100 ms.
+        p.handle_finish(t0 + ms(200), HostId(0), &ok(1));
+        p.handle_finish(t0 + ms(100), HostId(0), &ok(1));
+        p.set_crawl_delay(HostId(0), Duration::from_secs(10));
+        assert_eq!(p.poll_timeout(), Some(t0 + ms(10_200)));
     }
 
     #[test]

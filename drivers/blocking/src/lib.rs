@@ -649,6 +649,12 @@ impl<R: Request + Send + 'static> Fetcher<R> {
             Message::Hop(id, worker, result, ended) => {
                 self.pool.done(worker);
                 if self.hop_ids.remove(&id) {
+                    // A result that waited tells the present first: the hops it lets
+                    // start, start now (not at its end, which a millisecond cannot blur).
+                    let now = Instant::now();
+                    if now.saturating_duration_since(ended) > Duration::from_millis(1) {
+                        self.scheduler.handle_timeout(now);
+                    }
                     let _ = self.scheduler.handle_fetch(ended, id, result);
                 }
             }
