@@ -348,7 +348,9 @@ fn redis_options(server: &RedisServer, prefix: &str) -> RedisOptions {
 }
 
 /// `count` requests over 20 hosts, 4 at once, with this delay; once a quarter of them have
-/// finished, `outage` runs on a thread of its own (it stops Redis, and may start it again).
+/// finished, `outage` runs inside that callback (it stops Redis, and may start a thread that
+/// starts it again), so that Redis is down before the crawl goes on, however slow the
+/// machine: a stop run on a thread of its own could come after the crawl had finished.
 fn stopping_redis_at_a_quarter(
     s: &Servers,
     count: usize,
@@ -370,7 +372,7 @@ fn stopping_redis_at_a_quarter(
             finished += 1;
             if finished == count / 4 {
                 if let Some(outage) = outage.take() {
-                    std::thread::spawn(outage);
+                    outage();
                 }
             }
         }),
@@ -508,6 +510,8 @@ pub fn redis_going_away_loses_nothing<D: RedisDriver>(driver: &D) {
     };
     // A short stop: Redis restarts after 600 ms.
     let bouncer = redis.clone();
+    let restart = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let restart_slot = restart.clone();
     let out = driver
         .run_redis(stopping_redis_at_a_quarter(
             &s,
@@ -516,11 +520,18 @@ pub fn redis_going_away_loses_nothing<D: RedisDriver>(driver: &D) {
             options.clone(),
             move || {
                 bouncer.lock().unwrap().stop();
-                std::thread::sleep(Duration::from_millis(600));
-                bouncer.lock().unwrap().start_again();
+                *restart_slot.lock().unwrap() = Some(std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(600));
+                    bouncer.lock().unwrap().start_again();
+                }));
             },
         ))
         .expect("run");
+    let restart = restart.lock().unwrap().take();
+    restart
+        .expect("Redis was stopped mid-crawl")
+        .join()
+        .expect("Redis started again");
     assert!(out.error.is_none(), "{:?}", out.error);
     let mut tags: Vec<u64> = out.finished.iter().map(|p| p.tag).collect();
     tags.sort_unstable();
