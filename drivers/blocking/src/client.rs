@@ -1,17 +1,17 @@
 //! The HTTP client: one hop at a time over ureq, with TLS, proxies, limits and decoding.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::error::Error as StdError;
 use std::io::{self, Read};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use downpour::{Fetch, HopResponse, HopResult, TransportError, TransportErrorKind};
 use http::header::{self, HeaderValue};
 use http::Uri;
 use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
 use ureq::unversioned::transport::{
-    ConnectProxyConnector, Connector, RustlsConnector, TcpConnector,
+    ConnectProxyConnector, ConnectionDetails, Connector, RustlsConnector, TcpConnector, Transport,
 };
 use ureq::Agent;
 
@@ -114,7 +114,8 @@ impl HttpClient {
                     ().chain(HttpProxyConnector)
                         .chain(ConnectProxyConnector::default())
                         .chain(TcpConnector::default())
-                        .chain(RustlsConnector::default());
+                        .chain(RustlsConnector::default())
+                        .chain(Opened);
                 Agent::with_parts(config.clone(), connector, CachingResolver::default())
             })
             .collect();
@@ -162,16 +163,10 @@ impl HttpClient {
     fn send(&self, fetch: Fetch, proxy: Option<&Target>) -> Result<HopResponse, TransportError> {
         let url = &fetch.url;
         let agent = self.agent_for(url);
-        let mut headers = fetch.headers;
-        if !headers.contains_key(header::USER_AGENT) {
-            headers.insert(header::USER_AGENT, self.user_agent.clone());
-        }
-        if !headers.contains_key(header::ACCEPT_ENCODING) {
-            headers.insert(
-                header::ACCEPT_ENCODING,
-                HeaderValue::from_static("gzip, deflate, br"),
-            );
-        }
+        // The headers as given are kept (most often none: a copy that costs nothing) in case
+        // the request goes again.
+        let given = fetch.headers;
+        let headers = self.headers_to_send(given.clone());
         let uri = parse_uri(url)?;
         // Plain HTTP through a proxy goes in absolute form (see `absolute`).
         let form = match proxy {
@@ -212,20 +207,55 @@ impl HttpClient {
             max_header_size: fetch.max_header_size,
             proxy: ureq_proxy,
         };
-        let response = if fetch.body.is_empty() {
+        let attempt = |uri: Uri, headers: http::HeaderMap, timeout: Duration| {
+            let hop = HopSettings {
+                timeout,
+                proxy: hop.proxy.clone(),
+                ..hop
+            };
             let mut request = http::Request::new(());
-            *request.method_mut() = fetch.method;
+            *request.method_mut() = fetch.method.clone();
             *request.uri_mut() = uri;
             *request.headers_mut() = headers;
-            self.run(agent, request, hop)
-        } else {
-            let mut request = http::Request::new(fetch.body.to_vec());
-            *request.method_mut() = fetch.method;
-            *request.uri_mut() = uri;
-            *request.headers_mut() = headers;
-            self.run(agent, request, hop)
+            if fetch.body.is_empty() {
+                self.run(agent, request, hop)
+            } else {
+                self.run(agent, request.map(|()| fetch.body.to_vec()), hop)
+            }
         };
+        let started = Instant::now();
+        OPENED.set(false);
+        let mut response = attempt(uri, headers, hop.timeout);
+        // A request that a pooled connection dropped unanswered goes again, once, on a new
+        // connection: the server may close an idle connection just as a request goes out on
+        // it (its keep-alive timeout ending then), and the request never reached it. Only
+        // requests that may be repeated (RFC 9110, 9.2.2); browsers and curl do the same.
+        // Both attempts share the hop's timeout.
+        if let Err(e) = &response {
+            let left = hop.timeout.saturating_sub(started.elapsed());
+            if fetch.method.is_idempotent()
+                && !OPENED.get()
+                && !left.is_zero()
+                && classify(e, limits.proxied).kind == TransportErrorKind::Reset
+            {
+                response = attempt(parse_uri(url)?, self.headers_to_send(given), left);
+            }
+        }
         receive(response, limits)
+    }
+
+    /// The headers given with a fetch, and ours where it gave none.
+    fn headers_to_send(&self, mut headers: http::HeaderMap) -> http::HeaderMap {
+        if !headers.contains_key(header::USER_AGENT) {
+            headers.insert(header::USER_AGENT, self.user_agent.clone());
+        }
+        if !headers.contains_key(header::ACCEPT_ENCODING) {
+            headers.insert(
+                header::ACCEPT_ENCODING,
+                HeaderValue::from_static("gzip, deflate, br"),
+            );
+        }
+        headers
     }
 
     /// Sends a request; settings that differ from the agent's are set on the request only.
@@ -248,6 +278,31 @@ impl HttpClient {
             .proxy(hop.proxy)
             .build();
         agent.run(request)
+    }
+}
+
+thread_local! {
+    /// Whether the hop running on this thread opened a connection (rather than taking one
+    /// from the pool): set by [`Opened`], the last connector of every agent's chain.
+    static OPENED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Notes that a connection was opened; ureq calls the chain for new connections only.
+#[derive(Debug)]
+struct Opened;
+
+impl<In: Transport> Connector<In> for Opened {
+    type Out = In;
+
+    fn connect(
+        &self,
+        _details: &ConnectionDetails,
+        chained: Option<In>,
+    ) -> Result<Option<In>, ureq::Error> {
+        if chained.is_some() {
+            OPENED.set(true);
+        }
+        Ok(chained)
     }
 }
 

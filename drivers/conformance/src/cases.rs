@@ -635,6 +635,38 @@ pub fn connections_the_server_closed_are_not_reused<D: Driver>(driver: &D) {
     assert_eq!(s.connections(), 10, "one connection per request");
 }
 
+/// A reused connection that the server closes as the next request arrives (its idle
+/// timeout struck at that moment): the request had no answer, so it is sent again, once,
+/// on a new connection, and none fails (no retries allowed). Each request but the first
+/// meets a dropping connection, so the case fails if a driver does not reuse connections.
+pub fn a_request_a_reused_connection_drops_is_sent_again<D: Driver>(driver: &D) {
+    const COUNT: u64 = 6;
+    let s = Servers::start(1);
+    let requests = (0..COUNT)
+        .map(|i| Probe::new(&s.url(0, &format!("/then-drop-next?i={i}")), i))
+        .collect();
+    let policy = Polite::new()
+        .delay(Duration::from_millis(20))
+        .allow_all(true);
+    let out = run(driver, polite(no_retries(), policy, requests));
+    assert_eq!(out.finished.len(), COUNT as usize);
+    for p in &out.finished {
+        assert!(p.result().ok, "{}: {:?}", p.url, p.result());
+        assert_eq!(p.result().body, b"see you");
+    }
+    assert_eq!(
+        s.dropped(),
+        COUNT - 1,
+        "each request but the first met a dropping connection"
+    );
+    assert_eq!(
+        s.connections(),
+        COUNT,
+        "a new connection for each request sent again"
+    );
+    assert_eq!(s.log().len(), COUNT as usize, "each request served once");
+}
+
 /// `User-Agent` comes from the config.
 pub fn user_agent_is_sent<D: Driver>(driver: &D) {
     let s = Servers::start(1);

@@ -376,6 +376,7 @@ macro_rules! suite {
             stop_now_aborts_the_hops_in_flight,
             connections_are_reused,
             connections_the_server_closed_are_not_reused,
+            a_request_a_reused_connection_drops_is_sent_again,
             user_agent_is_sent,
             long_urls_are_sent,
             https_with_a_trusted_certificate,

@@ -52,6 +52,8 @@ struct State {
     hits: Mutex<HashMap<String, u32>>,
     huge_sent: AtomicU64,
     connections: AtomicU64,
+    /// Requests read on a connection marked by `/then-drop-next`, and dropped unanswered.
+    dropped: AtomicU64,
 }
 
 /// A set of loopback servers, one per host, plus optionally one TLS server. Dropping it
@@ -182,6 +184,11 @@ impl Servers {
     /// Connections accepted so far.
     pub fn connections(&self) -> u64 {
         self.state.connections.load(Ordering::SeqCst)
+    }
+
+    /// Requests dropped unanswered after a `/then-drop-next` response on their connection.
+    pub fn dropped(&self) -> u64 {
+        self.state.dropped.load(Ordering::SeqCst)
     }
 }
 
@@ -406,6 +413,8 @@ fn response(status: u16, extra: &[(&str, String)], body: &[u8]) -> Vec<u8> {
 /// How a response ended.
 enum Then {
     KeepAlive,
+    /// Kept alive, but the next request read on the connection is dropped unanswered.
+    DropNext,
     Close,
     Reset,
 }
@@ -418,7 +427,14 @@ async fn serve<S: Resettable>(
     state: Arc<State>,
 ) {
     let mut reader = BufReader::new(stream);
+    let mut drop_next = false;
     while let Some(req) = read_head(&mut reader).await {
+        if drop_next {
+            // The server's idle timeout struck as the request arrived: the connection
+            // closes, the request unanswered (and unlogged: it was never served).
+            state.dropped.fetch_add(1, Ordering::SeqCst);
+            return;
+        }
         let arrived = Instant::now();
         let index = {
             let mut log = state.log.lock().unwrap();
@@ -455,6 +471,10 @@ async fn serve<S: Resettable>(
             Then::KeepAlive => {
                 state.log.lock().unwrap()[index].ended = Some(ended);
             }
+            Then::DropNext => {
+                state.log.lock().unwrap()[index].ended = Some(ended);
+                drop_next = true;
+            }
         }
         if req.close {
             return;
@@ -489,6 +509,9 @@ async fn route<S: Resettable>(
         // Closes the connection after the response without saying so (no `connection:
         // close`), as servers do with idle keep-alive connections.
         "/then-close" => Some((response(200, &[], b"bye"), Then::Close)),
+        // Keeps the connection open, then closes it when the next request arrives: the race
+        // of a reused connection whose idle timeout ends as the request is sent.
+        "/then-drop-next" => Some((response(200, &[], b"see you"), Then::DropNext)),
         "/echo" => {
             let text: String = req
                 .headers

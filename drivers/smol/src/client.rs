@@ -103,6 +103,8 @@ impl HttpClient {
                         .saturating_mul(2)
                         .max(options.pool_max_idle_per_host),
                 )
+                // A request that a reused connection drops unanswered is sent again on a new
+                // one by curl itself, as the other drivers do by hand.
                 .connection_cache_ttl(options.pool_idle_timeout)
                 .version_negotiation(if options.http2 {
                     VersionNegotiation::latest_compatible()

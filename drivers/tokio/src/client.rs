@@ -6,6 +6,7 @@ use std::fmt;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -13,7 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use downpour::{Fetch, HopResponse, HopResult, TransportError, TransportErrorKind, Url};
 use http::header::{self, HeaderValue};
-use http::{HeaderMap, Uri};
+use http::{Extensions, HeaderMap, Method, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
@@ -36,9 +37,9 @@ type HyperClient = Client<Connector, Full<Bytes>>;
 /// the right pooled client.
 pub(crate) struct HttpClient {
     options: Arc<Built>,
-    direct: HyperClient,
+    direct: Arc<HyperClient>,
     /// One pooled client per proxy (and its credentials), made on first use.
-    proxied: HashMap<ProxyKey, (HyperClient, Option<HeaderValue>)>,
+    proxied: HashMap<ProxyKey, (Arc<HyperClient>, Option<HeaderValue>)>,
     env: Option<Matcher>,
 }
 
@@ -96,7 +97,7 @@ impl HttpClient {
             pool_idle_timeout: options.pool_idle_timeout,
             pool_max_idle_per_host: options.pool_max_idle_per_host,
         });
-        let direct = build_client(&built, None);
+        let direct = Arc::new(build_client(&built, None));
         Ok(HttpClient {
             options: built,
             direct,
@@ -115,8 +116,8 @@ impl HttpClient {
         let prepared = self.prepare(fetch, user_agent);
         async move {
             match prepared {
-                Ok((response, limits)) => {
-                    match tokio::time::timeout(limits.timeout, send(response, limits)).await {
+                Ok((outgoing, limits)) => {
+                    match tokio::time::timeout(limits.timeout, send(outgoing, limits)).await {
                         Ok(result) => result,
                         Err(_) => HopResult::Failed(TransportError::new(
                             TransportErrorKind::Timeout,
@@ -133,7 +134,7 @@ impl HttpClient {
         &mut self,
         fetch: Fetch,
         user_agent: &HeaderValue,
-    ) -> Result<(ResponseFuture, Limits), TransportError> {
+    ) -> Result<(Outgoing, Limits), TransportError> {
         let uri: Uri = fetch.url.as_str().parse().map_err(|e| {
             TransportError::new(
                 TransportErrorKind::Other,
@@ -159,10 +160,12 @@ impl HttpClient {
                     auth: target.auth.as_ref().map(|a| a.as_bytes().to_vec()),
                 };
                 let options = &self.options;
-                let (client, auth) = self
-                    .proxied
-                    .entry(key)
-                    .or_insert_with(|| (build_client(options, Some(&target)), target.auth.clone()));
+                let (client, auth) = self.proxied.entry(key).or_insert_with(|| {
+                    (
+                        Arc::new(build_client(options, Some(&target))),
+                        target.auth.clone(),
+                    )
+                });
                 // A plain-HTTP request goes to the proxy in absolute form and carries the
                 // credentials itself; an HTTPS one sends them in the CONNECT only.
                 let auth = if uri.scheme_str() == Some("http") {
@@ -173,32 +176,125 @@ impl HttpClient {
                 (&*client, auth)
             }
         };
-        let mut headers = fetch.headers;
-        if !headers.contains_key(header::USER_AGENT) {
-            headers.insert(header::USER_AGENT, user_agent.clone());
-        }
-        if !headers.contains_key(header::ACCEPT_ENCODING) {
-            headers.insert(
-                header::ACCEPT_ENCODING,
-                HeaderValue::from_static("gzip, deflate, br"),
-            );
-        }
-        if let Some(mut auth) = http_auth {
-            auth.set_sensitive(true);
-            headers.insert(header::PROXY_AUTHORIZATION, auth);
-        }
-        let mut request = http::Request::new(Full::new(fetch.body));
-        *request.method_mut() = fetch.method;
-        *request.uri_mut() = uri;
-        *request.headers_mut() = headers;
+        let body = Full::new(fetch.body);
+        // Only a request that may be repeated is sent again (RFC 9110, 9.2.2). It keeps the
+        // headers as given (most often none, a copy that costs nothing), and is boxed so that
+        // the hop's future stays small.
+        let resend = fetch.method.is_idempotent().then(|| {
+            Box::new(Resend {
+                client: Arc::clone(client),
+                method: fetch.method.clone(),
+                url: fetch.url,
+                given: fetch.headers.clone(),
+                user_agent: user_agent.clone(),
+                http_auth: http_auth.clone(),
+                body: body.clone(),
+            })
+        });
+        let headers = headers_to_send(fetch.headers, user_agent, http_auth);
         let limits = Limits {
             timeout: fetch.timeout,
             max_body_size: fetch.max_body_size,
             max_header_size: fetch.max_header_size,
         };
-        // The request is made here, lazily (nothing is sent before the hop is polled): the
-        // hop's future then holds the response future alone, not a copy of the client.
-        Ok((client.request(request), limits))
+        // The request is made here, lazily (nothing is sent before the hop is polled).
+        let response = client.request(request_of(fetch.method, uri, headers, body));
+        Ok((Outgoing { response, resend }, limits))
+    }
+}
+
+/// The headers given with a fetch, and ours where it gave none.
+fn headers_to_send(
+    mut headers: HeaderMap,
+    user_agent: &HeaderValue,
+    http_auth: Option<HeaderValue>,
+) -> HeaderMap {
+    if !headers.contains_key(header::USER_AGENT) {
+        headers.insert(header::USER_AGENT, user_agent.clone());
+    }
+    if !headers.contains_key(header::ACCEPT_ENCODING) {
+        headers.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("gzip, deflate, br"),
+        );
+    }
+    if let Some(mut auth) = http_auth {
+        auth.set_sensitive(true);
+        headers.insert(header::PROXY_AUTHORIZATION, auth);
+    }
+    headers
+}
+
+fn request_of(
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Full<Bytes>,
+) -> http::Request<Full<Bytes>> {
+    let mut request = http::Request::new(body);
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.headers_mut() = headers;
+    request
+}
+
+/// A hop's request on its way, with what it takes to send it once more.
+struct Outgoing {
+    response: ResponseFuture,
+    resend: Option<Box<Resend>>,
+}
+
+/// A copy of an idempotent request, sent again when a reused connection drops it
+/// unanswered: a server may close an idle connection just as a request goes out on it (its
+/// keep-alive timeout ending then), and the request never reached it. Browsers and curl do
+/// the same; the scheduler counts no retry, since the server answered nothing.
+struct Resend {
+    client: Arc<HyperClient>,
+    method: Method,
+    /// Parsed again if the request goes again: cheaper than a copy of the parsed one.
+    url: Url,
+    given: HeaderMap,
+    user_agent: HeaderValue,
+    http_auth: Option<HeaderValue>,
+    body: Full<Bytes>,
+}
+
+impl Resend {
+    /// The request again; `None` in the case that cannot be, the URL no longer parsing.
+    fn send(self: Box<Self>) -> Option<ResponseFuture> {
+        let this = *self;
+        let uri = this.url.as_str().parse().ok()?;
+        let headers = headers_to_send(this.given, &this.user_agent, this.http_auth);
+        Some(
+            this.client
+                .request(request_of(this.method, uri, headers, this.body)),
+        )
+    }
+}
+
+/// How many responses a connection has carried; a connection that carried one is reused.
+#[derive(Clone, Default)]
+struct Carried(Arc<AtomicU64>);
+
+impl Carried {
+    /// Counts a response that came on its connection.
+    fn count(response: &http::Response<hyper::body::Incoming>) {
+        if let Some(carried) = response.extensions().get::<Carried>() {
+            carried.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether a request failed on a connection that had carried responses before, without
+    /// an answer: the connection was closed or reset before any response came.
+    fn dropped_on_reuse(error: &hyper_util::client::legacy::Error) -> bool {
+        let reused = error.connect_info().is_some_and(|connected| {
+            let mut extras = Extensions::new();
+            connected.get_extras(&mut extras);
+            extras
+                .get::<Carried>()
+                .is_some_and(|c| c.0.load(Ordering::Relaxed) > 0)
+        });
+        reused && !error.is_connect() && classify(error).kind == TransportErrorKind::Reset
     }
 }
 
@@ -209,11 +305,21 @@ struct Limits {
     max_header_size: usize,
 }
 
-async fn send(response: ResponseFuture, limits: Limits) -> HopResult {
-    let response = match response.await {
+async fn send(outgoing: Outgoing, limits: Limits) -> HopResult {
+    let response = match outgoing.response.await {
         Ok(r) => r,
-        Err(e) => return HopResult::Failed(classify(&e)),
+        Err(e) => match outgoing.resend.filter(|_| Carried::dropped_on_reuse(&e)) {
+            Some(resend) => match resend.send() {
+                Some(again) => match again.await {
+                    Ok(r) => r,
+                    Err(e) => return HopResult::Failed(classify(&e)),
+                },
+                None => return HopResult::Failed(classify(&e)),
+            },
+            None => return HopResult::Failed(classify(&e)),
+        },
     };
+    Carried::count(&response);
     let (parts, mut incoming) = response.into_parts();
     let head = head_size(&parts.headers);
     if head > limits.max_header_size {
@@ -550,21 +656,11 @@ impl Service<Uri> for Connector {
         match self {
             Connector::Direct(c) => {
                 let fut = c.call(dst);
-                Box::pin(async move {
-                    Ok(Conn {
-                        inner: fut.await?,
-                        proxied: false,
-                    })
-                })
+                Box::pin(async move { Ok(Conn::new(fut.await?, false)) })
             }
             Connector::Proxy { tunnel, .. } if dst.scheme_str() == Some("https") => {
                 let fut = tunnel.call(dst);
-                Box::pin(async move {
-                    Ok(Conn {
-                        inner: fut.await?,
-                        proxied: false,
-                    })
-                })
+                Box::pin(async move { Ok(Conn::new(fut.await?, false)) })
             }
             Connector::Proxy { plain, proxy, .. } => {
                 let fut = plain.call(proxy.clone());
@@ -572,10 +668,7 @@ impl Service<Uri> for Connector {
                     let io = fut
                         .await
                         .map_err(|e| -> BoxError { Box::new(ProxyConnectError(e.to_string())) })?;
-                    Ok(Conn {
-                        inner: MaybeHttpsStream::Http(io),
-                        proxied: true,
-                    })
+                    Ok(Conn::new(MaybeHttpsStream::Http(io), true))
                 })
             }
         }
@@ -598,16 +691,31 @@ impl StdError for ProxyConnectError {}
 struct Conn {
     inner: Stream,
     proxied: bool,
+    carried: Carried,
+}
+
+impl Conn {
+    fn new(inner: Stream, proxied: bool) -> Conn {
+        Conn {
+            inner,
+            proxied,
+            carried: Carried::default(),
+        }
+    }
 }
 
 impl Connection for Conn {
     fn connected(&self) -> Connected {
-        let connected = self.inner.connected();
-        if self.proxied {
-            connected.proxy(true)
-        } else {
-            connected
+        // Made anew rather than extended: the one extra that hyper puts into every
+        // response's extensions is then the count, and not the addresses (unused here).
+        let mut connected = Connected::new().extra(self.carried.clone());
+        if self.inner.connected().is_negotiated_h2() {
+            connected = connected.negotiated_h2();
         }
+        if self.proxied {
+            connected = connected.proxy(true);
+        }
+        connected
     }
 }
 
