@@ -11,7 +11,8 @@ use http::header::{self, HeaderValue};
 use http::Uri;
 use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
 use ureq::unversioned::transport::{
-    ConnectProxyConnector, ConnectionDetails, Connector, RustlsConnector, TcpConnector, Transport,
+    Buffers, ConnectProxyConnector, ConnectionDetails, Connector, NextTimeout, RustlsConnector,
+    TcpConnector, Transport,
 };
 use ureq::Agent;
 
@@ -110,12 +111,14 @@ impl HttpClient {
         let agents = (0..shards)
             .map(|_| {
                 // ureq's default chain, with plain HTTP through a proxy taken first.
+                // Framed by `Opened` and `Watch`, which note what a hop did with its connection.
                 let connector =
-                    ().chain(HttpProxyConnector)
+                    ().chain(Opened)
+                        .chain(HttpProxyConnector)
                         .chain(ConnectProxyConnector::default())
                         .chain(TcpConnector::default())
                         .chain(RustlsConnector::default())
-                        .chain(Opened);
+                        .chain(Watch);
                 Agent::with_parts(config.clone(), connector, CachingResolver::default())
             })
             .collect();
@@ -225,16 +228,17 @@ impl HttpClient {
         };
         let started = Instant::now();
         OPENED.set(false);
+        ANSWERED.set(false);
         let mut response = attempt(uri, headers, hop.timeout);
-        // A request that a pooled connection dropped unanswered goes again, once, on a new
-        // connection: the server may close an idle connection just as a request goes out on
-        // it (its keep-alive timeout ending then), and the request never reached it. Only
-        // requests that may be repeated (RFC 9110, 9.2.2); browsers and curl do the same.
-        // Both attempts share the hop's timeout.
+        // A request that a pooled connection dropped before a byte of an answer came goes
+        // again, once: the server may close an idle connection just as a request goes out on
+        // it (its keep-alive timeout ending then), and never see the request. Only requests
+        // that may be repeated (RFC 9110, 9.2.2). Both attempts share the hop's timeout.
         if let Err(e) = &response {
             let left = hop.timeout.saturating_sub(started.elapsed());
             if fetch.method.is_idempotent()
                 && !OPENED.get()
+                && !ANSWERED.get()
                 && !left.is_zero()
                 && classify(e, limits.proxied).kind == TransportErrorKind::Reset
             {
@@ -282,12 +286,17 @@ impl HttpClient {
 }
 
 thread_local! {
-    /// Whether the hop running on this thread opened a connection (rather than taking one
-    /// from the pool): set by [`Opened`], the last connector of every agent's chain.
+    /// Whether the hop running on this thread tried to open a connection (rather than take
+    /// one from the pool): set by [`Opened`], the first connector of every agent's chain.
     static OPENED: Cell<bool> = const { Cell::new(false) };
+    /// Whether a byte of an answer came to the hop running on this thread: set by
+    /// [`Watched`], around every connection.
+    static ANSWERED: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Notes that a connection was opened; ureq calls the chain for new connections only.
+/// Notes that a connection is being opened: ureq runs the chain only when its pool has
+/// none to give, and this runs first, so a connection that fails while it opens (a TLS
+/// handshake cut short) counts as opened too.
 #[derive(Debug)]
 struct Opened;
 
@@ -299,10 +308,55 @@ impl<In: Transport> Connector<In> for Opened {
         _details: &ConnectionDetails,
         chained: Option<In>,
     ) -> Result<Option<In>, ureq::Error> {
-        if chained.is_some() {
-            OPENED.set(true);
-        }
+        OPENED.set(true);
         Ok(chained)
+    }
+}
+
+/// Wraps every connection made in a [`Watched`]; the last connector of the chain.
+#[derive(Debug)]
+struct Watch;
+
+impl<In: Transport> Connector<In> for Watch {
+    type Out = Watched<In>;
+
+    fn connect(
+        &self,
+        _details: &ConnectionDetails,
+        chained: Option<In>,
+    ) -> Result<Option<Watched<In>>, ureq::Error> {
+        Ok(chained.map(Watched))
+    }
+}
+
+/// A connection that notes, for the hop using it, when input comes (after TLS: the
+/// answer's bytes).
+#[derive(Debug)]
+struct Watched<T>(T);
+
+impl<T: Transport> Transport for Watched<T> {
+    fn buffers(&mut self) -> &mut dyn Buffers {
+        self.0.buffers()
+    }
+
+    fn transmit_output(&mut self, amount: usize, timeout: NextTimeout) -> Result<(), ureq::Error> {
+        self.0.transmit_output(amount, timeout)
+    }
+
+    fn await_input(&mut self, timeout: NextTimeout) -> Result<bool, ureq::Error> {
+        let progress = self.0.await_input(timeout)?;
+        if progress {
+            ANSWERED.set(true);
+        }
+        Ok(progress)
+    }
+
+    fn is_open(&mut self) -> bool {
+        self.0.is_open()
+    }
+
+    fn is_tls(&self) -> bool {
+        self.0.is_tls()
     }
 }
 

@@ -52,7 +52,7 @@ struct State {
     hits: Mutex<HashMap<String, u32>>,
     huge_sent: AtomicU64,
     connections: AtomicU64,
-    /// Requests read on a connection marked by `/then-drop-next`, and dropped unanswered.
+    /// Requests dropped unanswered: `/drop`, and the next one after `/then-drop-next`.
     dropped: AtomicU64,
 }
 
@@ -186,7 +186,8 @@ impl Servers {
         self.state.connections.load(Ordering::SeqCst)
     }
 
-    /// Requests dropped unanswered after a `/then-drop-next` response on their connection.
+    /// Requests dropped without a byte of an answer: `/drop`, and the request after a
+    /// `/then-drop-next` response on the same connection.
     pub fn dropped(&self) -> u64 {
         self.state.dropped.load(Ordering::SeqCst)
     }
@@ -410,11 +411,21 @@ fn response(status: u16, extra: &[(&str, String)], body: &[u8]) -> Vec<u8> {
     out
 }
 
+/// What happens to the next request on a connection.
+#[derive(Clone, Copy, PartialEq)]
+enum NextRequest {
+    Served,
+    /// Dropped without a byte of an answer.
+    Dropped,
+    /// Half a response head, then the connection closes.
+    CutShort,
+}
+
 /// How a response ended.
 enum Then {
     KeepAlive,
-    /// Kept alive, but the next request read on the connection is dropped unanswered.
-    DropNext,
+    /// Kept alive, and the next request read on the connection is answered so.
+    Next(NextRequest),
     Close,
     Reset,
 }
@@ -427,13 +438,34 @@ async fn serve<S: Resettable>(
     state: Arc<State>,
 ) {
     let mut reader = BufReader::new(stream);
-    let mut drop_next = false;
+    let mut next = NextRequest::Served;
     while let Some(req) = read_head(&mut reader).await {
-        if drop_next {
+        match next {
+            NextRequest::Served => {}
             // The server's idle timeout struck as the request arrived: the connection
             // closes, the request unanswered (and unlogged: it was never served).
-            state.dropped.fetch_add(1, Ordering::SeqCst);
-            return;
+            NextRequest::Dropped => {
+                state.dropped.fetch_add(1, Ordering::SeqCst);
+                return;
+            }
+            // The server began to answer, then went away: logged, as it saw the request.
+            NextRequest::CutShort => {
+                state.log.lock().unwrap().push(LogEntry {
+                    host,
+                    path: req.path.clone(),
+                    headers: req.headers.clone(),
+                    arrived: Instant::now(),
+                    ended: None,
+                    connection,
+                    tls,
+                });
+                let _ = reader
+                    .get_mut()
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-le")
+                    .await;
+                let _ = reader.get_mut().flush().await;
+                return;
+            }
         }
         let arrived = Instant::now();
         let index = {
@@ -471,9 +503,9 @@ async fn serve<S: Resettable>(
             Then::KeepAlive => {
                 state.log.lock().unwrap()[index].ended = Some(ended);
             }
-            Then::DropNext => {
+            Then::Next(what) => {
                 state.log.lock().unwrap()[index].ended = Some(ended);
-                drop_next = true;
+                next = what;
             }
         }
         if req.close {
@@ -511,7 +543,20 @@ async fn route<S: Resettable>(
         "/then-close" => Some((response(200, &[], b"bye"), Then::Close)),
         // Keeps the connection open, then closes it when the next request arrives: the race
         // of a reused connection whose idle timeout ends as the request is sent.
-        "/then-drop-next" => Some((response(200, &[], b"see you"), Then::DropNext)),
+        "/then-drop-next" => Some((
+            response(200, &[], b"see you"),
+            Then::Next(NextRequest::Dropped),
+        )),
+        // Keeps the connection open, then answers the next request on it with half a head.
+        "/then-cut-next" => Some((
+            response(200, &[], b"see you"),
+            Then::Next(NextRequest::CutShort),
+        )),
+        // A fresh connection that closes as the request arrives, without an answer.
+        "/drop" => {
+            state.dropped.fetch_add(1, Ordering::SeqCst);
+            None
+        }
         "/echo" => {
             let text: String = req
                 .headers

@@ -103,8 +103,9 @@ impl HttpClient {
                         .saturating_mul(2)
                         .max(options.pool_max_idle_per_host),
                 )
-                // A request that a reused connection drops unanswered is sent again on a new
-                // one by curl itself, as the other drivers do by hand.
+                // A request that a reused connection drops before any answer is sent again
+                // by curl itself (any method, up to 5 times), as the other drivers do by
+                // hand (idempotent methods, once).
                 .connection_cache_ttl(options.pool_idle_timeout)
                 .version_negotiation(if options.http2 {
                     VersionNegotiation::latest_compatible()

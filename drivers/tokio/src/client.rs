@@ -6,7 +6,7 @@ use std::fmt;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -272,29 +272,105 @@ impl Resend {
     }
 }
 
-/// How many responses a connection has carried; a connection that carried one is reused.
+/// What a connection has carried: how many responses (one makes it a reused connection),
+/// and whether a byte came since a request last went out on it.
 #[derive(Clone, Default)]
-struct Carried(Arc<AtomicU64>);
+struct Carried(Arc<Traffic>);
+
+#[derive(Default)]
+struct Traffic {
+    responses: AtomicU64,
+    answered: AtomicBool,
+}
 
 impl Carried {
     /// Counts a response that came on its connection.
     fn count(response: &http::Response<hyper::body::Incoming>) {
         if let Some(carried) = response.extensions().get::<Carried>() {
-            carried.0.fetch_add(1, Ordering::Relaxed);
+            carried.0.responses.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    /// Whether a request failed on a connection that had carried responses before, without
-    /// an answer: the connection was closed or reset before any response came.
+    /// Whether a request failed, closed or reset, on a connection that had carried
+    /// responses before, and before a single byte of an answer came: the server closed the
+    /// idle connection as the request went out, and never saw it.
     fn dropped_on_reuse(error: &hyper_util::client::legacy::Error) -> bool {
-        let reused = error.connect_info().is_some_and(|connected| {
+        let unanswered_on_reuse = error.connect_info().is_some_and(|connected| {
             let mut extras = Extensions::new();
             connected.get_extras(&mut extras);
-            extras
-                .get::<Carried>()
-                .is_some_and(|c| c.0.load(Ordering::Relaxed) > 0)
+            extras.get::<Carried>().is_some_and(|c| {
+                c.0.responses.load(Ordering::Relaxed) > 0 && !c.0.answered.load(Ordering::Relaxed)
+            })
         });
-        reused && !error.is_connect() && classify(error).kind == TransportErrorKind::Reset
+        unanswered_on_reuse
+            && !error.is_connect()
+            && classify(error).kind == TransportErrorKind::Reset
+    }
+
+    fn wrote(&self) {
+        if self.0.answered.load(Ordering::Relaxed) {
+            self.0.answered.store(false, Ordering::Relaxed);
+        }
+    }
+
+    fn read(&self) {
+        if !self.0.answered.load(Ordering::Relaxed) {
+            self.0.answered.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A connection's bytes as they pass, in tokio's terms (where a read shows how much it
+/// read), noted in its [`Carried`]: a write clears `answered`, a read of any byte sets it.
+struct Watched {
+    io: TokioIo<Stream>,
+    carried: Carried,
+}
+
+impl tokio::io::AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.carried.read();
+        }
+        polled
+    }
+}
+
+impl tokio::io::AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.carried.wrote();
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.carried.wrote();
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
     }
 }
 
@@ -689,18 +765,28 @@ impl StdError for ProxyConnectError {}
 
 /// A connection, marked as going to a proxy when requests on it must use absolute form.
 struct Conn {
-    inner: Stream,
+    /// Back in hyper's terms, through [`Watched`].
+    io: TokioIo<Watched>,
     proxied: bool,
     carried: Carried,
 }
 
 impl Conn {
     fn new(inner: Stream, proxied: bool) -> Conn {
+        let carried = Carried::default();
+        let watched = Watched {
+            io: TokioIo::new(inner),
+            carried: carried.clone(),
+        };
         Conn {
-            inner,
+            io: TokioIo::new(watched),
             proxied,
-            carried: Carried::default(),
+            carried,
         }
+    }
+
+    fn stream(&self) -> &Stream {
+        self.io.inner().io.inner()
     }
 }
 
@@ -709,7 +795,7 @@ impl Connection for Conn {
         // Made anew rather than extended: the one extra that hyper puts into every
         // response's extensions is then the count, and not the addresses (unused here).
         let mut connected = Connected::new().extra(self.carried.clone());
-        if self.inner.connected().is_negotiated_h2() {
+        if self.stream().connected().is_negotiated_h2() {
             connected = connected.negotiated_h2();
         }
         if self.proxied {
@@ -725,7 +811,7 @@ impl Read for Conn {
         cx: &mut Context<'_>,
         buf: ReadBufCursor<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        Pin::new(&mut self.io).poll_read(cx, buf)
     }
 }
 
@@ -735,19 +821,19 @@ impl Write for Conn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        Pin::new(&mut self.io).poll_write(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        Pin::new(&mut self.io).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        self.io.is_write_vectored()
     }
 
     fn poll_write_vectored(
@@ -755,7 +841,7 @@ impl Write for Conn {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
     }
 }
 
