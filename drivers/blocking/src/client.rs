@@ -19,7 +19,7 @@ use ureq::Agent;
 use crate::absolute::HttpProxyConnector;
 use crate::resolver::CachingResolver;
 
-use crate::decode::{Body, Coding};
+use crate::decode::{headers_to_send, Body, Coding};
 use crate::proxy::{Rules, Target};
 use crate::{ClientOptions, Error, Proxy};
 
@@ -169,7 +169,7 @@ impl HttpClient {
         // The headers as given are kept (most often none: a copy that costs nothing) in case
         // the request goes again.
         let given = fetch.headers;
-        let headers = self.headers_to_send(given.clone());
+        let headers = headers_to_send(given.clone(), &self.user_agent);
         let uri = parse_uri(url)?;
         // Plain HTTP through a proxy goes in absolute form (see `absolute`).
         let form = match proxy {
@@ -242,24 +242,11 @@ impl HttpClient {
                 && !left.is_zero()
                 && classify(e, limits.proxied).kind == TransportErrorKind::Reset
             {
-                response = attempt(parse_uri(url)?, self.headers_to_send(given), left);
+                let headers = headers_to_send(given, &self.user_agent);
+                response = attempt(parse_uri(url)?, headers, left);
             }
         }
         receive(response, limits)
-    }
-
-    /// The headers given with a fetch, and ours where it gave none.
-    fn headers_to_send(&self, mut headers: http::HeaderMap) -> http::HeaderMap {
-        if !headers.contains_key(header::USER_AGENT) {
-            headers.insert(header::USER_AGENT, self.user_agent.clone());
-        }
-        if !headers.contains_key(header::ACCEPT_ENCODING) {
-            headers.insert(
-                header::ACCEPT_ENCODING,
-                HeaderValue::from_static("gzip, deflate, br"),
-            );
-        }
-        headers
     }
 
     /// Sends a request; settings that differ from the agent's are set on the request only.

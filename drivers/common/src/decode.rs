@@ -3,7 +3,23 @@
 use std::io::{self, Write};
 
 use bytes::Bytes;
+use http::header::{self, HeaderValue};
 use http::HeaderMap;
+
+/// The headers a hop sends: the fetch's own, with a `User-Agent` and the `Accept-Encoding`
+/// that [`Body`] decodes where it gave none.
+pub fn headers_to_send(mut headers: HeaderMap, user_agent: &HeaderValue) -> HeaderMap {
+    if !headers.contains_key(header::USER_AGENT) {
+        headers.insert(header::USER_AGENT, user_agent.clone());
+    }
+    if !headers.contains_key(header::ACCEPT_ENCODING) {
+        headers.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("gzip, deflate, br"),
+        );
+    }
+    headers
+}
 
 /// Collects at most `cap` bytes; sets `truncated` (and refuses the rest) past that.
 struct Capped {

@@ -615,19 +615,26 @@ pub fn connections_are_reused<D: Driver>(driver: &D) {
     );
 }
 
+/// `count` requests for `route` (tagged by `?i=`) on the one host of `s`, one at a time,
+/// `delay` apart, with no retries.
+fn in_turn(s: &Servers, route: &str, count: u64, delay: Duration) -> Run {
+    let requests = (0..count)
+        .map(|i| Probe::new(&s.url(0, &format!("{route}?i={i}")), i))
+        .collect();
+    let policy = Polite::new().delay(delay).allow_all(true);
+    polite(no_retries(), policy, requests)
+}
+
 /// A server that closes each connection after its response, unannounced (no `connection:
 /// close`): once the close has arrived, the next request to it goes on a new connection,
 /// and none fails (no retries allowed). The delay between requests lets the close land (a
 /// request sent at the very moment of the close is the next case).
 pub fn connections_the_server_closed_are_not_reused<D: Driver>(driver: &D) {
     let s = Servers::start(1);
-    let requests = (0..10)
-        .map(|i| Probe::new(&s.url(0, &format!("/then-close?i={i}")), i))
-        .collect();
-    let policy = Polite::new()
-        .delay(Duration::from_millis(30))
-        .allow_all(true);
-    let out = run(driver, polite(no_retries(), policy, requests));
+    let out = run(
+        driver,
+        in_turn(&s, "/then-close", 10, Duration::from_millis(30)),
+    );
     assert_eq!(out.finished.len(), 10);
     for p in &out.finished {
         assert!(p.result().ok, "{}: {:?}", p.url, p.result());
@@ -642,13 +649,8 @@ pub fn connections_the_server_closed_are_not_reused<D: Driver>(driver: &D) {
 pub fn a_request_a_reused_connection_drops_is_sent_again<D: Driver>(driver: &D) {
     const COUNT: u64 = 6;
     let s = Servers::start(1);
-    let requests = (0..COUNT)
-        .map(|i| Probe::new(&s.url(0, &format!("/then-drop-next?i={i}")), i))
-        .collect();
-    let policy = Polite::new()
-        .delay(Duration::from_millis(20))
-        .allow_all(true);
-    let out = run(driver, polite(no_retries(), policy, requests));
+    let delay = Duration::from_millis(20);
+    let out = run(driver, in_turn(&s, "/then-drop-next", COUNT, delay));
     assert_eq!(out.finished.len(), COUNT as usize);
     for p in &out.finished {
         assert!(p.result().ok, "{}: {:?}", p.url, p.result());
@@ -680,13 +682,10 @@ pub fn a_request_a_fresh_connection_drops_is_not_sent_again<D: Driver>(driver: &
 /// hyper and ureq fail it, curl takes the status line for a response without a body).
 pub fn a_request_answered_in_part_on_a_reused_connection_is_not_sent_again<D: Driver>(driver: &D) {
     let s = Servers::start(1);
-    let requests = (0..2)
-        .map(|i| Probe::new(&s.url(0, &format!("/then-cut-next?i={i}")), i))
-        .collect();
-    let policy = Polite::new()
-        .delay(Duration::from_millis(20))
-        .allow_all(true);
-    let out = run(driver, polite(no_retries(), policy, requests));
+    let out = run(
+        driver,
+        in_turn(&s, "/then-cut-next", 2, Duration::from_millis(20)),
+    );
     let done = by_tag(out.finished);
     assert!(done[&0].result().ok, "{:?}", done[&0].result());
     assert_eq!(

@@ -19,7 +19,7 @@ use isahc::error::ErrorKind;
 use isahc::tls::{TlsConfig, TrustStore};
 use isahc::AsyncBody;
 
-use crate::decode::{Body, Coding};
+use crate::decode::{headers_to_send, Body, Coding};
 use crate::proxy::{Rules, Target};
 use crate::{ClientOptions, Error, Proxy};
 
@@ -216,16 +216,7 @@ impl HttpClient {
                 .map(Target::from_url)
                 .transpose()?,
         };
-        let mut headers = fetch.headers;
-        if !headers.contains_key(header::USER_AGENT) {
-            headers.insert(header::USER_AGENT, self.user_agent.clone());
-        }
-        if !headers.contains_key(header::ACCEPT_ENCODING) {
-            headers.insert(
-                header::ACCEPT_ENCODING,
-                HeaderValue::from_static("gzip, deflate, br"),
-            );
-        }
+        let headers = headers_to_send(fetch.headers, &self.user_agent);
         let body = if fetch.body.is_empty() {
             AsyncBody::empty()
         } else {

@@ -16,7 +16,7 @@ use downpour::{Fetch, HopResponse, HopResult, TransportError, TransportErrorKind
 use http::header::{self, HeaderValue};
 use http::{Extensions, HeaderMap, Method, Uri};
 use http_body_util::{BodyExt, Full};
-use hyper::rt::{Read, ReadBufCursor, Write};
+
 use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::connect::proxy::Tunnel;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
@@ -26,7 +26,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tower_service::Service;
 
-use crate::decode::{Body, Coding};
+use crate::decode::{headers_to_send, Body, Coding};
 use crate::{ClientOptions, Error, Proxy};
 
 type Stream = MaybeHttpsStream<TokioIo<TcpStream>>;
@@ -191,7 +191,7 @@ impl HttpClient {
                 body: body.clone(),
             })
         });
-        let headers = headers_to_send(fetch.headers, user_agent, http_auth);
+        let headers = with_proxy_auth(headers_to_send(fetch.headers, user_agent), http_auth);
         let limits = Limits {
             timeout: fetch.timeout,
             max_body_size: fetch.max_body_size,
@@ -203,21 +203,8 @@ impl HttpClient {
     }
 }
 
-/// The headers given with a fetch, and ours where it gave none.
-fn headers_to_send(
-    mut headers: HeaderMap,
-    user_agent: &HeaderValue,
-    http_auth: Option<HeaderValue>,
-) -> HeaderMap {
-    if !headers.contains_key(header::USER_AGENT) {
-        headers.insert(header::USER_AGENT, user_agent.clone());
-    }
-    if !headers.contains_key(header::ACCEPT_ENCODING) {
-        headers.insert(
-            header::ACCEPT_ENCODING,
-            HeaderValue::from_static("gzip, deflate, br"),
-        );
-    }
+/// The credentials for a plain-HTTP proxy, added to a request's headers.
+fn with_proxy_auth(mut headers: HeaderMap, http_auth: Option<HeaderValue>) -> HeaderMap {
     if let Some(mut auth) = http_auth {
         auth.set_sensitive(true);
         headers.insert(header::PROXY_AUTHORIZATION, auth);
@@ -264,7 +251,10 @@ impl Resend {
     fn send(self: Box<Self>) -> Option<ResponseFuture> {
         let this = *self;
         let uri = this.url.as_str().parse().ok()?;
-        let headers = headers_to_send(this.given, &this.user_agent, this.http_auth);
+        let headers = with_proxy_auth(
+            headers_to_send(this.given, &this.user_agent),
+            this.http_auth,
+        );
         Some(
             this.client
                 .request(request_of(this.method, uri, headers, this.body)),
@@ -317,60 +307,6 @@ impl Carried {
         if !self.0.answered.load(Ordering::Relaxed) {
             self.0.answered.store(true, Ordering::Relaxed);
         }
-    }
-}
-
-/// A connection's bytes as they pass, in tokio's terms (where a read shows how much it
-/// read), noted in its [`Carried`]: a write clears `answered`, a read of any byte sets it.
-struct Watched {
-    io: TokioIo<Stream>,
-    carried: Carried,
-}
-
-impl tokio::io::AsyncRead for Watched {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.carried.read();
-        }
-        polled
-    }
-}
-
-impl tokio::io::AsyncWrite for Watched {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        self.carried.wrote();
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        self.carried.wrote();
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
     }
 }
 
@@ -719,9 +655,9 @@ enum Connector {
 }
 
 impl Service<Uri> for Connector {
-    type Response = Conn;
+    type Response = TokioIo<Conn>;
     type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Conn, BoxError>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = Result<TokioIo<Conn>, BoxError>> + Send>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         // Both connectors are always ready.
@@ -732,11 +668,11 @@ impl Service<Uri> for Connector {
         match self {
             Connector::Direct(c) => {
                 let fut = c.call(dst);
-                Box::pin(async move { Ok(Conn::new(fut.await?, false)) })
+                Box::pin(async move { Ok(Conn::open(fut.await?, false)) })
             }
             Connector::Proxy { tunnel, .. } if dst.scheme_str() == Some("https") => {
                 let fut = tunnel.call(dst);
-                Box::pin(async move { Ok(Conn::new(fut.await?, false)) })
+                Box::pin(async move { Ok(Conn::open(fut.await?, false)) })
             }
             Connector::Proxy { plain, proxy, .. } => {
                 let fut = plain.call(proxy.clone());
@@ -744,7 +680,7 @@ impl Service<Uri> for Connector {
                     let io = fut
                         .await
                         .map_err(|e| -> BoxError { Box::new(ProxyConnectError(e.to_string())) })?;
-                    Ok(Conn::new(MaybeHttpsStream::Http(io), true))
+                    Ok(Conn::open(MaybeHttpsStream::Http(io), true))
                 })
             }
         }
@@ -763,30 +699,23 @@ impl fmt::Display for ProxyConnectError {
 
 impl StdError for ProxyConnectError {}
 
-/// A connection, marked as going to a proxy when requests on it must use absolute form.
+/// A connection, marked as going to a proxy when requests on it must use absolute form. Its
+/// bytes pass in tokio's terms, where a read shows how much it read, and are noted in its
+/// [`Carried`]: a write clears `answered`, a read of any byte sets it. hyper sees it through
+/// a [`TokioIo`].
 struct Conn {
-    /// Back in hyper's terms, through [`Watched`].
-    io: TokioIo<Watched>,
+    io: TokioIo<Stream>,
     proxied: bool,
     carried: Carried,
 }
 
 impl Conn {
-    fn new(inner: Stream, proxied: bool) -> Conn {
-        let carried = Carried::default();
-        let watched = Watched {
+    fn open(inner: Stream, proxied: bool) -> TokioIo<Conn> {
+        TokioIo::new(Conn {
             io: TokioIo::new(inner),
-            carried: carried.clone(),
-        };
-        Conn {
-            io: TokioIo::new(watched),
             proxied,
-            carried,
-        }
-    }
-
-    fn stream(&self) -> &Stream {
-        self.io.inner().io.inner()
+            carried: Carried::default(),
+        })
     }
 }
 
@@ -795,7 +724,7 @@ impl Connection for Conn {
         // Made anew rather than extended: the one extra that hyper puts into every
         // response's extensions is then the count, and not the addresses (unused here).
         let mut connected = Connected::new().extra(self.carried.clone());
-        if self.stream().connected().is_negotiated_h2() {
+        if self.io.inner().connected().is_negotiated_h2() {
             connected = connected.negotiated_h2();
         }
         if self.proxied {
@@ -805,22 +734,28 @@ impl Connection for Conn {
     }
 }
 
-impl Read for Conn {
+impl tokio::io::AsyncRead for Conn {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-        buf: ReadBufCursor<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.carried.read();
+        }
+        polled
     }
 }
 
-impl Write for Conn {
+impl tokio::io::AsyncWrite for Conn {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        self.carried.wrote();
         Pin::new(&mut self.io).poll_write(cx, buf)
     }
 
@@ -841,6 +776,7 @@ impl Write for Conn {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        self.carried.wrote();
         Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
     }
 }
