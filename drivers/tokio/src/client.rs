@@ -16,7 +16,6 @@ use downpour::{Fetch, HopResponse, HopResult, TransportError, TransportErrorKind
 use http::header::{self, HeaderValue};
 use http::{Extensions, HeaderMap, Method, Uri};
 use http_body_util::{BodyExt, Full};
-
 use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::connect::proxy::Tunnel;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
@@ -231,10 +230,10 @@ struct Outgoing {
     resend: Option<Box<Resend>>,
 }
 
-/// A copy of an idempotent request, sent again when a reused connection drops it
-/// unanswered: a server may close an idle connection just as a request goes out on it (its
-/// keep-alive timeout ending then), and the request never reached it. Browsers and curl do
-/// the same; the scheduler counts no retry, since the server answered nothing.
+/// A copy of an idempotent request, sent again when a reused connection drops it before a
+/// byte of an answer (see [`Carried::dropped_on_reuse`]): a server may close an idle
+/// connection just as a request goes out on it (its keep-alive timeout ending then), and
+/// never see the request. The scheduler counts no retry, since the server answered nothing.
 struct Resend {
     client: Arc<HyperClient>,
     method: Method,
@@ -297,12 +296,14 @@ impl Carried {
             && classify(error).kind == TransportErrorKind::Reset
     }
 
+    /// A request (or part of one) goes out: what comes next answers it.
     fn wrote(&self) {
         if self.0.answered.load(Ordering::Relaxed) {
             self.0.answered.store(false, Ordering::Relaxed);
         }
     }
 
+    /// A byte came.
     fn read(&self) {
         if !self.0.answered.load(Ordering::Relaxed) {
             self.0.answered.store(true, Ordering::Relaxed);
@@ -320,16 +321,19 @@ struct Limits {
 async fn send(outgoing: Outgoing, limits: Limits) -> HopResult {
     let response = match outgoing.response.await {
         Ok(r) => r,
-        Err(e) => match outgoing.resend.filter(|_| Carried::dropped_on_reuse(&e)) {
-            Some(resend) => match resend.send() {
+        Err(e) => {
+            let again = outgoing
+                .resend
+                .filter(|_| Carried::dropped_on_reuse(&e))
+                .and_then(|resend| resend.send());
+            match again {
                 Some(again) => match again.await {
                     Ok(r) => r,
                     Err(e) => return HopResult::Failed(classify(&e)),
                 },
                 None => return HopResult::Failed(classify(&e)),
-            },
-            None => return HopResult::Failed(classify(&e)),
-        },
+            }
+        }
     };
     Carried::count(&response);
     let (parts, mut incoming) = response.into_parts();
