@@ -440,32 +440,11 @@ async fn serve<S: Resettable>(
     let mut reader = BufReader::new(stream);
     let mut next = NextRequest::Served;
     while let Some(req) = read_head(&mut reader).await {
-        match next {
-            NextRequest::Served => {}
+        if next == NextRequest::Dropped {
             // The server's idle timeout struck as the request arrived: the connection
             // closes, the request unanswered (and unlogged: it was never served).
-            NextRequest::Dropped => {
-                state.dropped.fetch_add(1, Ordering::SeqCst);
-                return;
-            }
-            // The server began to answer, then went away: logged, as it saw the request.
-            NextRequest::CutShort => {
-                state.log.lock().unwrap().push(LogEntry {
-                    host,
-                    path: req.path.clone(),
-                    headers: req.headers.clone(),
-                    arrived: Instant::now(),
-                    ended: None,
-                    connection,
-                    tls,
-                });
-                let _ = reader
-                    .get_mut()
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-le")
-                    .await;
-                let _ = reader.get_mut().flush().await;
-                return;
-            }
+            state.dropped.fetch_add(1, Ordering::SeqCst);
+            return;
         }
         let arrived = Instant::now();
         let index = {
@@ -481,6 +460,13 @@ async fn serve<S: Resettable>(
             });
             log.len() - 1
         };
+        if next == NextRequest::CutShort {
+            // The server began to answer, then went away (logged: it saw the request).
+            let stream = reader.get_mut();
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-le").await;
+            let _ = stream.flush().await;
+            return;
+        }
         let (bytes, then) = match route(&req, host, &state, &mut reader).await {
             Some(r) => r,
             None => return,
