@@ -71,9 +71,10 @@ impl RedisServer {
         );
     }
 
-    /// Starts redis-server on the port and waits until it answers. False if it exited (its
-    /// port was taken); a server that answers but is not this child (it took the port
-    /// first) is not mistaken for it.
+    /// Starts redis-server on the port and waits until it answers with its data loaded
+    /// (while it reads its append-only file back, it answers most commands with `LOADING`).
+    /// False if it exited (its port was taken); a server that answers but is not this child
+    /// (it took the port first) is not mistaken for it.
     fn launch(&mut self) -> bool {
         assert!(self.child.is_none(), "already running");
         let mut child = Command::new("redis-server")
@@ -94,9 +95,13 @@ impl RedisServer {
                 return false;
             }
             if let Ok(mut c) = self.connection() {
-                let info: redis::RedisResult<String> =
-                    redis::cmd("INFO").arg("server").query(&mut c);
-                if info.is_ok_and(|info| info.lines().any(|line| line.trim() == pid)) {
+                // The default sections: `server` (the pid) and `persistence` (loading).
+                let info: redis::RedisResult<String> = redis::cmd("INFO").query(&mut c);
+                let ready = |info: String| {
+                    let mut lines = info.lines().map(str::trim);
+                    lines.clone().any(|line| line == pid) && lines.any(|line| line == "loading:0")
+                };
+                if info.is_ok_and(ready) {
                     self.child = Some(child);
                     return true;
                 }
