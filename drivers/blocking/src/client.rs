@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use downpour::{Fetch, HopResponse, HopResult, TransportError, TransportErrorKind};
+use downpour_common::MAX_RESENDS;
 use http::header::{self, HeaderValue};
 use http::Uri;
 use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
@@ -231,20 +232,29 @@ impl HttpClient {
         ANSWERED.set(false);
         let mut response = attempt(uri, headers, hop.timeout);
         // A request that a pooled connection dropped before a byte of an answer came goes
-        // again, once: the server may close an idle connection just as a request goes out on
-        // it (its keep-alive timeout ending then), and never see the request. Only requests
-        // that may be repeated (RFC 9110, 9.2.2). Both attempts share the hop's timeout.
-        if let Err(e) = &response {
+        // again: the server may close an idle connection just as a request goes out on it
+        // (its keep-alive timeout ending then), and never see the request; it may have
+        // closed all its idle connections at once, and each resend may meet the next one.
+        // Only requests that may be repeated (RFC 9110, 9.2.2); all attempts share the
+        // hop's timeout.
+        let mut resends = 0;
+        while let Err(e) = &response {
             let left = hop.timeout.saturating_sub(started.elapsed());
-            if fetch.method.is_idempotent()
-                && !OPENED.get()
+            let dropped_on_reuse = !OPENED.get()
                 && !ANSWERED.get()
-                && !left.is_zero()
-                && classify(e, limits.proxied).kind == TransportErrorKind::Reset
+                && classify(e, limits.proxied).kind == TransportErrorKind::Reset;
+            if !fetch.method.is_idempotent()
+                || !dropped_on_reuse
+                || resends == MAX_RESENDS
+                || left.is_zero()
             {
-                let headers = headers_to_send(given, &self.user_agent);
-                response = attempt(parse_uri(url)?, headers, left);
+                break;
             }
+            resends += 1;
+            OPENED.set(false);
+            ANSWERED.set(false);
+            let headers = headers_to_send(given.clone(), &self.user_agent);
+            response = attempt(parse_uri(url)?, headers, left);
         }
         receive(response, limits)
     }

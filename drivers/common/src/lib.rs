@@ -19,6 +19,12 @@ pub mod store;
 
 use downpour::EnqueueError;
 
+/// How many times, at most, a hop's request goes again when a reused connection drops it
+/// before a byte of an answer: a server may close all its idle connections to a client at
+/// once, and each resend may meet the next of them. As many as libcurl allows itself (the
+/// smol driver's client, `CONN_MAX_RETRIES`), so that the drivers agree.
+pub const MAX_RESENDS: u32 = 5;
+
 /// A driver's `Handle` could not pass a request on.
 #[derive(Debug, thiserror::Error)]
 pub enum HandleError<R> {

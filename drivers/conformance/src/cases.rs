@@ -667,6 +667,36 @@ pub fn a_request_a_reused_connection_drops_is_sent_again<D: Driver>(driver: &D) 
     assert_eq!(s.log().len(), COUNT as usize, "each request served once");
 }
 
+/// Two idle connections to a host that the server closes together (its idle timeout struck
+/// for both): a request meets one, then the other, and goes on a third; none fails (no
+/// retries allowed).
+pub fn a_request_two_reused_connections_drop_in_turn_is_sent_again<D: Driver>(driver: &D) {
+    let s = Servers::start(1);
+    // Two at once open two connections; the third goes once both are idle (the delay
+    // counts from the latest end).
+    let requests = (0..3)
+        .map(|i| Probe::new(&s.url(0, &format!("/then-drop-next?i={i}")), i))
+        .collect();
+    let policy = Polite::new()
+        .per_host(2)
+        .delay(Duration::from_millis(50))
+        .allow_all(true);
+    let out = run(driver, polite(no_retries(), policy, requests));
+    let done = by_tag(out.finished);
+    assert_eq!(done.len(), 3);
+    for p in done.values() {
+        assert!(p.result().ok, "{}: {:?}", p.url, p.result());
+        assert_eq!(p.result().retries, 0, "sent again, not retried");
+    }
+    assert_eq!(
+        s.dropped(),
+        2,
+        "the third request met both idle connections"
+    );
+    assert_eq!(s.connections(), 3);
+    assert_eq!(s.log().len(), 3, "each request served once");
+}
+
 /// A fresh connection that closes as the request arrives is a failure, not sent again: only
 /// a reused connection may have been closed for idling.
 pub fn a_request_a_fresh_connection_drops_is_not_sent_again<D: Driver>(driver: &D) {

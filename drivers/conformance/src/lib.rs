@@ -377,6 +377,7 @@ macro_rules! suite {
             connections_are_reused,
             connections_the_server_closed_are_not_reused,
             a_request_a_reused_connection_drops_is_sent_again,
+            a_request_two_reused_connections_drop_in_turn_is_sent_again,
             a_request_a_fresh_connection_drops_is_not_sent_again,
             a_request_answered_in_part_on_a_reused_connection_is_not_sent_again,
             user_agent_is_sent,

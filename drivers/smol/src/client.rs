@@ -105,7 +105,7 @@ impl HttpClient {
                 )
                 // A request that a reused connection drops before any answer is sent again
                 // by curl itself (any method, up to 5 times), as the other drivers do by
-                // hand (idempotent methods, once).
+                // hand (idempotent methods, up to `MAX_RESENDS` times).
                 .connection_cache_ttl(options.pool_idle_timeout)
                 .version_negotiation(if options.http2 {
                     VersionNegotiation::latest_compatible()

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use downpour::{Fetch, HopResponse, HopResult, TransportError, TransportErrorKind, Url};
+use downpour_common::MAX_RESENDS;
 use http::header::{self, HeaderValue};
 use http::{Extensions, HeaderMap, Method, Uri};
 use http_body_util::{BodyExt, Full};
@@ -224,7 +225,7 @@ fn request_of(
     request
 }
 
-/// A hop's request on its way, with what it takes to send it once more.
+/// A hop's request on its way, with what it takes to send it again.
 struct Outgoing {
     response: ResponseFuture,
     resend: Option<Box<Resend>>,
@@ -233,7 +234,9 @@ struct Outgoing {
 /// A copy of an idempotent request, sent again when a reused connection drops it before a
 /// byte of an answer (see [`Carried::dropped_on_reuse`]): a server may close an idle
 /// connection just as a request goes out on it (its keep-alive timeout ending then), and
-/// never see the request. The scheduler counts no retry, since the server answered nothing.
+/// never see the request. At most [`MAX_RESENDS`] times, within the hop's timeout (the
+/// whole hop runs under it). The scheduler counts no retry, since the server answered
+/// nothing.
 struct Resend {
     client: Arc<HyperClient>,
     method: Method,
@@ -247,17 +250,14 @@ struct Resend {
 
 impl Resend {
     /// The request again; `None` in the case that cannot be, the URL no longer parsing.
-    fn send(self: Box<Self>) -> Option<ResponseFuture> {
-        let this = *self;
-        let uri = this.url.as_str().parse().ok()?;
+    fn send(&self) -> Option<ResponseFuture> {
+        let uri = self.url.as_str().parse().ok()?;
         let headers = with_proxy_auth(
-            headers_to_send(this.given, &this.user_agent),
-            this.http_auth,
+            headers_to_send(self.given.clone(), &self.user_agent),
+            self.http_auth.clone(),
         );
-        Some(
-            this.client
-                .request(request_of(this.method, uri, headers, this.body)),
-        )
+        let request = request_of(self.method.clone(), uri, headers, self.body.clone());
+        Some(self.client.request(request))
     }
 }
 
@@ -319,19 +319,26 @@ struct Limits {
 }
 
 async fn send(outgoing: Outgoing, limits: Limits) -> HopResult {
-    let response = match outgoing.response.await {
-        Ok(r) => r,
-        Err(e) => {
-            let again = outgoing
-                .resend
-                .filter(|_| Carried::dropped_on_reuse(&e))
-                .and_then(|resend| resend.send());
-            match again {
-                Some(again) => match again.await {
-                    Ok(r) => r,
-                    Err(e) => return HopResult::Failed(classify(&e)),
-                },
-                None => return HopResult::Failed(classify(&e)),
+    let mut sent = outgoing.response.await;
+    let mut resends = 0;
+    let response = loop {
+        match sent {
+            Ok(r) => break r,
+            Err(e) => {
+                // Several idle connections to a host may have been closed together: each
+                // resend may meet the next of them, and a fresh one ends it.
+                let again = outgoing
+                    .resend
+                    .as_ref()
+                    .filter(|_| resends < MAX_RESENDS && Carried::dropped_on_reuse(&e))
+                    .and_then(|resend| resend.send());
+                match again {
+                    Some(again) => {
+                        resends += 1;
+                        sent = again.await;
+                    }
+                    None => return HopResult::Failed(classify(&e)),
+                }
             }
         }
     };
