@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
+use downpour_common::descriptors;
 
 use crate::crawl::{Crawl, Seeding};
 use crate::driver::lib::{Config, Error, Fetcher, Handle, RedisOptions, Scheduler, StoreError};
@@ -69,6 +70,7 @@ fn main() -> ExitCode {
 fn fetch(args: FetchArgs) -> Result<ExitCode, String> {
     // Check everything before reading the input.
     let settings = args.settings()?;
+    make_room_for_connections(settings.config.concurrency, args.quiet);
     if let Some(dir) = &args.save_bodies {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create directory {}: {e}", dir.display()))?;
@@ -373,6 +375,25 @@ fn run(
         }
         failed
     })
+}
+
+/// Raises the limit on open files to what `concurrency` connections need (twice as many
+/// descriptors, for idle connections kept for reuse, plus a margin), as far as the hard limit
+/// allows, and grows the descriptor table for them now, while the process has one thread
+/// and a growth costs nothing (see `descriptors::reserve`). Warns when the hard limit is too
+/// low: connections beyond it fail to open, and are retried.
+fn make_room_for_connections(concurrency: usize, quiet: bool) {
+    let wanted = concurrency.saturating_mul(2).saturating_add(64);
+    let limit = descriptors::raise_limit(wanted as u64);
+    if let Some(limit) = limit.filter(|&l| l < concurrency as u64 + 64) {
+        if !quiet {
+            eprintln!(
+                "downpour: warning: --concurrency {concurrency} needs more than the {limit} open \
+                 files allowed (ulimit -Hn): raise the limit, or connections beyond it will fail"
+            );
+        }
+    }
+    descriptors::reserve(concurrency.saturating_mul(2));
 }
 
 /// Thread `k`'s share of `total` over `parts` threads.

@@ -410,6 +410,55 @@ fn reads_a_list_from_a_named_pipe_once() {
     }
 }
 
+/// Runs the command under a limit on open files set by the shell (`ulimit` with its flags).
+fn downpour_with_ulimit(ulimit: &str, args: &[&str]) -> Output {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("ulimit {ulimit} && exec \"$0\" \"$@\""))
+        .arg(env!("CARGO_BIN_EXE_downpour"))
+        .args(args)
+        .stdin(Stdio::null())
+        .env_remove("http_proxy")
+        .env_remove("HTTP_PROXY")
+        .env_remove("all_proxy")
+        .env_remove("ALL_PROXY")
+        .output()
+        .expect("run downpour under sh")
+}
+
+#[test]
+fn the_open_file_limit_is_raised_for_the_concurrency_or_a_warning_says_why_not() {
+    let servers = Servers::start(1);
+    let list = list_file("ulimit", &[servers.url(0, "/a"), servers.url(0, "/b")]);
+    let output = list.with_file_name("out.jsonl");
+    let args = [
+        "fetch",
+        list.to_str().unwrap(),
+        "--delay",
+        "0ms",
+        "--allow-all",
+        "--concurrency",
+        "500",
+        "--output",
+        output.to_str().unwrap(),
+    ];
+    // A soft limit below what 500 connections need, under a high hard limit: raised, quietly.
+    let out = downpour_with_ulimit("-S -n 128", &args);
+    assert!(out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("warning"), "{stderr}");
+    assert_eq!(records(&std::fs::read(&output).unwrap()).len(), 2);
+    // A hard limit below it: the run goes on, and says why connections may fail.
+    let out = downpour_with_ulimit("-n 128", &args);
+    assert!(out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("warning: --concurrency 500 needs more than the 128 open files"),
+        "{stderr}"
+    );
+    assert_eq!(records(&std::fs::read(&output).unwrap()).len(), 2);
+}
+
 #[test]
 fn an_unreadable_list_fails_with_one_line() {
     let dir = scratch("missing");

@@ -97,6 +97,7 @@
 mod absolute;
 mod client;
 use downpour_common::decode;
+use downpour_common::descriptors;
 use downpour_common::proxy;
 #[cfg(feature = "redis")]
 mod persist;
@@ -421,6 +422,8 @@ impl<R: Request + Send + 'static> Fetcher<R> {
         config.validate()?;
         let user_agent = HeaderValue::from_str(&config.user_agent)
             .map_err(|_| ConfigError::BadUserAgent(config.user_agent.clone()))?;
+        // Twice the concurrency: idle connections kept for reuse, and other fetchers.
+        descriptors::reserve(config.concurrency.saturating_mul(2));
         let client = HttpClient::new(
             &options,
             config.concurrency,

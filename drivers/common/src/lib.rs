@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod decode;
+pub mod descriptors;
 pub mod proxy;
 #[cfg(feature = "redis-aio")]
 pub mod redis_link;

@@ -89,6 +89,7 @@
 
 mod client;
 use downpour_common::decode;
+use downpour_common::descriptors;
 use downpour_common::proxy;
 
 use rustc_hash::FxHashSet;
@@ -317,6 +318,8 @@ impl<R: Request + Send + 'static> Fetcher<R> {
         config.validate()?;
         let user_agent = HeaderValue::from_str(&config.user_agent)
             .map_err(|_| ConfigError::BadUserAgent(config.user_agent.clone()))?;
+        // Twice the concurrency: idle connections kept for reuse, and other fetchers.
+        descriptors::reserve(config.concurrency.saturating_mul(2));
         let client = HttpClient::new(&options, config.concurrency, user_agent.clone())?;
         let (tx, rx) = async_channel::unbounded();
         Ok(Fetcher {

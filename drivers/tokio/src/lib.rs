@@ -108,6 +108,7 @@
 mod client;
 mod timer;
 use downpour_common::decode;
+use downpour_common::descriptors;
 
 use rustc_hash::FxHashSet;
 use std::fmt;
@@ -321,6 +322,8 @@ impl<R: Request + Send + 'static> Fetcher<R> {
         config.validate()?;
         let user_agent = HeaderValue::from_str(&config.user_agent)
             .map_err(|_| ConfigError::BadUserAgent(config.user_agent.clone()))?;
+        // Twice the concurrency: idle connections kept for reuse, and other fetchers.
+        descriptors::reserve(config.concurrency.saturating_mul(2));
         let client = HttpClient::new(&options, config.max_header_size)?;
         let (tx, rx) = mpsc::unbounded_channel();
         Ok(Fetcher {
