@@ -13,10 +13,14 @@
 /// files, a Redis connection or two, the runtime's own.
 const MARGIN: usize = 64;
 
-/// Grows the descriptor table to hold `connections` more descriptors than a process
-/// usually has open, within the limit on open files (`ulimit -n`). Best effort and cheap
-/// when the table is already that large: nothing else changes, and a failure is ignored
-/// (the table then grows as it would have).
+/// Grows the descriptor table to hold descriptor numbers up to `connections` plus a margin
+/// (the few a process has open besides), within the limit on open files (`ulimit -n`).
+/// The target is absolute: several fetchers in one process each reserving their own
+/// share reserve only the largest share, so a program running several calls it once with
+/// the total, before it starts threads (then the growth costs nothing; later, it waits for
+/// one grace period, once, where it is called). Best effort, and cheap when the table is
+/// already that large: no descriptor in use is touched, and a failure is ignored (the
+/// table then grows as it would have).
 pub fn reserve(connections: usize) {
     #[cfg(unix)]
     {
@@ -55,10 +59,10 @@ pub fn raise_limit(wanted: u64) -> Option<u64> {
             current: Some(raised),
             maximum: limits.maximum,
         };
-        match setrlimit(Resource::Nofile, new) {
-            Ok(()) => Some(raised),
-            Err(_) => Some(current),
-        }
+        // Read back: some systems cap the limit below the hard one (macOS at OPEN_MAX),
+        // silently or with an error.
+        let _ = setrlimit(Resource::Nofile, new);
+        getrlimit(Resource::Nofile).current
     }
     #[cfg(not(unix))]
     {
@@ -97,9 +101,6 @@ mod tests {
             open_before,
             "the copy is closed"
         );
-        // Already large enough: unchanged.
-        reserve(connections / 2);
-        assert_eq!(table_size(), after);
     }
 
     #[test]

@@ -671,19 +671,29 @@ pub fn a_request_a_reused_connection_drops_is_sent_again<D: Driver>(driver: &D) 
 /// for both): a request meets one, then the other, and goes on a third; none fails (no
 /// retries allowed).
 pub fn a_request_two_reused_connections_drop_in_turn_is_sent_again<D: Driver>(driver: &D) {
+    const DELAY: Duration = Duration::from_millis(300);
     let s = Servers::start(1);
-    // Two at once open two connections; the third goes once both are idle (the delay
-    // counts from the latest end).
+    // Two at once open two connections. The third may go the delay after the first one
+    // ends, and the second ends at about the same time (both are answered at once): by
+    // then both connections are idle.
     let requests = (0..3)
         .map(|i| Probe::new(&s.url(0, &format!("/then-drop-next?i={i}")), i))
         .collect();
-    let policy = Polite::new()
-        .per_host(2)
-        .delay(Duration::from_millis(50))
-        .allow_all(true);
+    let policy = Polite::new().per_host(2).delay(DELAY).allow_all(true);
     let out = run(driver, polite(no_retries(), policy, requests));
     let done = by_tag(out.finished);
     assert_eq!(done.len(), 3);
+    let log = s.log();
+    let third = log
+        .iter()
+        .find(|e| e.path.ends_with("i=2"))
+        .expect("logged");
+    assert!(
+        log.iter()
+            .filter(|e| !e.path.ends_with("i=2"))
+            .all(|e| e.ended.is_some_and(|end| end < third.arrived)),
+        "the first two were not both answered before the third went out: {log:?}"
+    );
     for p in done.values() {
         assert!(p.result().ok, "{}: {:?}", p.url, p.result());
         assert_eq!(p.result().retries, 0, "sent again, not retried");

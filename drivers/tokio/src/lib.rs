@@ -322,7 +322,7 @@ impl<R: Request + Send + 'static> Fetcher<R> {
         config.validate()?;
         let user_agent = HeaderValue::from_str(&config.user_agent)
             .map_err(|_| ConfigError::BadUserAgent(config.user_agent.clone()))?;
-        // Twice the concurrency: idle connections kept for reuse, and other fetchers.
+        // Twice the concurrency: idle connections are kept for reuse.
         descriptors::reserve(config.concurrency.saturating_mul(2));
         let client = HttpClient::new(&options, config.max_header_size)?;
         let (tx, rx) = mpsc::unbounded_channel();
