@@ -20,14 +20,21 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
-fn downpour(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_downpour"))
-        .args(args)
+/// `program`, with stdin closed and no proxy from the environment.
+fn command(program: &str) -> Command {
+    let mut command = Command::new(program);
+    command
         .stdin(Stdio::null())
         .env_remove("http_proxy")
         .env_remove("HTTP_PROXY")
         .env_remove("all_proxy")
-        .env_remove("ALL_PROXY")
+        .env_remove("ALL_PROXY");
+    command
+}
+
+fn downpour(args: &[&str]) -> Output {
+    command(env!("CARGO_BIN_EXE_downpour"))
+        .args(args)
         .output()
         .expect("run downpour")
 }
@@ -413,16 +420,11 @@ fn reads_a_list_from_a_named_pipe_once() {
 /// Runs the command under a limit on open files set by the shell (`ulimit` with its flags).
 #[cfg(unix)]
 fn downpour_with_ulimit(ulimit: &str, args: &[&str]) -> Output {
-    Command::new("sh")
+    command("sh")
         .arg("-c")
         .arg(format!("ulimit {ulimit} && exec \"$0\" \"$@\""))
         .arg(env!("CARGO_BIN_EXE_downpour"))
         .args(args)
-        .stdin(Stdio::null())
-        .env_remove("http_proxy")
-        .env_remove("HTTP_PROXY")
-        .env_remove("all_proxy")
-        .env_remove("ALL_PROXY")
         .output()
         .expect("run downpour under sh")
 }
