@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use downpour::{Config, Fifo, Policy, Polite};
 
 use crate::{
-    test_config, Driver, Options, Probe, ProxyRules, Robots, Run, RunOutcome, Servers, Tinyproxy,
+    test_config, Driver, LogEntry, Options, Probe, ProxyRules, Robots, Run, RunOutcome, Servers,
+    Tinyproxy,
 };
 
 /// Longest a single case's run may take before the driver is declared stuck.
@@ -552,6 +553,62 @@ pub fn requests_enqueued_after_the_run_are_taken_back<D: Driver>(driver: &D) {
     let queued: Vec<u64> = (finished as u64..10).chain(100..103).collect();
     assert_eq!(unfinished, queued, "the rest, then the late ones, in order");
     assert!(s.hits("/late").is_empty(), "a late request was fetched");
+}
+
+/// A list fed as the crawl goes: only the backlog is enqueued before the run, and each
+/// request that finishes lets the next in, through a handle from `on_finished` (how a
+/// program fetches a list of any length in bounded memory). However large the concurrency,
+/// the server never has more than the backlog at once; every request is fetched once, and
+/// the run ends when the list does.
+pub fn a_list_fed_as_requests_finish_stays_within_its_backlog<D: Driver>(driver: &D) {
+    const COUNT: usize = 40;
+    const BACKLOG: usize = 5;
+    let s = Servers::start(4);
+    let requests = (0..COUNT)
+        .map(|i| Probe::new(&s.url(i % 4, &format!("/delay?ms=20&i={i}")), i as u64))
+        .collect();
+    let mut fed = fifo(test_config(), requests);
+    fed.options.backlog = Some(BACKLOG);
+    assert!(fed.config.concurrency > BACKLOG);
+    let out = run(driver, fed);
+    assert!(
+        out.refused.is_empty() && out.unfinished.is_empty(),
+        "{out:?}"
+    );
+    let done = by_tag(out.finished);
+    assert_eq!(done.len(), COUNT);
+    for p in done.values() {
+        assert!(p.result().ok, "{}: {:?}", p.url, p.result());
+    }
+    let log = s.log();
+    assert_eq!(log.len(), COUNT, "each fetched once");
+    let most = most_at_once(&log);
+    assert!(
+        most <= BACKLOG,
+        "{most} at once, with a backlog of {BACKLOG}"
+    );
+    assert!(most > 1, "the backlog was kept busy: {most} at once");
+}
+
+/// The most requests the server was handling at once, from a head's arrival to the end of
+/// its response.
+fn most_at_once(log: &[LogEntry]) -> usize {
+    let mut edges: Vec<(Instant, bool)> = log
+        .iter()
+        .flat_map(|e| [(e.arrived, true), (e.ended.expect("answered"), false)])
+        .collect();
+    // At the same instant an end comes before an arrival.
+    edges.sort();
+    let (mut now, mut most) = (0usize, 0usize);
+    for (_, arrives) in edges {
+        if arrives {
+            now += 1;
+            most = most.max(now);
+        } else {
+            now -= 1;
+        }
+    }
+    most
 }
 
 /// `stop_now` gives up the hops in flight at once: their requests end with an "aborted"

@@ -64,6 +64,9 @@ pub struct Options {
     /// Enqueue these through a handle after the run returned, before the unfinished
     /// requests are taken back.
     pub enqueue_after_run: Vec<Probe>,
+    /// Feed the requests as the crawl goes: only this many are enqueued before the run, and
+    /// each one that finishes lets the next in, through a handle from `on_finished`.
+    pub backlog: Option<usize>,
 }
 
 /// Proxy rules, in the form of the environment variables.
@@ -301,6 +304,14 @@ macro_rules! driver_suite {
                 let stop_now_after = run.options.stop_now_after;
                 let late = run.options.enqueue_after_run;
                 let late_handle = fetcher.handle();
+                let mut first = run.requests;
+                let mut rest: ::std::collections::VecDeque<$crate::Probe> = match run.options.backlog {
+                    Some(backlog) => first.split_off(backlog.min(first.len())).into(),
+                    None => ::std::collections::VecDeque::new(),
+                };
+                let feed = fetcher.handle();
+                let fed_refused = ::std::sync::Arc::new(::std::sync::Mutex::new(Vec::new()));
+                let fed_refused_sink = fed_refused.clone();
                 let sink = finished.clone();
                 fetcher.on_finished(move |probe: $crate::Probe| {
                     let mut finished = sink.lock().unwrap();
@@ -311,9 +322,21 @@ macro_rules! driver_suite {
                     if stop_now_after == Some(finished.len()) {
                         handle.stop_now();
                     }
+                    if let Some(next) = rest.pop_front() {
+                        match feed.enqueue(next) {
+                            Ok(()) => {}
+                            Err($krate::HandleError::Refused(e)) => {
+                                let why = e.reason.to_string();
+                                fed_refused_sink.lock().unwrap().push((e.request, why));
+                            }
+                            Err($krate::HandleError::Closed(_)) => {
+                                panic!("the fetcher closed its handle while it ran")
+                            }
+                        }
+                    }
                 });
-                let refused = fetcher
-                    .extend(run.requests)
+                let mut refused: Vec<($crate::Probe, String)> = fetcher
+                    .extend(first)
                     .into_iter()
                     .map(|e| {
                         let why = e.reason.to_string();
@@ -329,6 +352,7 @@ macro_rules! driver_suite {
                 }
                 let unfinished = fetcher.take_unfinished();
                 let finished = ::std::mem::take(&mut *finished.lock().unwrap());
+                refused.append(&mut fed_refused.lock().unwrap());
                 $crate::RunOutcome {
                     finished,
                     refused,
@@ -373,6 +397,7 @@ macro_rules! suite {
             panicking_callback_is_trapped,
             graceful_stop_keeps_the_rest_queued,
             requests_enqueued_after_the_run_are_taken_back,
+            a_list_fed_as_requests_finish_stays_within_its_backlog,
             stop_now_aborts_the_hops_in_flight,
             connections_are_reused,
             connections_the_server_closed_are_not_reused,

@@ -24,7 +24,7 @@ pub struct LogEntry {
     /// When its head had arrived.
     pub arrived: Instant,
     /// When the server started writing the last bytes of the response (`None`: it never
-    /// finished, e.g. a reset or a stall).
+    /// did, e.g. a reset or a stall).
     pub ended: Option<Instant>,
     /// Which connection (numbered per server set) carried it.
     pub connection: u64,
@@ -471,7 +471,11 @@ async fn serve<S: Resettable>(
             Some(r) => r,
             None => return,
         };
-        let ended = Instant::now();
+        // Noted before the bytes go: a client may have read them, and a test the log,
+        // before this task runs again.
+        if !matches!(then, Then::Reset) {
+            state.log.lock().unwrap()[index].ended = Some(Instant::now());
+        }
         let stream = reader.get_mut();
         if stream.write_all(&bytes).await.is_err() || stream.flush().await.is_err() {
             return;
@@ -482,17 +486,11 @@ async fn serve<S: Resettable>(
                 return;
             }
             Then::Close => {
-                state.log.lock().unwrap()[index].ended = Some(ended);
                 let _ = reader.get_mut().shutdown().await;
                 return;
             }
-            Then::KeepAlive => {
-                state.log.lock().unwrap()[index].ended = Some(ended);
-            }
-            Then::Next(what) => {
-                state.log.lock().unwrap()[index].ended = Some(ended);
-                next = what;
-            }
+            Then::KeepAlive => {}
+            Then::Next(what) => next = what,
         }
         if req.close {
             return;
