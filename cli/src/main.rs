@@ -378,10 +378,10 @@ fn run(
 }
 
 /// Raises the limit on open files to what `concurrency` connections need (twice as many
-/// descriptors, for idle connections kept for reuse, plus a margin), as far as the hard limit
-/// allows, and grows the descriptor table for all the fetchers now, while the process has
-/// one thread and a growth costs nothing (see `descriptors::reserve`). Warns when the hard limit is too
-/// low: connections beyond it fail to open, and are retried.
+/// descriptors, for idle connections kept for reuse, plus a margin), as far as the hard
+/// limit allows, and grows the descriptor table for all the fetchers now, while the process
+/// has one thread and a growth costs nothing (see `descriptors::reserve`). Warns when the
+/// hard limit is too low: connections beyond it fail to open, and are retried.
 fn make_room_for_connections(concurrency: usize, quiet: bool) {
     let wanted = concurrency.saturating_mul(2).saturating_add(64);
     let limit = descriptors::raise_limit(wanted as u64);

@@ -309,6 +309,11 @@ macro_rules! driver_suite {
                     Some(backlog) => first.split_off(backlog.min(first.len())).into(),
                     None => ::std::collections::VecDeque::new(),
                 };
+                // A refused request, with the reason as text.
+                let refusal = |e: $krate::EnqueueError<$crate::Probe>| {
+                    let why = e.reason.to_string();
+                    (e.request, why)
+                };
                 let feed = fetcher.handle();
                 let fed_refused = ::std::sync::Arc::new(::std::sync::Mutex::new(Vec::new()));
                 let fed_refused_sink = fed_refused.clone();
@@ -326,8 +331,7 @@ macro_rules! driver_suite {
                         match feed.enqueue(next) {
                             Ok(()) => {}
                             Err($krate::HandleError::Refused(e)) => {
-                                let why = e.reason.to_string();
-                                fed_refused_sink.lock().unwrap().push((e.request, why));
+                                fed_refused_sink.lock().unwrap().push(refusal(e));
                             }
                             Err($krate::HandleError::Closed(_)) => {
                                 panic!("the fetcher closed its handle while it ran")
@@ -335,14 +339,8 @@ macro_rules! driver_suite {
                         }
                     }
                 });
-                let mut refused: Vec<($crate::Probe, String)> = fetcher
-                    .extend(first)
-                    .into_iter()
-                    .map(|e| {
-                        let why = e.reason.to_string();
-                        (e.request, why)
-                    })
-                    .collect();
+                let mut refused: Vec<($crate::Probe, String)> =
+                    fetcher.extend(first).into_iter().map(refusal).collect();
                 let stats = {
                     let $fetcher = &mut fetcher;
                     $run
