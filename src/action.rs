@@ -2,6 +2,7 @@
 
 use crate::callback::Callback;
 use crate::fetch::Fetch;
+use crate::partition::HandOff;
 use crate::request::RequestId;
 
 /// One thing for the driver to do, from [`Scheduler::poll_action`](crate::Scheduler::poll_action).
@@ -14,6 +15,11 @@ pub enum Action<R> {
     Callback(Callback<R>),
     /// Record a change in durable storage (only when [`Config::persist`](crate::Config::persist) is on).
     Persist(Persist),
+    /// Pass a request to the scheduler of another partition, which owns the host a redirect
+    /// took it to (only with [`Config::partition`](crate::Config::partition)): its
+    /// [`Scheduler::handle_hand_off`](crate::Scheduler::handle_hand_off). A driver with no
+    /// way there gives it back to this scheduler, which then fetches that host itself.
+    HandOff(HandOff<R>),
 }
 
 /// A change to the set of unfinished requests, for durable storage.

@@ -5,6 +5,7 @@ use std::time::Duration;
 use http::HeaderValue;
 
 use crate::error::ConfigError;
+use crate::partition::Partition;
 
 /// Settings shared by every policy. Start from [`Config::default`] and change what you need.
 ///
@@ -47,6 +48,14 @@ pub struct Config {
     /// Emit [`Persist`](crate::Persist) actions so a driver can keep the queue in durable
     /// storage. Default off.
     pub persist: bool,
+    /// This scheduler's share of the hosts, when several schedulers share a crawl (one per
+    /// thread, say). A redirect to a host of another partition is then handed to its owner
+    /// ([`Action::HandOff`](crate::Action::HandOff)) rather than fetched here, so that each
+    /// host is fetched by one scheduler only and its politeness holds exactly. Give requests
+    /// to the scheduler that owns their host ([`partition_of`](crate::partition_of)). Not
+    /// with `persist` (durable storage routes requests between partitions itself). Default:
+    /// `None`, every host is this scheduler's.
+    pub partition: Option<Partition>,
     /// Seed of the jitter RNG: the same seed and inputs give the same decisions.
     pub seed: u64,
 }
@@ -66,6 +75,7 @@ impl Default for Config {
             max_retry_after: Duration::from_secs(300),
             robots: RobotsConfig::default(),
             persist: false,
+            partition: None,
             seed: 0x5eed_d0e5_0000_0001,
         }
     }
@@ -97,6 +107,14 @@ impl Config {
         }
         if self.robots.cache_size == 0 {
             return Err(ConfigError::ZeroRobotsCache);
+        }
+        if let Some(partition) = self.partition {
+            if partition.index >= partition.count {
+                return Err(ConfigError::BadPartition(partition));
+            }
+            if self.persist {
+                return Err(ConfigError::PartitionWithPersist);
+            }
         }
         if self.user_agent.is_empty() || HeaderValue::from_str(&self.user_agent).is_err() {
             return Err(ConfigError::BadUserAgent(self.user_agent.clone()));

@@ -2,6 +2,7 @@
 
 use std::fmt;
 
+use crate::partition::Partition;
 use crate::request::RequestId;
 
 /// Why a request cannot be fetched at all.
@@ -94,6 +95,12 @@ pub enum ConfigError {
     /// The robots cache cannot hold any host.
     #[error("robots cache size must be at least 1")]
     ZeroRobotsCache,
+    /// The partition's index is not below its count.
+    #[error("partition {} of {} does not exist: partitions are numbered from 0 to the count less one", .0.index, .0.count)]
+    BadPartition(Partition),
+    /// A partition was given with `persist` on.
+    #[error("a partition cannot be combined with persist: durable storage routes requests between partitions itself")]
+    PartitionWithPersist,
 }
 
 /// An input named a fetch or callback the scheduler is not waiting for (already handled, or

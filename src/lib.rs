@@ -79,6 +79,10 @@
 //!                 scheduler.handle_callback(now, report).unwrap();
 //!             }
 //!             Action::Persist(_) => {} // only with `Config::persist`
+//!             Action::HandOff(h) => {
+//!                 // Only with `Config::partition`: pass it to the owner of its host.
+//!                 scheduler.handle_hand_off(now, h);
+//!             }
 //!         }
 //!     }
 //!     if let Some(deadline) = scheduler.poll_timeout() {
@@ -100,6 +104,9 @@
 //!   delays, robots.txt, back-off) or [`Fifo`] (a pool, no politeness), or your own.
 //! - [`Config`]: limits shared by every policy (concurrency, timeouts, sizes, retries,
 //!   robots.txt cache).
+//! - [`Partition`]: when several schedulers share a crawl (a thread or a process each), each
+//!   fetches its own share of the hosts, and a redirect to a host of another share becomes an
+//!   [`Action::HandOff`] to its owner.
 //! - Failures of a fetch are data ([`FetchError`] in the [`Outcome`]); only caller mistakes
 //!   are `Err` ([`EnqueueError`], [`ConfigError`]).
 //!
@@ -126,6 +133,7 @@ mod error;
 mod fetch;
 mod host;
 mod outcome;
+mod partition;
 pub mod policy;
 pub mod ratelimit;
 mod redirect;
@@ -145,6 +153,7 @@ pub use fetch::{
     Fetch, FetchId, HopResponse, HopResult, Purpose, TransportError, TransportErrorKind,
 };
 pub use outcome::{FetchError, Outcome, Response};
+pub use partition::{partition_of, HandOff, Partition};
 pub use policy::{Feedback, Fifo, HostId, Policy, Polite, Queued, Wait, WaitReason};
 pub use request::{check_url, parse_url, Context, Request, RequestId};
 pub use scheduler::Scheduler;

@@ -15,6 +15,7 @@ use crate::error::{ConfigError, EnqueueError, Unexpected};
 use crate::fetch::{Fetch, FetchId, HopResponse, HopResult, Purpose};
 use crate::host::Hosts;
 use crate::outcome::{FetchError, Outcome, Response};
+use crate::partition::{partition_of, Carried, HandOff, Route};
 use crate::policy::{HostId, Policy, Queued, Wait, WaitReason};
 use crate::ratelimit::{self, Feedback};
 use crate::redirect::{self, Redirect};
@@ -50,7 +51,7 @@ pub struct Scheduler<R> {
     timers: BinaryHeap<Reverse<(Instant, RequestId)>>,
     /// Callbacks hold no request here: it leaves its slot when the action is polled, so a
     /// `Persist::Accepted` polled before can still read it.
-    actions: VecDeque<Pending>,
+    actions: VecDeque<Pending<R>>,
     rng: fastrand::Rng,
     /// Time stamps are kept as nanoseconds since this (the first `now` seen), to keep entries small.
     epoch: Option<Instant>,
@@ -70,10 +71,11 @@ pub struct Scheduler<R> {
 /// An action waiting to be polled.
 // Most queued actions are fetches: boxing them would cost an allocation per hop.
 #[allow(clippy::large_enum_variant)]
-enum Pending {
+enum Pending<R> {
     Fetch(Fetch),
     Callback(Box<Lent>),
     Persist(Persist),
+    HandOff(HandOff<R>),
 }
 
 /// An [`Action::Callback`] without its request, which stays in its slot until polled.
@@ -101,14 +103,6 @@ enum After {
     /// At this time stamp.
     Retry(u64),
     Redirect(Box<Redirect>),
-}
-
-/// Where a request is now, once a redirect moved it (robots.txt jobs always have one).
-struct Route {
-    url: Url,
-    method: Method,
-    drop_body: bool,
-    visited: Vec<Url>,
 }
 
 struct Entry<R> {
@@ -447,6 +441,52 @@ impl<R: Request> Scheduler<R> {
         Ok(())
     }
 
+    /// A request handed over by the scheduler of another partition ([`Action::HandOff`]): it
+    /// carries on here from its redirect's target, under this scheduler's politeness for that
+    /// host (and its robots.txt). Returns its id here.
+    ///
+    /// The target is taken as it is, even when this scheduler's partition does not own its
+    /// host: a driver with no way to the owner gives the hand-off back to the scheduler that
+    /// made it, which then fetches the target itself.
+    pub fn handle_hand_off(&mut self, now: Instant, hand_off: HandOff<R>) -> RequestId {
+        let now = self.observe(now);
+        let Carried {
+            request,
+            partition: _,
+            route,
+            priority,
+            retries,
+            redirects,
+            enqueued_at,
+            started_at,
+        } = *hand_off.0;
+        let host = self.hosts.acquire(route.url.host_str().unwrap_or(""));
+        self.seq += 1;
+        let entry = Entry {
+            request: Some(request),
+            robots: NOT_ROBOTS,
+            state: State::Queued,
+            cancelled: false,
+            host,
+            priority,
+            hop: 0,
+            retries,
+            redirects,
+            seq: self.seq,
+            enqueued_at: self.stamp(enqueued_at),
+            started_at: started_at.map_or(UNSET, |at| self.stamp(at)),
+            hop_started: UNSET,
+            route: Some(route),
+            after: After::Finish,
+        };
+        let id = self.insert(entry);
+        self.unfinished += 1;
+        self.stats.handed_in += 1;
+        self.admit(now, id.index);
+        self.fill(now);
+        id
+    }
+
     /// The report of an [`Action::Callback`] once run. Returns the request when it is
     /// finished (its `on_done` ran): it is yours again.
     pub fn handle_callback(
@@ -532,6 +572,7 @@ impl<R: Request> Scheduler<R> {
         Some(match self.actions.pop_front()? {
             Pending::Fetch(fetch) => Action::Fetch(fetch),
             Pending::Persist(persist) => Action::Persist(persist),
+            Pending::HandOff(hand_off) => Action::HandOff(hand_off),
             Pending::Callback(lent) => {
                 let Lent {
                     id,
@@ -1094,10 +1135,37 @@ impl<R: Request> Scheduler<R> {
         entry.redirects = entry.redirects.saturating_add(1);
         let host_name = route.url.host_str().unwrap_or("").to_string();
         self.stats.redirects += 1;
+        if let Some(partition) = self.config.partition {
+            if !partition.owns(&host_name) {
+                self.hand_off(now, index, partition_of(&host_name, partition.count));
+                return;
+            }
+        }
         let host = self.hosts.acquire(&host_name);
         self.slot_entry_mut(index).host = host;
         self.release_host(Some(now), old_host);
         self.admit(now, index);
+    }
+
+    /// Passes a request on to the scheduler of `partition`, which owns the host of its next
+    /// hop: it leaves this one as if it had finished, without callbacks.
+    fn hand_off(&mut self, now: Instant, index: u32, partition: u32) {
+        let entry = self.remove(index);
+        self.unfinished -= 1;
+        self.stats.handed_off += 1;
+        self.release_host(Some(now), entry.host);
+        let started_at = (entry.started_at != UNSET).then(|| self.instant(entry.started_at));
+        let hand_off = HandOff(Box::new(Carried {
+            request: entry.request.expect("a request is back from its callbacks"),
+            partition,
+            route: entry.route.expect("a redirected request has a route"),
+            priority: entry.priority,
+            retries: entry.retries,
+            redirects: entry.redirects,
+            enqueued_at: self.instant(entry.enqueued_at),
+            started_at,
+        }));
+        self.actions.push_back(Pending::HandOff(hand_off));
     }
 
     fn robots_result(&mut self, now: Instant, index: u32, result: HopResult) {

@@ -2051,6 +2051,7 @@ impl World {
                         }
                     }
                     Action::Persist(p) => self.checker.persisted(p),
+                    Action::HandOff(_) => unreachable!("the simulation runs without partitions"),
                 }
             }
             self.checker.check(&self.s);
@@ -2690,6 +2691,7 @@ impl Fuzz {
                     self.callbacks.push(callback);
                 }
                 Action::Persist(p) => self.checker.persisted(p),
+                Action::HandOff(_) => unreachable!("the simulation runs without partitions"),
             }
         }
         self.checker.check(&self.s);

@@ -23,6 +23,11 @@ pub struct Stats {
     pub disallowed: u64,
     /// Callbacks that panicked.
     pub callback_panics: u64,
+    /// Requests passed to the scheduler of another partition (a redirect took them to a host
+    /// of its own): they finish there.
+    pub handed_off: u64,
+    /// Requests passed over from the scheduler of another partition.
+    pub handed_in: u64,
     /// Unfinished requests now.
     pub unfinished: usize,
     /// Hops queued in the policy now.

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use downpour::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use downpour::{
-    Action, Bytes, Config, Context, Fetch, FetchError, Fifo, HopResponse, HopResult, Outcome,
-    Persist, Policy, Polite, Request, Response, RobotsConfig, Scheduler, TransportError,
-    TransportErrorKind, Url,
+    partition_of, Action, Bytes, Config, ConfigError, Context, Fetch, FetchError, Fifo, HandOff,
+    HopResponse, HopResult, Outcome, Partition, Persist, Policy, Polite, Request, Response,
+    RobotsConfig, Scheduler, TransportError, TransportErrorKind, Url,
 };
 use serde::{Deserialize, Serialize};
 
@@ -99,6 +99,8 @@ struct Harness {
     started: Vec<(Duration, Method, String, Bytes)>,
     done: Vec<Req>,
     persisted: Vec<Persist>,
+    /// Requests handed to another partition.
+    handed_off: Vec<HandOff<Req>>,
     panics: usize,
 }
 
@@ -113,6 +115,7 @@ impl Harness {
             started: Vec::new(),
             done: Vec::new(),
             persisted: Vec::new(),
+            handed_off: Vec::new(),
             panics: 0,
         }
     }
@@ -151,6 +154,7 @@ impl Harness {
                     }
                 }
                 Action::Persist(p) => self.persisted.push(p),
+                Action::HandOff(h) => self.handed_off.push(h),
             }
         }
     }
@@ -228,13 +232,14 @@ fn status(code: u16) -> HopResult {
     HopResult::Response(HopResponse::new(StatusCode::from_u16(code).unwrap()))
 }
 
-fn with_header(code: u16, name: header::HeaderName, value: &'static str) -> HopResult {
+fn with_header(code: u16, name: header::HeaderName, value: &str) -> HopResult {
     let mut r = HopResponse::new(StatusCode::from_u16(code).unwrap());
-    r.headers.insert(name, HeaderValue::from_static(value));
+    r.headers
+        .insert(name, HeaderValue::from_str(value).unwrap());
     HopResult::Response(r)
 }
 
-fn redirect(code: u16, location: &'static str) -> HopResult {
+fn redirect(code: u16, location: &str) -> HopResult {
     with_header(code, header::LOCATION, location)
 }
 
@@ -362,8 +367,7 @@ fn redirect_loops_and_long_chains_end_with_clear_errors() {
 
     h.enqueue(Req::new("http://a.test/0"));
     for (from, to) in [("0", "/1"), ("1", "/2"), ("2", "/3"), ("3", "/4")] {
-        let location: &'static str = Box::leak(to.to_string().into_boxed_str());
-        h.answer(&format!("http://a.test/{from}"), redirect(302, location));
+        h.answer(&format!("http://a.test/{from}"), redirect(302, to));
     }
     let log = h.log_of("http://a.test/0");
     assert_eq!(log[log.len() - 2], "error too_many_redirects");
@@ -876,7 +880,130 @@ fn an_accepted_request_can_be_serialized_even_when_it_ends_at_once() {
                 h.s.handle_callback(h.now, report).unwrap();
             }
             Action::Fetch(_) => panic!("a disallowed URL is never fetched"),
+            Action::HandOff(_) => panic!("no partition is configured"),
         }
     }
     assert_eq!(order, vec!["accepted", "callback", "finished"]);
+}
+
+/// A host name of `.test` in each partition of two: (partition 0's, partition 1's).
+fn hosts_of_two_partitions() -> (String, String) {
+    let name = |p| {
+        (0..)
+            .map(|i| format!("h{i}.test"))
+            .find(|h| partition_of(h, 2) == p)
+            .unwrap()
+    };
+    (name(0), name(1))
+}
+
+fn partitioned(index: u32, delay_ms: u64) -> Harness {
+    let config = Config {
+        partition: Some(Partition { index, count: 2 }),
+        ..Config::default()
+    };
+    let policy = Polite::new()
+        .delay(Duration::from_millis(delay_ms))
+        .allow_all(true);
+    Harness::new(config, policy)
+}
+
+#[test]
+fn a_redirect_to_a_host_of_another_partition_is_handed_to_its_owner() {
+    let (mine, theirs) = hosts_of_two_partitions();
+    let mut source = partitioned(0, 1000);
+    let mut owner = partitioned(1, 1000);
+    owner.enqueue(Req::new(&format!("http://{theirs}/own")));
+    source.enqueue(Req::new(&format!("http://{mine}/r")));
+    source.now += 5 * MS;
+    // A redirect within the partition is followed here.
+    source.answer(
+        &format!("http://{mine}/r"),
+        redirect(301, &format!("http://{mine}/r2")),
+    );
+    source.advance_to_deadline();
+    let target = format!("http://{theirs}/moved");
+    source.answer(&format!("http://{mine}/r2"), redirect(302, &target));
+    assert!(source.pending.is_empty(), "{:?}", source.pending_urls());
+    assert!(source.done.is_empty());
+    assert!(source.s.is_idle() && source.s.is_empty());
+    assert_eq!(source.s.stats().handed_off, 1);
+    let hand_off = source.handed_off.pop().expect("handed off");
+    assert_eq!(hand_off.partition(), 1);
+    assert_eq!(hand_off.url().as_str(), target);
+
+    // The owner keeps its politeness for the host: its own request is in flight.
+    owner.now = source.now;
+    owner.s.handle_hand_off(owner.now, hand_off);
+    owner.drain();
+    assert_eq!(owner.pending_urls(), vec![format!("http://{theirs}/own")]);
+    owner.now += 10 * MS;
+    owner.answer(&format!("http://{theirs}/own"), ok(""));
+    let answered = owner.now;
+    while owner.advance_to_deadline() {
+        for url in owner.pending_urls() {
+            owner.answer(&url, ok("moved here"));
+        }
+    }
+    assert_eq!(owner.start_time(&target), answered - owner.t0 + 1000 * MS);
+    let original = format!("http://{mine}/r");
+    assert_eq!(
+        owner.log_of(&original),
+        vec![
+            "status 301".to_string(),
+            "headers".into(),
+            format!("url http://{mine}/r2"),
+            "status 302".into(),
+            "headers".into(),
+            format!("url {target}"),
+            "status 200".into(),
+            "headers".into(),
+            format!("success {target}"),
+            "done r2 x0".into(),
+        ]
+    );
+    let done = owner.done.iter().find(|r| r.url == original).unwrap();
+    assert!(
+        done.started_at.unwrap() < owner.t0 + 10 * MS,
+        "started at the source"
+    );
+    let stats = owner.s.stats();
+    assert_eq!(
+        (stats.handed_in, stats.finished, stats.unfinished),
+        (1, 2, 0)
+    );
+}
+
+#[test]
+fn a_scheduler_takes_back_its_own_hand_off_and_partitions_are_checked() {
+    let (mine, theirs) = hosts_of_two_partitions();
+    let mut h = partitioned(0, 0);
+    h.enqueue(Req::new(&format!("http://{mine}/r")));
+    let target = format!("http://{theirs}/x");
+    h.answer(&format!("http://{mine}/r"), redirect(302, &target));
+    // No way to the owner: the scheduler that made the hand-off fetches the target itself.
+    let hand_off = h.handed_off.pop().unwrap();
+    h.s.handle_hand_off(h.now, hand_off);
+    h.drain();
+    h.answer(&target, ok(""));
+    assert_eq!(h.done.len(), 1);
+    assert!(h.s.is_idle());
+
+    let bad = Config {
+        partition: Some(Partition { index: 2, count: 2 }),
+        ..Config::default()
+    };
+    let error = Scheduler::<Req>::new(bad, Fifo::new()).err().unwrap();
+    assert!(matches!(error, ConfigError::BadPartition(_)), "{error}");
+    assert!(error.to_string().contains("partition 2 of 2"), "{error}");
+    let persisted = Config {
+        partition: Some(Partition { index: 0, count: 2 }),
+        persist: true,
+        ..Config::default()
+    };
+    let error = Scheduler::<Req>::new(persisted, Fifo::new()).err().unwrap();
+    assert!(
+        matches!(error, ConfigError::PartitionWithPersist),
+        "{error}"
+    );
 }

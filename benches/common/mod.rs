@@ -101,6 +101,7 @@ impl Driver {
                 }
             }
             Some(Action::Persist(_)) => Some(0),
+            Some(Action::HandOff(_)) => unreachable!("no partition is configured"),
             None => {
                 if s.is_idle() {
                     return None;

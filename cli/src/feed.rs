@@ -5,9 +5,7 @@
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-use downpour_common::store::partition_of;
-
-use crate::driver::lib::{EnqueueError, Handle, HandleError};
+use crate::driver::lib::{partition_of, EnqueueError, HandOff, Handle, HandleError};
 use crate::input::{Input, Line};
 use crate::monitor::Counters;
 use crate::output::Output;
@@ -80,14 +78,41 @@ impl Feed {
         let mut state = self.lock();
         state.unfinished = state.unfinished.saturating_sub(1);
         state.unfinished_of[thread] = state.unfinished_of[thread].saturating_sub(1);
-        if state.fill(handles) {
+        let all_done = state.unfinished == 0 && state.input.is_none();
+        if state.fill(handles) || all_done {
             self.more.notify_all();
         }
     }
 
+    /// A request of `thread` that a redirect took to a host of another thread: that thread
+    /// carries on with it, and counts it as its own. Given back if that thread's fetcher is
+    /// gone (then `thread` fetches it).
+    pub fn hand_off(
+        &self,
+        thread: usize,
+        hand_off: HandOff<CliRequest>,
+        handles: &[Handle<CliRequest>],
+    ) -> Result<(), HandOff<CliRequest>> {
+        let owner = hand_off.partition() as usize;
+        let mut state = self.lock();
+        // Under the lock, as a line is fed: the owner's count and its handle agree when it
+        // looks for work.
+        match handles.get(owner) {
+            Some(handle) => handle.hand_off(hand_off)?,
+            None => return Err(hand_off),
+        }
+        state.unfinished_of[thread] = state.unfinished_of[thread].saturating_sub(1);
+        state.unfinished_of[owner] += 1;
+        if state.waiting[owner] {
+            self.more.notify_all();
+        }
+        Ok(())
+    }
+
     /// For a thread whose fetcher has run out of work: waits until it was given more (true:
-    /// run it again) or until it will not be (false: the list is read, or the run stopped;
-    /// what its handle still holds then ends among the fetcher's unfinished requests).
+    /// run it again) or until it will not be (false: the list is read and every request has
+    /// finished, or the run stopped; what its handle still holds then ends among the
+    /// fetcher's unfinished requests).
     pub fn wait_for_work(&self, thread: usize) -> bool {
         let mut state = self.lock();
         loop {
@@ -99,7 +124,9 @@ impl Feed {
             if state.unfinished_of[thread] > 0 {
                 return true;
             }
-            if state.input.is_none() {
+            // Another thread's requests may still be handed to this one (a redirect to one
+            // of its hosts): it waits until every request has finished.
+            if state.input.is_none() && state.unfinished == 0 {
                 return false;
             }
             state.waiting[thread] = true;

@@ -24,7 +24,9 @@ use clap::{Parser, Subcommand};
 use downpour_common::descriptors;
 
 use crate::crawl::{Crawl, Seeding};
-use crate::driver::lib::{Config, Error, Fetcher, Handle, RedisOptions, Scheduler, StoreError};
+use crate::driver::lib::{
+    Config, Error, Fetcher, Handle, Partition, RedisOptions, Scheduler, StoreError,
+};
 use crate::driver::Driver;
 use crate::feed::Feed;
 use crate::input::Input;
@@ -82,6 +84,14 @@ fn fetch(args: FetchArgs) -> Result<ExitCode, String> {
         concurrency: share(settings.config.concurrency, threads, thread),
         ..settings.config.clone()
     };
+    // Without Redis, a redirect to a host of another thread is handed to that thread, so that
+    // each host is fetched by one thread only (with Redis the workers' partitions do this).
+    let partition_of_thread = |thread| {
+        (threads > 1).then_some(Partition {
+            index: thread as u32,
+            count: threads as u32,
+        })
+    };
     let mut drivers = Vec::with_capacity(threads);
     let mut fetchers: Vec<Fetcher<CliRequest>> = Vec::with_capacity(threads);
     // Without Redis the list is read as the crawl goes. With Redis it seeds the crawl, unless
@@ -89,7 +99,11 @@ fn fetch(args: FetchArgs) -> Result<ExitCode, String> {
     let (input, mut crawl) = match &settings.redis {
         None => {
             for thread in 0..threads {
-                let scheduler = Scheduler::with_policy(config_of(thread), settings.policy.make())
+                let config = Config {
+                    partition: partition_of_thread(thread),
+                    ..config_of(thread)
+                };
+                let scheduler = Scheduler::with_policy(config, settings.policy.make())
                     .map_err(|e| format!("invalid options: {e}"))?;
                 fetchers.push(
                     Fetcher::from_scheduler(scheduler, settings.client.clone())
@@ -218,6 +232,10 @@ fn fetch(args: FetchArgs) -> Result<ExitCode, String> {
     for (thread, fetcher) in fetchers.iter_mut().enumerate() {
         let output = output.clone();
         let counters = counters.clone();
+        if let Some(feed) = feed.clone() {
+            let handles = handles.clone();
+            fetcher.on_hand_off(move |hand_off| feed.hand_off(thread, hand_off, &handles));
+        }
         let feed = feed.clone();
         let handles = handles.clone();
         fetcher.on_finished(move |request: CliRequest| {

@@ -387,6 +387,49 @@ fn threads_waiting_for_lines_are_fed_and_lose_nothing() {
     assert!(stderr.contains("60 fetched, 0 failed"), "{stderr}");
 }
 
+#[test]
+fn a_redirect_to_a_host_of_another_thread_is_fetched_by_that_thread() {
+    let servers = Servers::start(4);
+    let (a, b) = hosts_of_two_threads();
+    // Thread 0's host redirects to thread 1's, which has requests of its own: were both
+    // threads to fetch host b, it would see two requests at once, or too close together.
+    let urls: Vec<String> = (0..4)
+        .flat_map(|i| {
+            let moved = servers.url(b, &format!("/delay?ms=40&moved={i}"));
+            [
+                servers.url(a, &format!("/redirect?to={moved}")),
+                servers.url(b, &format!("/delay?ms=40&own={i}")),
+            ]
+        })
+        .collect();
+    let list = list_file("threads-redirect", &urls);
+    let out = downpour(&[
+        "fetch",
+        list.to_str().unwrap(),
+        "--delay",
+        "150ms",
+        "--allow-all",
+        "--threads",
+        "2",
+    ]);
+    let log = fetched_once_each(&out, &servers, 8);
+    assert_eq!(
+        violations(&servers.log(), Duration::from_millis(150)),
+        Vec::<String>::new()
+    );
+    assert_eq!(most_at_once(&log, |r| r.host == host_ip(b)), 1, "{log:#?}");
+    let records = records(&out.stdout);
+    for line in [1, 3, 5, 7] {
+        let record = by_line(&records, line);
+        assert_eq!(record["redirects"], 1, "{record}");
+        let i = (line - 1) / 2;
+        let moved = servers.url(b, &format!("/delay?ms=40&moved={i}"));
+        assert_eq!(record["final_url"], moved.as_str(), "{record}");
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("8 fetched, 0 failed"), "{stderr}");
+}
+
 #[cfg(unix)]
 #[test]
 fn reads_a_list_from_a_named_pipe_once() {

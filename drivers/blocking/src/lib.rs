@@ -115,6 +115,7 @@ pub use downpour_common::proxy::Proxy;
 #[cfg(feature = "redis")]
 pub use downpour_common::store::{RedisOptions, StoreError};
 pub use downpour_common::HandleError;
+use downpour_common::{pass_on, OnHandOff};
 
 use http::HeaderValue;
 
@@ -197,6 +198,7 @@ pub enum Error {
 /// What reaches the run loop: a command from a handle, a worker's result, or Redis's reply.
 enum Message<R> {
     Enqueue(R),
+    HandOff(HandOff<R>),
     Stop,
     StopNow,
     /// A hop's result, from this worker, and when the hop ended there: the run loop may
@@ -239,6 +241,18 @@ impl<R: Request> Handle<R> {
             .map_err(|e| match e.0 {
                 Message::Enqueue(r) => HandleError::Closed(r),
                 _ => unreachable!("sent an enqueue"),
+            })
+    }
+
+    /// Passes on a request that the scheduler of another partition handed off (see
+    /// [`Fetcher::on_hand_off`]): this fetcher carries on with it. It is handed back if the
+    /// fetcher is gone.
+    pub fn hand_off(&self, hand_off: HandOff<R>) -> Result<(), HandOff<R>> {
+        self.tx
+            .send(Message::HandOff(hand_off))
+            .map_err(|e| match e.0 {
+                Message::HandOff(h) => h,
+                _ => unreachable!("sent a hand-off"),
             })
     }
 
@@ -382,6 +396,7 @@ pub struct Fetcher<R> {
     tx: mpsc::Sender<Message<R>>,
     rx: mpsc::Receiver<Message<R>>,
     on_finished: Option<OnFinished<R>>,
+    on_hand_off: Option<OnHandOff<R>>,
     redis: Option<RedisLink<R>>,
 }
 
@@ -439,6 +454,7 @@ impl<R: Request + Send + 'static> Fetcher<R> {
             tx,
             rx,
             on_finished: None,
+            on_hand_off: None,
             redis: None,
         })
     }
@@ -504,6 +520,43 @@ impl<R: Request + Send + 'static> Fetcher<R> {
     /// your requests back. Without it, finished requests are dropped.
     pub fn on_finished(&mut self, f: impl FnMut(R) + Send + 'static) -> &mut Self {
         self.on_finished = Some(Box::new(f));
+        self
+    }
+
+    /// Where the requests that this fetcher's scheduler hands to another partition go
+    /// ([`Config::partition`]): `f` passes each to the fetcher that owns its
+    /// [`HandOff::partition`], through that fetcher's [`Handle::hand_off`]. One that `f`
+    /// gives back is fetched here; without `f`, every one is.
+    ///
+    /// Run the fetchers of one crawl until none of them has work left: [`run`](Fetcher::run)
+    /// returns when its fetcher is idle, and a hand-off may reach it after that; it is
+    /// fetched on the next run (the `downpour` command counts each fetcher's requests to know
+    /// when to run it again).
+    ///
+    /// ```no_run
+    /// # use downpour_blocking::{Config, Fetcher, Partition, Polite, Url};
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Page { url: Url }
+    /// # impl downpour_blocking::Request for Page { fn url(&self) -> &Url { &self.url } }
+    /// # fn demo() -> Result<(), downpour_blocking::Error> {
+    /// let count = 2;
+    /// let mut fetchers = (0..count)
+    ///     .map(|index| {
+    ///         let partition = Some(Partition { index, count });
+    ///         Fetcher::<Page>::new(Config { partition, ..Config::default() }, Polite::new())
+    ///     })
+    ///     .collect::<Result<Vec<_>, _>>()?;
+    /// let handles: Vec<_> = fetchers.iter().map(Fetcher::handle).collect();
+    /// for fetcher in &mut fetchers {
+    ///     let handles = handles.clone();
+    ///     fetcher.on_hand_off(move |h| handles[h.partition() as usize].hand_off(h));
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn on_hand_off(
+        &mut self,
+        f: impl FnMut(HandOff<R>) -> Result<(), HandOff<R>> + Send + 'static,
+    ) -> &mut Self {
+        self.on_hand_off = Some(Box::new(f));
         self
     }
 
@@ -665,6 +718,9 @@ impl<R: Request + Send + 'static> Fetcher<R> {
                 // Checked by the handle already: the scheduler applies the same check.
                 let _ = self.enqueue(request);
             }
+            Message::HandOff(hand_off) => {
+                self.scheduler.handle_hand_off(Instant::now(), hand_off);
+            }
             Message::Stop => self.stop(),
             Message::StopNow => {
                 self.stop();
@@ -733,6 +789,9 @@ impl<R: Request + Send + 'static> Fetcher<R> {
                 // Without Redis nothing asks for persistence.
                 #[cfg(not(feature = "redis"))]
                 Action::Persist(_) => {}
+                Action::HandOff(hand_off) => {
+                    pass_on(&mut self.on_hand_off, &mut self.scheduler, hand_off);
+                }
             }
         }
         if !burst.is_empty() {

@@ -18,7 +18,9 @@ pub mod redis_link;
 #[cfg(feature = "redis")]
 pub mod store;
 
-use downpour::EnqueueError;
+use std::time::Instant;
+
+use downpour::{EnqueueError, HandOff, Request, Scheduler};
 
 /// How many times, at most, a hop's request goes again when a reused connection drops it
 /// before a byte of an answer: a server may close all its idle connections to a client at
@@ -35,4 +37,25 @@ pub enum HandleError<R> {
     /// The fetcher is gone; the request is handed back.
     #[error("the fetcher was dropped")]
     Closed(R),
+}
+
+/// Where a fetcher sends the requests its scheduler hands to another partition
+/// ([`downpour::Action::HandOff`]): usually the owner's `Handle::hand_off`. One it gives back
+/// (the owner is gone) is fetched by this fetcher after all.
+pub type OnHandOff<R> = Box<dyn FnMut(HandOff<R>) -> Result<(), HandOff<R>> + Send>;
+
+/// Carries out a [`downpour::Action::HandOff`]: to its owner through `sink`, or back into
+/// `scheduler` when there is no sink or the owner is gone, so that the request is never lost.
+pub fn pass_on<R: Request>(
+    sink: &mut Option<OnHandOff<R>>,
+    scheduler: &mut Scheduler<R>,
+    hand_off: HandOff<R>,
+) {
+    let back = match sink {
+        Some(send) => send(hand_off).err(),
+        None => Some(hand_off),
+    };
+    if let Some(hand_off) = back {
+        scheduler.handle_hand_off(Instant::now(), hand_off);
+    }
 }

@@ -122,6 +122,7 @@ pub use downpour_common::proxy::Proxy;
 #[cfg(feature = "redis")]
 pub use downpour_common::store::{RedisOptions, StoreError};
 pub use downpour_common::HandleError;
+use downpour_common::{pass_on, OnHandOff};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use futures_util::FutureExt;
@@ -206,6 +207,7 @@ pub enum Error {
 
 enum Command<R> {
     Enqueue(R),
+    HandOff(HandOff<R>),
     Stop,
     StopNow,
 }
@@ -245,6 +247,18 @@ impl<R: Request> Handle<R> {
             })
     }
 
+    /// Passes on a request that the scheduler of another partition handed off (see
+    /// [`Fetcher::on_hand_off`]): this fetcher carries on with it. It is handed back if the
+    /// fetcher is gone.
+    pub fn hand_off(&self, hand_off: HandOff<R>) -> Result<(), HandOff<R>> {
+        self.tx
+            .send(Command::HandOff(hand_off))
+            .map_err(|e| match e.0 {
+                Command::HandOff(h) => h,
+                _ => unreachable!("sent a hand-off"),
+            })
+    }
+
     /// Stops gracefully: no new fetch starts; hops in flight finish and their callbacks run;
     /// the rest stays queued. [`Fetcher::run`] then returns.
     pub fn stop(&self) {
@@ -273,6 +287,7 @@ pub struct Fetcher<R> {
     tx: mpsc::UnboundedSender<Command<R>>,
     rx: mpsc::UnboundedReceiver<Command<R>>,
     on_finished: Option<OnFinished<R>>,
+    on_hand_off: Option<OnHandOff<R>>,
     redis: Option<RedisLink<R>>,
 }
 
@@ -335,6 +350,7 @@ impl<R: Request + Send + 'static> Fetcher<R> {
             tx,
             rx,
             on_finished: None,
+            on_hand_off: None,
             redis: None,
         })
     }
@@ -398,6 +414,43 @@ impl<R: Request + Send + 'static> Fetcher<R> {
     /// your requests back. Without it, finished requests are dropped.
     pub fn on_finished(&mut self, f: impl FnMut(R) + Send + 'static) -> &mut Self {
         self.on_finished = Some(Box::new(f));
+        self
+    }
+
+    /// Where the requests that this fetcher's scheduler hands to another partition go
+    /// ([`Config::partition`]): `f` passes each to the fetcher that owns its
+    /// [`HandOff::partition`], through that fetcher's [`Handle::hand_off`]. One that `f`
+    /// gives back is fetched here; without `f`, every one is.
+    ///
+    /// Run the fetchers of one crawl until none of them has work left: [`run`](Fetcher::run)
+    /// returns when its fetcher is idle, and a hand-off may reach it after that; it is
+    /// fetched on the next run (the `downpour` command counts each fetcher's requests to know
+    /// when to run it again).
+    ///
+    /// ```no_run
+    /// # use downpour_tokio::{Config, Fetcher, Partition, Polite, Url};
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Page { url: Url }
+    /// # impl downpour_tokio::Request for Page { fn url(&self) -> &Url { &self.url } }
+    /// # fn demo() -> Result<(), downpour_tokio::Error> {
+    /// let count = 2;
+    /// let mut fetchers = (0..count)
+    ///     .map(|index| {
+    ///         let partition = Some(Partition { index, count });
+    ///         Fetcher::<Page>::new(Config { partition, ..Config::default() }, Polite::new())
+    ///     })
+    ///     .collect::<Result<Vec<_>, _>>()?;
+    /// let handles: Vec<_> = fetchers.iter().map(Fetcher::handle).collect();
+    /// for fetcher in &mut fetchers {
+    ///     let handles = handles.clone();
+    ///     fetcher.on_hand_off(move |h| handles[h.partition() as usize].hand_off(h));
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn on_hand_off(
+        &mut self,
+        f: impl FnMut(HandOff<R>) -> Result<(), HandOff<R>> + Send + 'static,
+    ) -> &mut Self {
+        self.on_hand_off = Some(Box::new(f));
         self
     }
 
@@ -576,6 +629,9 @@ impl<R: Request + Send + 'static> Fetcher<R> {
                 // Checked by the handle already: the scheduler applies the same check.
                 let _ = self.enqueue(request);
             }
+            Command::HandOff(hand_off) => {
+                self.scheduler.handle_hand_off(Instant::now(), hand_off);
+            }
             Command::Stop => self.stop(),
             Command::StopNow => {
                 self.stop();
@@ -649,6 +705,9 @@ impl<R: Request + Send + 'static> Fetcher<R> {
                 }
                 #[cfg(not(feature = "redis"))]
                 Action::Persist(_) => {}
+                Action::HandOff(hand_off) => {
+                    pass_on(&mut self.on_hand_off, &mut self.scheduler, hand_off);
+                }
             }
         }
     }

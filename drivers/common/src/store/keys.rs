@@ -15,6 +15,8 @@
 //! All keys of one partition share the hash tag `{P:p}`, so on Redis Cluster one
 //! partition lives on one node and its scripts touch one slot.
 
+pub use downpour::partition_of;
+
 /// The version of this layout, stored in `{P}:meta`.
 pub const FORMAT: &str = "1";
 
@@ -78,19 +80,6 @@ impl Keys {
     pub fn partition_of(&self, host: &str) -> u32 {
         partition_of(host, self.partitions)
     }
-}
-
-/// The partition of a host: FNV-1a (64 bit) of its name, modulo the partition count.
-///
-/// Stable across processes, machines and versions: it decides which worker may fetch a host,
-/// so every worker of a crawl must agree on it.
-pub fn partition_of(host: &str, partitions: u32) -> u32 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in host.bytes() {
-        hash ^= u64::from(byte.to_ascii_lowercase());
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    (hash % u64::from(partitions.max(1))) as u32
 }
 
 #[cfg(test)]

@@ -1,0 +1,107 @@
+//! Hosts shared out among several schedulers, and the requests that cross from one to another.
+//!
+//! Politeness is per host, and a scheduler can only keep it for the hosts it alone fetches.
+//! When several schedulers share a crawl (one per thread, or per process), each host belongs to
+//! exactly one of them: its [`Partition`], by a stable hash of the host's name. Requests are
+//! given to the scheduler that owns their host; when a redirect takes one to a host of another
+//! partition, the scheduler hands it over ([`Action::HandOff`](crate::Action::HandOff)) instead
+//! of fetching that host itself, and the owner carries on with it
+//! ([`Scheduler::handle_hand_off`](crate::Scheduler::handle_hand_off)).
+
+use std::time::Instant;
+
+use http::Method;
+use url::Url;
+
+/// Which share of the hosts a scheduler fetches: those whose [`partition_of`] is `index`, out
+/// of `count` partitions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Partition {
+    /// This scheduler's partition, below `count`.
+    pub index: u32,
+    /// How many partitions share the hosts.
+    pub count: u32,
+}
+
+impl Partition {
+    /// Whether this partition owns `host`.
+    pub fn owns(&self, host: &str) -> bool {
+        partition_of(host, self.count) == self.index
+    }
+}
+
+/// The partition of a host: FNV-1a (64 bit) of its name, case folded, modulo `count` (0 when
+/// `count` is 0 or 1).
+///
+/// Stable across processes, machines and versions: it decides which worker may fetch a host,
+/// so every worker of a crawl must agree on it.
+///
+/// ```
+/// use downpour::partition_of;
+/// assert_eq!(partition_of("example.com", 4), partition_of("EXAMPLE.com", 4));
+/// assert!(partition_of("example.com", 4) < 4);
+/// ```
+pub fn partition_of(host: &str, count: u32) -> u32 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in host.bytes() {
+        hash ^= u64::from(byte.to_ascii_lowercase());
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (hash % u64::from(count.max(1))) as u32
+}
+
+/// A request that a redirect took to a host of another partition, on its way to the scheduler
+/// that owns that host. It carries where the request is (the redirect's target, the method,
+/// the URLs visited) and its counts, so that the owner carries on exactly where this one left
+/// off: the callbacks of the hops so far have run, and the next are the target's.
+///
+/// Pass it to the owner's [`Scheduler::handle_hand_off`](crate::Scheduler::handle_hand_off)
+/// (drivers do this through their handles). A scheduler can always take one back itself: it
+/// then fetches the target as if it had no partition.
+#[derive(Debug)]
+pub struct HandOff<R>(pub(crate) Box<Carried<R>>);
+
+/// What a [`HandOff`] carries: boxed, so that it passes from hand to hand in one pointer.
+#[derive(Debug)]
+pub(crate) struct Carried<R> {
+    pub(crate) request: R,
+    pub(crate) partition: u32,
+    pub(crate) route: Box<Route>,
+    pub(crate) priority: i32,
+    pub(crate) retries: u16,
+    pub(crate) redirects: u16,
+    pub(crate) enqueued_at: Instant,
+    pub(crate) started_at: Option<Instant>,
+}
+
+impl<R> HandOff<R> {
+    /// The partition that owns the target's host.
+    pub fn partition(&self) -> u32 {
+        self.0.partition
+    }
+
+    /// Where the request goes next: the redirect's target.
+    pub fn url(&self) -> &Url {
+        &self.0.route.url
+    }
+
+    /// The request.
+    pub fn request(&self) -> &R {
+        &self.0.request
+    }
+
+    /// The request alone, leaving its redirects behind (for a request that can no longer be
+    /// fetched, to record it).
+    pub fn into_request(self) -> R {
+        self.0.request
+    }
+}
+
+/// Where a request is now, once a redirect moved it (robots.txt jobs always have one).
+#[derive(Debug)]
+pub(crate) struct Route {
+    pub(crate) url: Url,
+    pub(crate) method: Method,
+    pub(crate) drop_body: bool,
+    pub(crate) visited: Vec<Url>,
+}
