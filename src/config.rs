@@ -51,7 +51,8 @@ pub struct Config {
     /// This scheduler's share of the hosts, when several schedulers share a crawl (one per
     /// thread, say). A redirect to a host of another partition is then handed to its owner
     /// ([`Action::HandOff`](crate::Action::HandOff)) rather than fetched here, so that each
-    /// host is fetched by one scheduler only and its politeness holds exactly. Give requests
+    /// host is fetched by one scheduler only and its politeness holds exactly (a robots.txt
+    /// that redirects to another partition's host is still fetched here). Give requests
     /// to the scheduler that owns their host ([`partition_of`](crate::partition_of)). Not
     /// with `persist` (durable storage routes requests between partitions itself). Default:
     /// `None`, every host is this scheduler's.

@@ -70,8 +70,6 @@ pub(crate) struct Carried<R> {
     pub(crate) priority: i32,
     pub(crate) retries: u16,
     pub(crate) redirects: u16,
-    pub(crate) enqueued_at: Instant,
-    pub(crate) started_at: Option<Instant>,
 }
 
 impl<R> HandOff<R> {
@@ -104,4 +102,14 @@ pub(crate) struct Route {
     pub(crate) method: Method,
     pub(crate) drop_body: bool,
     pub(crate) visited: Vec<Url>,
+    /// For a request handed over from another scheduler: its times there, which may be
+    /// earlier than any this scheduler can stamp (its clock starts at its first input).
+    pub(crate) handed_in: Option<Times>,
+}
+
+/// When a request was enqueued and first started, as [`Outcome`](crate::Outcome) reports them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Times {
+    pub(crate) enqueued_at: Instant,
+    pub(crate) started_at: Option<Instant>,
 }

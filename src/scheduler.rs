@@ -15,7 +15,7 @@ use crate::error::{ConfigError, EnqueueError, Unexpected};
 use crate::fetch::{Fetch, FetchId, HopResponse, HopResult, Purpose};
 use crate::host::Hosts;
 use crate::outcome::{FetchError, Outcome, Response};
-use crate::partition::{partition_of, Carried, HandOff, Route};
+use crate::partition::{partition_of, Carried, HandOff, Route, Times};
 use crate::policy::{HostId, Policy, Queued, Wait, WaitReason};
 use crate::ratelimit::{self, Feedback};
 use crate::redirect::{self, Redirect};
@@ -457,9 +457,8 @@ impl<R: Request> Scheduler<R> {
             priority,
             retries,
             redirects,
-            enqueued_at,
-            started_at,
         } = *hand_off.0;
+        let stamp = self.stamp(now);
         let host = self.hosts.acquire(route.url.host_str().unwrap_or(""));
         self.seq += 1;
         let entry = Entry {
@@ -473,8 +472,9 @@ impl<R: Request> Scheduler<R> {
             retries,
             redirects,
             seq: self.seq,
-            enqueued_at: self.stamp(enqueued_at),
-            started_at: started_at.map_or(UNSET, |at| self.stamp(at)),
+            // The outcome reports the times carried in the route.
+            enqueued_at: stamp,
+            started_at: UNSET,
             hop_started: UNSET,
             route: Some(route),
             after: After::Finish,
@@ -802,6 +802,7 @@ impl<R: Request> Scheduler<R> {
                 method: Method::GET,
                 drop_body: true,
                 visited: Vec::new(),
+                handed_in: None,
             })),
             after: After::Finish,
         };
@@ -1069,14 +1070,14 @@ impl<R: Request> Scheduler<R> {
             Err(e) => e.response().is_some(),
         };
         let last_url = (!has_response).then(|| entry.url().clone());
-        let started_at = (entry.started_at != UNSET).then(|| self.instant(entry.started_at));
+        let times = self.times(entry);
         let outcome = Outcome {
             result,
             last_url,
             redirects: u32::from(entry.redirects),
             retries: u32::from(entry.retries),
-            enqueued_at: self.instant(entry.enqueued_at),
-            started_at,
+            enqueued_at: times.enqueued_at,
+            started_at: times.started_at,
             finished_at: self.instant(stamp),
         };
         self.lend(
@@ -1087,6 +1088,21 @@ impl<R: Request> Scheduler<R> {
             Some(Box::new(outcome)),
             After::Finish,
         );
+    }
+
+    /// When a request was enqueued and first started: here, or where it was handed over from.
+    fn times(&self, entry: &Entry<R>) -> Times {
+        let started_here = (entry.started_at != UNSET).then(|| self.instant(entry.started_at));
+        match entry.route.as_ref().and_then(|r| r.handed_in) {
+            Some(there) => Times {
+                enqueued_at: there.enqueued_at,
+                started_at: there.started_at.or(started_here),
+            },
+            None => Times {
+                enqueued_at: self.instant(entry.enqueued_at),
+                started_at: started_here,
+            },
+        }
     }
 
     fn lend(
@@ -1125,6 +1141,7 @@ impl<R: Request> Scheduler<R> {
                     method: request.method(),
                     drop_body: false,
                     visited: Vec::new(),
+                    handed_in: None,
                 }))
             }
         };
@@ -1154,16 +1171,16 @@ impl<R: Request> Scheduler<R> {
         self.unfinished -= 1;
         self.stats.handed_off += 1;
         self.release_host(Some(now), entry.host);
-        let started_at = (entry.started_at != UNSET).then(|| self.instant(entry.started_at));
+        let times = self.times(&entry);
+        let mut route = entry.route.expect("a redirected request has a route");
+        route.handed_in = Some(times);
         let hand_off = HandOff(Box::new(Carried {
             request: entry.request.expect("a request is back from its callbacks"),
             partition,
-            route: entry.route.expect("a redirected request has a route"),
+            route,
             priority: entry.priority,
             retries: entry.retries,
             redirects: entry.redirects,
-            enqueued_at: self.instant(entry.enqueued_at),
-            started_at,
         }));
         self.actions.push_back(Pending::HandOff(hand_off));
     }

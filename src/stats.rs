@@ -24,7 +24,8 @@ pub struct Stats {
     /// Callbacks that panicked.
     pub callback_panics: u64,
     /// Requests passed to the scheduler of another partition (a redirect took them to a host
-    /// of its own): they finish there.
+    /// of its own): counted in `accepted` here, they finish there. Across the schedulers of
+    /// one crawl, `accepted + handed_in - handed_off = finished + unfinished` holds for each.
     pub handed_off: u64,
     /// Requests passed over from the scheduler of another partition.
     pub handed_in: u64,

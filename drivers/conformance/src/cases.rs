@@ -555,6 +555,25 @@ pub fn requests_enqueued_after_the_run_are_taken_back<D: Driver>(driver: &D) {
     assert!(s.hits("/late").is_empty(), "a late request was fetched");
 }
 
+/// A request enqueued through a handle after a run that ended with nothing left to do is
+/// taken back too, not started: the fetcher is not stopped, yet a request in flight could
+/// not be handed back.
+pub fn requests_enqueued_after_an_idle_run_are_taken_back<D: Driver>(driver: &D) {
+    let s = Servers::start(1);
+    let requests = (0..3)
+        .map(|i| Probe::new(&s.url(0, &format!("/delay?ms=5&i={i}")), i))
+        .collect();
+    let mut run_spec = fifo(test_config(), requests);
+    run_spec.options.enqueue_after_run = (100..103)
+        .map(|i| Probe::new(&s.url(0, &format!("/late?i={i}")), i))
+        .collect();
+    let out = run(driver, run_spec);
+    assert_eq!(out.finished.len(), 3);
+    let unfinished: Vec<u64> = out.unfinished.iter().map(|p| p.tag).collect();
+    assert_eq!(unfinished, vec![100, 101, 102], "the late ones, in order");
+    assert!(s.hits("/late").is_empty(), "a late request was fetched");
+}
+
 /// A list fed as the crawl goes: only the backlog is enqueued before the run, and each
 /// request that finishes lets the next in, through a handle from `on_finished` (how a
 /// program fetches a list of any length in bounded memory). However large the concurrency,

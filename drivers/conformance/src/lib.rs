@@ -395,6 +395,7 @@ macro_rules! suite {
             panicking_callback_is_trapped,
             graceful_stop_keeps_the_rest_queued,
             requests_enqueued_after_the_run_are_taken_back,
+            requests_enqueued_after_an_idle_run_are_taken_back,
             a_list_fed_as_requests_finish_stays_within_its_backlog,
             stop_now_aborts_the_hops_in_flight,
             connections_are_reused,

@@ -500,17 +500,28 @@ impl<R: Request + Send + 'static> Fetcher<R> {
     }
 
     /// Takes back the requests that did not start (after a stop), in order of acceptance,
-    /// with the requests a [`Handle`] enqueued that no run has taken in yet.
+    /// with the requests a [`Handle`] enqueued (or handed over) that no run has taken in yet.
     pub fn take_unfinished(&mut self) -> Vec<R> {
-        // What the handles sent after `run` returned is still in the channel.
+        // What the handles sent after `run` returned is still in the channel. The scheduler
+        // takes it stopped: running, it would start some of it, and a request in flight is
+        // not taken back.
+        let running = !self.scheduler.is_stopped();
+        self.scheduler.stop();
+        let mut stop_sent = false;
         while let Ok(command) = self.rx.try_recv() {
+            stop_sent |= matches!(command, Command::Stop | Command::StopNow);
             self.command(command);
         }
-        self.scheduler
+        let taken = self
+            .scheduler
             .take_unfinished()
             .into_iter()
             .map(|(_, r)| r)
-            .collect()
+            .collect();
+        if running && !stop_sent {
+            self.scheduler.resume(Instant::now());
+        }
+        taken
     }
 
     /// The scheduler, for its counters and state.
