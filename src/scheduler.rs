@@ -458,27 +458,12 @@ impl<R: Request> Scheduler<R> {
             retries,
             redirects,
         } = *hand_off.0;
-        let stamp = self.stamp(now);
-        let host = self.hosts.acquire(route.url.host_str().unwrap_or(""));
-        self.seq += 1;
-        let entry = Entry {
-            request: Some(request),
-            robots: NOT_ROBOTS,
-            state: State::Queued,
-            cancelled: false,
-            host,
-            priority,
-            hop: 0,
-            retries,
-            redirects,
-            seq: self.seq,
-            // The outcome reports the times carried in the route.
-            enqueued_at: stamp,
-            started_at: UNSET,
-            hop_started: UNSET,
-            route: Some(route),
-            after: After::Finish,
-        };
+        // The outcome reports the times carried in the route.
+        let mut entry = self.new_entry(now, &route.url, priority);
+        entry.request = Some(request);
+        entry.retries = retries;
+        entry.redirects = redirects;
+        entry.route = Some(route);
         let id = self.insert(entry);
         self.unfinished += 1;
         self.stats.handed_in += 1;
@@ -702,26 +687,8 @@ impl<R: Request> Scheduler<R> {
         if let Err(reason) = check_url(request.url()) {
             return Err(EnqueueError { reason, request });
         }
-        let stamp = self.stamp(now);
-        let host = self.hosts.acquire(request.url().host_str().unwrap_or(""));
-        self.seq += 1;
-        let entry = Entry {
-            priority: request.priority(),
-            request: Some(request),
-            robots: NOT_ROBOTS,
-            state: State::Queued,
-            cancelled: false,
-            host,
-            hop: 0,
-            retries: 0,
-            redirects: 0,
-            seq: self.seq,
-            enqueued_at: stamp,
-            started_at: UNSET,
-            hop_started: UNSET,
-            route: None,
-            after: After::Finish,
-        };
+        let mut entry = self.new_entry(now, request.url(), request.priority());
+        entry.request = Some(request);
         let id = self.insert(entry);
         self.unfinished += 1;
         self.stats.accepted += 1;
@@ -779,17 +746,19 @@ impl<R: Request> Scheduler<R> {
         }
     }
 
-    fn spawn_robots(&mut self, now: Instant, origin: OriginId, url: Url) {
+    /// A new entry for `url`'s host, enqueued now and queued for its first hop, with no
+    /// request, route, retry or redirect yet: the caller fills in what it is.
+    fn new_entry(&mut self, now: Instant, url: &Url, priority: i32) -> Entry<R> {
         let stamp = self.stamp(now);
         let host = self.hosts.acquire(url.host_str().unwrap_or(""));
         self.seq += 1;
-        let entry = Entry {
+        Entry {
             request: None,
-            robots: origin,
+            robots: NOT_ROBOTS,
             state: State::Queued,
             cancelled: false,
             host,
-            priority: ROBOTS_PRIORITY,
+            priority,
             hop: 0,
             retries: 0,
             redirects: 0,
@@ -797,15 +766,21 @@ impl<R: Request> Scheduler<R> {
             enqueued_at: stamp,
             started_at: UNSET,
             hop_started: UNSET,
-            route: Some(Box::new(Route {
-                url,
-                method: Method::GET,
-                drop_body: true,
-                visited: Vec::new(),
-                handed_in: None,
-            })),
+            route: None,
             after: After::Finish,
-        };
+        }
+    }
+
+    fn spawn_robots(&mut self, now: Instant, origin: OriginId, url: Url) {
+        let mut entry = self.new_entry(now, &url, ROBOTS_PRIORITY);
+        entry.robots = origin;
+        entry.route = Some(Box::new(Route {
+            url,
+            method: Method::GET,
+            drop_body: true,
+            visited: Vec::new(),
+            handed_in: None,
+        }));
         let id = self.insert(entry);
         self.stats.robots_fetches += 1;
         self.push(now, id.index);
@@ -1153,8 +1128,9 @@ impl<R: Request> Scheduler<R> {
         let host_name = route.url.host_str().unwrap_or("").to_string();
         self.stats.redirects += 1;
         if let Some(partition) = self.config.partition {
-            if !partition.owns(&host_name) {
-                self.hand_off(now, index, partition_of(&host_name, partition.count));
+            let owner = partition_of(&host_name, partition.count);
+            if owner != partition.index {
+                self.hand_off(now, index, owner);
                 return;
             }
         }

@@ -401,9 +401,12 @@ fn run(
 /// has one thread and a growth costs nothing (see `descriptors::reserve`). Warns when the
 /// hard limit is too low: connections beyond it fail to open, and are retried.
 fn make_room_for_connections(concurrency: usize, quiet: bool) {
-    let wanted = concurrency.saturating_mul(2).saturating_add(64);
+    let wanted = concurrency
+        .saturating_mul(2)
+        .saturating_add(descriptors::MARGIN);
+    let needed = concurrency.saturating_add(descriptors::MARGIN) as u64;
     let limit = descriptors::raise_limit(wanted as u64);
-    if let Some(limit) = limit.filter(|&l| l < (concurrency as u64).saturating_add(64)) {
+    if let Some(limit) = limit.filter(|&l| l < needed) {
         if !quiet {
             eprintln!(
                 "downpour: warning: --concurrency {concurrency} needs more than the {limit} open \

@@ -11,7 +11,7 @@
 
 /// Descriptors a process holds besides the crawl's connections: its standard streams,
 /// files, a Redis connection or two, the runtime's own.
-const MARGIN: usize = 64;
+pub const MARGIN: usize = 64;
 
 /// Grows the descriptor table to hold descriptor numbers up to `connections` plus a margin
 /// (the few a process has open besides), within the limit on open files (`ulimit -n`).
