@@ -19,13 +19,16 @@ pub enum Action<R> {
     /// took it to (only with [`Config::partition`](crate::Config::partition)): its
     /// [`Scheduler::handle_hand_off`](crate::Scheduler::handle_hand_off). A driver with no
     /// way there gives it back to this scheduler, which then fetches that host itself.
+    /// With [`Config::persist`](crate::Config::persist), the request's
+    /// [`Persist::Finished`] follows: store the hand-off before it.
     HandOff(HandOff<R>),
 }
 
 /// A change to the set of unfinished requests, for durable storage.
 ///
 /// Execute them in the order given: a request's `Finished` always comes after the
-/// `Accepted` of every follow-up its callbacks enqueued, so a crash never loses work.
+/// `Accepted` of every follow-up its callbacks enqueued, and after its
+/// [`Action::HandOff`] when it was handed to another partition, so a crash never loses work.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Persist {
     /// A request was accepted: store it. Serialize it from
@@ -37,7 +40,7 @@ pub enum Persist {
         /// The request whose callback enqueued it, if any.
         parent: Option<RequestId>,
     },
-    /// A request finished (its `on_done` ran): remove it.
+    /// A request finished (its `on_done` ran), or was handed to another partition: remove it.
     Finished {
         /// The request.
         id: RequestId,

@@ -53,9 +53,9 @@ pub struct Config {
     /// ([`Action::HandOff`](crate::Action::HandOff)) rather than fetched here, so that each
     /// host is fetched by one scheduler only and its politeness holds exactly (a robots.txt
     /// that redirects to another partition's host is still fetched here). Give requests
-    /// to the scheduler that owns their host ([`partition_of`](crate::partition_of)). Not
-    /// with `persist` (durable storage routes requests between partitions itself). Default:
-    /// `None`, every host is this scheduler's.
+    /// to the scheduler that owns their host ([`partition_of`](crate::partition_of)). With
+    /// durable storage the store sets it ([`Scheduler::set_partition`](crate::Scheduler::set_partition))
+    /// to the partition its worker runs. Default: `None`, every host is this scheduler's.
     pub partition: Option<Partition>,
     /// Seed of the jitter RNG: the same seed and inputs give the same decisions.
     pub seed: u64,
@@ -110,12 +110,7 @@ impl Config {
             return Err(ConfigError::ZeroRobotsCache);
         }
         if let Some(partition) = self.partition {
-            if partition.index >= partition.count {
-                return Err(ConfigError::BadPartition(partition));
-            }
-            if self.persist {
-                return Err(ConfigError::PartitionWithPersist);
-            }
+            partition.validate()?;
         }
         if self.user_agent.is_empty() || HeaderValue::from_str(&self.user_agent).is_err() {
             return Err(ConfigError::BadUserAgent(self.user_agent.clone()));

@@ -98,9 +98,6 @@ pub enum ConfigError {
     /// The partition's index is not below its count.
     #[error("partition {} of {} does not exist: partitions are numbered from 0 to the count less one", .0.index, .0.count)]
     BadPartition(Partition),
-    /// A partition was given with `persist` on.
-    #[error("a partition cannot be combined with persist: durable storage routes requests between partitions itself")]
-    PartitionWithPersist,
 }
 
 /// An input named a fetch or callback the scheduler is not waiting for (already handled, or

@@ -11,7 +11,12 @@
 use std::time::Instant;
 
 use http::Method;
+use serde::de::{DeserializeOwned, Error as _};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use url::Url;
+
+use crate::error::ConfigError;
+use crate::request::check_url;
 
 /// Which share of the hosts a scheduler fetches: those whose [`partition_of`] is `index`, out
 /// of `count` partitions.
@@ -27,6 +32,13 @@ impl Partition {
     /// Whether this partition owns `host`.
     pub fn owns(&self, host: &str) -> bool {
         partition_of(host, self.count) == self.index
+    }
+
+    pub(crate) fn validate(self) -> Result<(), ConfigError> {
+        if self.index >= self.count {
+            return Err(ConfigError::BadPartition(self));
+        }
+        Ok(())
     }
 }
 
@@ -58,6 +70,25 @@ pub fn partition_of(host: &str, count: u32) -> u32 {
 /// Pass it to the owner's [`Scheduler::handle_hand_off`](crate::Scheduler::handle_hand_off)
 /// (drivers do this through their handles). A scheduler can always take one back itself: it
 /// then fetches the target as if it had no partition.
+///
+/// To reach a scheduler in another process, it serializes (with serde) to the request, the
+/// target, the method, the URLs visited and the counts. Its times stay behind, since two
+/// processes' clocks cannot be compared: the owner reports it enqueued when it took it.
+/// Reading one back checks the target as [`check_url`] does.
+///
+/// ```
+/// # use downpour::{HandOff, Request, Url};
+/// # #[derive(serde::Serialize, serde::Deserialize)]
+/// # struct Page { url: Url }
+/// # impl Request for Page { fn url(&self) -> &Url { &self.url } }
+/// let text = r#"{"request":{"url":"http://a.test/old"},"partition":1,"url":"http://b.test/new",
+///     "method":"GET","drop_body":false,"visited":["http://a.test/old"],"priority":0,
+///     "retries":0,"redirects":1}"#;
+/// let hand_off: HandOff<Page> = serde_json::from_str(text).unwrap();
+/// assert_eq!(hand_off.url().as_str(), "http://b.test/new");
+/// let ftp = text.replace("http://b.test/new", "ftp://b.test/new");
+/// assert!(serde_json::from_str::<HandOff<Page>>(&ftp).is_err());
+/// ```
 #[derive(Debug)]
 pub struct HandOff<R>(pub(crate) Box<Carried<R>>);
 
@@ -92,6 +123,81 @@ impl<R> HandOff<R> {
     /// fetched, to record it).
     pub fn into_request(self) -> R {
         self.0.request
+    }
+}
+
+/// A hand-off as it is written out.
+#[derive(Serialize)]
+struct WireOut<'a, R> {
+    request: &'a R,
+    partition: u32,
+    url: &'a Url,
+    method: &'a str,
+    drop_body: bool,
+    visited: &'a [Url],
+    priority: i32,
+    retries: u16,
+    redirects: u16,
+}
+
+/// A hand-off as it is read back.
+#[derive(Deserialize)]
+#[serde(bound = "R: DeserializeOwned")]
+struct WireIn<R> {
+    request: R,
+    partition: u32,
+    url: Url,
+    method: String,
+    #[serde(default)]
+    drop_body: bool,
+    #[serde(default)]
+    visited: Vec<Url>,
+    #[serde(default)]
+    priority: i32,
+    #[serde(default)]
+    retries: u16,
+    #[serde(default)]
+    redirects: u16,
+}
+
+impl<R: Serialize> Serialize for HandOff<R> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let c = &*self.0;
+        WireOut {
+            request: &c.request,
+            partition: c.partition,
+            url: &c.route.url,
+            method: c.route.method.as_str(),
+            drop_body: c.route.drop_body,
+            visited: &c.route.visited,
+            priority: c.priority,
+            retries: c.retries,
+            redirects: c.redirects,
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de, R: DeserializeOwned> Deserialize<'de> for HandOff<R> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let wire = WireIn::<R>::deserialize(deserializer)?;
+        check_url(&wire.url).map_err(D::Error::custom)?;
+        let method = Method::from_bytes(wire.method.as_bytes())
+            .map_err(|_| D::Error::custom(format!("`{}` is not an HTTP method", wire.method)))?;
+        Ok(HandOff(Box::new(Carried {
+            request: wire.request,
+            partition: wire.partition,
+            route: Box::new(Route {
+                url: wire.url,
+                method,
+                drop_body: wire.drop_body,
+                visited: wire.visited,
+                handed_in: None,
+            }),
+            priority: wire.priority,
+            retries: wire.retries,
+            redirects: wire.redirects,
+        })))
     }
 }
 

@@ -15,7 +15,7 @@ use crate::error::{ConfigError, EnqueueError, Unexpected};
 use crate::fetch::{Fetch, FetchId, HopResponse, HopResult, Purpose};
 use crate::host::Hosts;
 use crate::outcome::{FetchError, Outcome, Response};
-use crate::partition::{partition_of, Carried, HandOff, Route, Times};
+use crate::partition::{partition_of, Carried, HandOff, Partition, Route, Times};
 use crate::policy::{HostId, Policy, Queued, Wait, WaitReason};
 use crate::ratelimit::{self, Feedback};
 use crate::redirect::{self, Redirect};
@@ -346,6 +346,17 @@ impl<R: Request> Scheduler<R> {
         self.stopped = true;
     }
 
+    /// Changes this scheduler's share of the hosts ([`Config::partition`]), for a worker that
+    /// moves to another partition of a crawl. Requests already here stay here; redirects
+    /// from now on are handed off by the new partition.
+    pub fn set_partition(&mut self, partition: Option<Partition>) -> Result<(), ConfigError> {
+        if let Some(p) = partition {
+            p.validate()?;
+        }
+        self.config.partition = partition;
+        Ok(())
+    }
+
     /// Starts fetching again after [`stop`](Scheduler::stop).
     pub fn resume(&mut self, now: Instant) {
         let now = self.observe(now);
@@ -448,6 +459,9 @@ impl<R: Request> Scheduler<R> {
     /// The target is taken as it is, even when this scheduler's partition does not own its
     /// host: a driver with no way to the owner gives the hand-off back to the scheduler that
     /// made it, which then fetches the target itself.
+    ///
+    /// With [`Config::persist`], a hand-off counts as stored already (whoever carried it
+    /// stored it on the way): no [`Persist::Accepted`], and a [`Persist::Finished`] at its end.
     pub fn handle_hand_off(&mut self, now: Instant, hand_off: HandOff<R>) -> RequestId {
         let now = self.observe(now);
         let Carried {
@@ -1143,6 +1157,7 @@ impl<R: Request> Scheduler<R> {
     /// Passes a request on to the scheduler of `partition`, which owns the host of its next
     /// hop: it leaves this one as if it had finished, without callbacks.
     fn hand_off(&mut self, now: Instant, index: u32, partition: u32) {
+        let id = self.id_of(index);
         let entry = self.remove(index);
         self.unfinished -= 1;
         self.stats.handed_off += 1;
@@ -1159,6 +1174,11 @@ impl<R: Request> Scheduler<R> {
             redirects: entry.redirects,
         }));
         self.actions.push_back(Pending::HandOff(hand_off));
+        // After the hand-off, so that storage holds it before this request is removed.
+        if self.config.persist {
+            self.actions
+                .push_back(Pending::Persist(Persist::Finished { id }));
+        }
     }
 
     fn robots_result(&mut self, now: Instant, index: u32, result: HopResult) {

@@ -24,7 +24,6 @@ struct Req {
     /// URLs enqueued from on_success.
     follow: Vec<String>,
     log: Vec<String>,
-    #[serde(skip)]
     parsed: Option<Url>,
     /// The outcome's `started_at`.
     #[serde(skip)]
@@ -994,14 +993,123 @@ fn a_scheduler_takes_back_its_own_hand_off_and_partitions_are_checked() {
     let error = Scheduler::<Req>::new(bad, Fifo::new()).err().unwrap();
     assert!(matches!(error, ConfigError::BadPartition(_)), "{error}");
     assert!(error.to_string().contains("partition 2 of 2"), "{error}");
-    let persisted = Config {
-        partition: Some(Partition { index: 0, count: 2 }),
+    let mut h = partitioned(0, 0);
+    let error = h.s.set_partition(Some(Partition { index: 1, count: 1 }));
+    assert!(matches!(error, Err(ConfigError::BadPartition(_))));
+    assert_eq!(
+        h.s.config().partition,
+        Some(Partition { index: 0, count: 2 })
+    );
+}
+
+/// With durable storage, the hand-off comes before the request's `Finished` (so that storage
+/// holds it before the request is removed), crosses as text, and the owner takes it as
+/// stored: no `Accepted`, a `Finished` at its end.
+#[test]
+fn a_persisted_hand_off_precedes_its_removal_and_crosses_as_text() {
+    let (mine, theirs) = hosts_of_two_partitions();
+    let persisted = |index| Config {
+        partition: Some(Partition { index, count: 2 }),
         persist: true,
         ..Config::default()
     };
-    let error = Scheduler::<Req>::new(persisted, Fifo::new()).err().unwrap();
-    assert!(
-        matches!(error, ConfigError::PartitionWithPersist),
-        "{error}"
+    let mut source = Scheduler::<Req>::new(persisted(0), Fifo::new()).unwrap();
+    let t0 = Instant::now();
+    let original = format!("http://{mine}/r");
+    let target = format!("http://{theirs}/moved");
+    let id = source
+        .enqueue(t0, Req::new(&format!("{original}?a")))
+        .unwrap();
+    let mut fetch = None;
+    while let Some(action) = source.poll_action() {
+        match action {
+            Action::Fetch(f) => fetch = Some(f),
+            Action::Persist(Persist::Accepted { id: a, .. }) => assert_eq!(a, id),
+            _ => panic!("unexpected action"),
+        }
+    }
+    source
+        .handle_fetch(t0, fetch.unwrap().id, redirect(301, &target))
+        .unwrap();
+    let mut order = Vec::new();
+    let mut hand_off = None;
+    while let Some(action) = source.poll_action() {
+        match action {
+            Action::Callback(cb) => {
+                order.push("callback");
+                let report = cb.run();
+                assert!(source.handle_callback(t0, report).unwrap().is_none());
+            }
+            Action::HandOff(h) => {
+                order.push("hand-off");
+                hand_off = Some(h);
+            }
+            Action::Persist(Persist::Finished { id: f }) => {
+                assert_eq!(f, id);
+                order.push("finished");
+            }
+            _ => panic!("unexpected action"),
+        }
+    }
+    assert_eq!(order, vec!["callback", "hand-off", "finished"]);
+    let stats = source.stats();
+    assert_eq!(
+        (
+            stats.accepted,
+            stats.handed_off,
+            stats.finished,
+            stats.unfinished
+        ),
+        (1, 1, 0, 0)
     );
+
+    let text = serde_json::to_string(&hand_off.unwrap()).unwrap();
+    let hand_off: HandOff<Req> = serde_json::from_str(&text).unwrap();
+    assert_eq!(hand_off.partition(), 1);
+    assert_eq!(hand_off.url().as_str(), target);
+
+    // The owner runs another partition first; its worker moves to partition 1.
+    let mut owner = Harness::new(persisted(0), Fifo::new());
+    owner
+        .s
+        .set_partition(Some(Partition { index: 1, count: 2 }))
+        .unwrap();
+    owner.s.handle_hand_off(owner.now, hand_off);
+    owner.drain();
+    assert!(owner.persisted.is_empty(), "{:?}", owner.persisted);
+    owner.answer(&target, ok("moved here"));
+    assert!(
+        matches!(owner.persisted[..], [Persist::Finished { .. }]),
+        "{:?}",
+        owner.persisted
+    );
+    assert_eq!(
+        owner.log_of(&format!("{original}?a")),
+        vec![
+            "status 301".to_string(),
+            "headers".into(),
+            format!("url {target}"),
+            "status 200".into(),
+            "headers".into(),
+            format!("success {target}"),
+            "done r1 x0".into(),
+        ]
+    );
+    // A redirect from partition 1 to a host of partition 0 is handed off again.
+    let mut again = Req::new(&format!("http://{theirs}/r"));
+    again.log.clear();
+    owner.enqueue(again);
+    owner.answer(
+        &format!("http://{theirs}/r"),
+        redirect(302, &format!("http://{mine}/back")),
+    );
+    assert_eq!(owner.handed_off.len(), 1);
+    assert_eq!(owner.handed_off[0].partition(), 0);
+
+    // Text that does not lead to a fetchable URL is refused, with the reason.
+    let bad = text.replace(&target, "mailto:someone@example.com");
+    let error = serde_json::from_str::<HandOff<Req>>(&bad).err().unwrap();
+    assert!(error.to_string().contains("mailto"), "{error}");
+    let bad = text.replace("\"GET\"", "\"G T\"");
+    assert!(serde_json::from_str::<HandOff<Req>>(&bad).is_err());
 }

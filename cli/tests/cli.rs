@@ -389,10 +389,25 @@ fn threads_waiting_for_lines_are_fed_and_lose_nothing() {
 
 #[test]
 fn a_redirect_to_a_host_of_another_thread_is_fetched_by_that_thread() {
+    redirected_to_another_thread("threads-redirect", |list| {
+        downpour(&[
+            "fetch",
+            list.to_str().unwrap(),
+            "--delay",
+            "150ms",
+            "--allow-all",
+            "--threads",
+            "2",
+        ])
+    });
+}
+
+/// Thread 0's host redirects to thread 1's, which has requests of its own: were both threads
+/// to fetch host b, it would see two requests at once, or too close together. `run` runs the
+/// command on the list, with a delay of 150 ms and two threads.
+fn redirected_to_another_thread(name: &str, run: impl FnOnce(&Path) -> Output) {
     let servers = Servers::start(4);
     let (a, b) = hosts_of_two_threads();
-    // Thread 0's host redirects to thread 1's, which has requests of its own: were both
-    // threads to fetch host b, it would see two requests at once, or too close together.
     let urls: Vec<String> = (0..4)
         .flat_map(|i| {
             let moved = servers.url(b, &format!("/delay?ms=40&moved={i}"));
@@ -402,16 +417,8 @@ fn a_redirect_to_a_host_of_another_thread_is_fetched_by_that_thread() {
             ]
         })
         .collect();
-    let list = list_file("threads-redirect", &urls);
-    let out = downpour(&[
-        "fetch",
-        list.to_str().unwrap(),
-        "--delay",
-        "150ms",
-        "--allow-all",
-        "--threads",
-        "2",
-    ]);
+    let list = list_file(name, &urls);
+    let out = run(&list);
     let log = fetched_once_each(&out, &servers, 8);
     assert_eq!(
         violations(&servers.log(), Duration::from_millis(150)),
@@ -1235,6 +1242,23 @@ fn redis_threads_are_workers_of_one_crawl_at_once() {
         })
     });
     assert!(overlap, "{log:#?}");
+}
+
+/// With Redis, the threads are workers of partitions: a redirect to a host of the other
+/// partition goes through its inbox, and that worker fetches it.
+#[test]
+fn redis_a_redirect_to_a_host_of_another_partition_is_fetched_by_its_worker() {
+    let redis = RedisServer::start();
+    redirected_to_another_thread("redis-redirect", |list| {
+        let mut worker = redis_worker(
+            &redis,
+            "redirect",
+            list,
+            &["--delay", "150ms", "--partitions", "2", "--threads", "2"],
+        );
+        finish(worker.spawn().unwrap(), "the worker")
+    });
+    assert_eq!(redis.unfinished("redirect", 2), 0);
 }
 
 #[cfg(unix)]

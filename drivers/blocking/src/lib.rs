@@ -527,6 +527,7 @@ impl<R: Request + Send + 'static> Fetcher<R> {
     /// ([`Config::partition`]): `f` passes each to the fetcher that owns its
     /// [`HandOff::partition`], through that fetcher's [`Handle::hand_off`]. One that `f`
     /// gives back is fetched here; without `f`, every one is.
+    /// With Redis this is not used: the store writes each to its partition's inbox.
     ///
     /// Run the fetchers of one crawl until none of them has work left: [`run`](Fetcher::run)
     /// returns when its fetcher is idle, and a hand-off may reach it after that; it is
@@ -801,6 +802,14 @@ impl<R: Request + Send + 'static> Fetcher<R> {
                 #[cfg(not(feature = "redis"))]
                 Action::Persist(_) => {}
                 Action::HandOff(hand_off) => {
+                    #[cfg(feature = "redis")]
+                    if let Some(link) = &mut self.redis {
+                        // Stored in the owner's inbox; refused, it stays here.
+                        if let Err(hand_off) = link.store.handle_hand_off(hand_off) {
+                            self.scheduler.handle_hand_off(Instant::now(), hand_off);
+                        }
+                        continue;
+                    }
                     pass_on(&mut self.on_hand_off, &mut self.scheduler, hand_off);
                 }
             }

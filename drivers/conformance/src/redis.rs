@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use downpour::{Config, Policy, Polite, Stats};
-use downpour_common::store::{partition_of, Keys, RedisOptions};
+use downpour_common::store::{partition_of, Keys, RedisOptions, HAND_OFF};
 use serde::{Deserialize, Serialize};
 
 use crate::{free_port, test_config, Probe, Servers};
@@ -448,17 +448,47 @@ pub fn redis_restores_stored_requests_and_sets_corrupt_ones_aside<D: RedisDriver
             .query(&mut c)
             .unwrap();
     }
-    let _: () = redis::cmd("HSET")
-        .arg(&keys.requests)
-        .arg("garbage")
-        .arg("{not a request")
-        .query(&mut c)
-        .unwrap();
+    // A request handed over by a redirect, stored with its route; and one whose route
+    // leads nowhere fetchable.
+    let original = Probe::new(&s.url(0, "/redirect?to=elsewhere"), 1000);
+    let hand_off = |target: &str| {
+        format!(
+            r#"{HAND_OFF}{{"request":{},"partition":0,"url":"{target}","method":"GET","visited":["{}"],"redirects":1}}"#,
+            serde_json::to_string(&original).unwrap(),
+            original.url
+        )
+    };
+    let bad_hand_off = hand_off("ftp://example.com/");
+    for (id, entry) in [
+        ("garbage", "{not a request".to_string()),
+        ("handed", hand_off(&s.url(1, "/handed"))),
+        ("bad-hand-off", bad_hand_off.clone()),
+    ] {
+        let _: () = redis::cmd("HSET")
+            .arg(&keys.requests)
+            .arg(id)
+            .arg(entry)
+            .query(&mut c)
+            .unwrap();
+    }
     let out = driver
         .run_redis(resuming(redis_options(&redis, &prefix)))
         .expect("run");
     assert!(out.error.is_none(), "{:?}", out.error);
-    assert_eq!(out.finished.len(), 50, "every stored request fetched");
+    assert_eq!(out.finished.len(), 51, "every stored request fetched");
+    let handed = out
+        .finished
+        .iter()
+        .find(|p| p.tag == 1000)
+        .unwrap()
+        .result();
+    assert!(handed.ok, "{handed:?}");
+    assert_eq!(
+        (handed.url.as_str(), handed.redirects),
+        (s.url(1, "/handed").as_str(), 1)
+    );
+    assert_eq!(s.hits("/handed").len(), 1);
+    assert!(s.hits("/redirect").is_empty(), "carried on from the target");
     let rejected: BTreeMap<String, String> = redis::cmd("HGETALL")
         .arg(&keys.rejected)
         .query(&mut c)
@@ -468,6 +498,7 @@ pub fn redis_restores_stored_requests_and_sets_corrupt_ones_aside<D: RedisDriver
         Some("{not a request"),
         "the corrupt entry is kept aside for inspection"
     );
+    assert_eq!(rejected.get("bad-hand-off"), Some(&bad_hand_off));
     assert_eq!(redis.unfinished(&prefix, 1), 0);
 }
 
@@ -717,6 +748,86 @@ pub fn redis_three_workers_share_a_crawl_politely<D: RedisDriver>(_driver: &D) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Two workers run one partition each; a redirect from a host of partition 0 to a host of
+/// partition 1 is handed over through Redis and fetched by partition 1's worker, with that
+/// host's politeness (the other worker never touches it), and the request carries on there
+/// with its redirect counted and its final URL.
+pub fn redis_a_redirect_to_another_partitions_host_is_fetched_by_its_worker<D: RedisDriver>(
+    driver: &D,
+) {
+    const MOVED: u64 = 4;
+    let delay = Duration::from_millis(150);
+    let s = Servers::start(8);
+    let host_in = |p| {
+        (0..8)
+            .find(|&n| partition_of(&s.addr(n).ip().to_string(), 2) == p)
+            .expect("8 hosts over 2 partitions")
+    };
+    let (a, b) = (host_in(0), host_in(1));
+    let mut requests = Vec::new();
+    for i in 0..MOVED {
+        let to = s.url(b, &format!("/moved/{i}"));
+        requests.push(Probe::new(&s.url(a, &format!("/redirect?to={to}")), i));
+        requests.push(Probe::new(&s.url(b, &format!("/own/{i}")), 100 + i));
+    }
+    let redis = RedisServer::start();
+    let prefix = prefix("hand-off");
+    redis.seed(&prefix, 2, &requests);
+    let workers: Vec<_> = (0..2)
+        .map(|p| {
+            let driver = driver.clone();
+            let options = RedisOptions {
+                partitions: 2,
+                partition: Some(p),
+                ..redis_options(&redis, &prefix)
+            };
+            std::thread::spawn(move || {
+                driver.run_redis(RedisRun {
+                    config: test_config(),
+                    policy: Box::new(Polite::new().delay(delay).allow_all(true)),
+                    requests: Vec::new(),
+                    redis: options,
+                    on_finished: Box::new(|_| {}),
+                })
+            })
+        })
+        .collect();
+    let outs: Vec<RedisOutcome> = workers
+        .into_iter()
+        .map(|w| w.join().expect("worker thread").expect("worker start"))
+        .collect();
+    for out in &outs {
+        assert!(out.error.is_none(), "{:?}", out.error);
+    }
+    let mut tags: Vec<u64> = outs
+        .iter()
+        .flat_map(|o| o.finished.iter().map(|p| p.tag))
+        .collect();
+    tags.sort_unstable();
+    let expected: Vec<u64> = (0..MOVED).chain(100..100 + MOVED).collect();
+    assert_eq!(tags, expected, "each request finished once");
+    for moved in outs[1].finished.iter().filter(|p| p.tag < 100) {
+        let result = moved.result();
+        assert!(result.ok, "{result:?}");
+        assert_eq!(
+            result.url.as_str(),
+            s.url(b, &format!("/moved/{}", moved.tag))
+        );
+        assert_eq!(result.redirects, 1);
+    }
+    let log = s.log();
+    assert_eq!(log.len(), 3 * MOVED as usize, "each hop fetched once");
+    let violations = crate::violations(&log, delay);
+    assert!(
+        violations.is_empty(),
+        "politeness violated: {:?}",
+        &violations[..violations.len().min(5)]
+    );
+    assert_eq!(outs[0].stats.handed_off, MOVED, "{:?}", outs[0].stats);
+    assert_eq!(outs[1].stats.handed_in, MOVED, "{:?}", outs[1].stats);
+    assert_eq!(redis.unfinished(&prefix, 2), 0, "Redis holds nothing more");
+}
+
 /// Writes a driver's [`RedisDriver`] adapter and one `#[test]` per Redis case, plus the
 /// `redis_worker` entry the process cases start. Same form as [`driver_suite!`](crate::driver_suite).
 #[macro_export]
@@ -779,6 +890,7 @@ macro_rules! redis_suite {
             redis_going_away_loses_nothing,
             redis_worker_killed_with_sigkill_loses_nothing,
             redis_three_workers_share_a_crawl_politely,
+            redis_a_redirect_to_another_partitions_host_is_fetched_by_its_worker,
         );
     };
     (@cases $driver:expr; $($case:ident,)*) => {

@@ -5,12 +5,16 @@
 //! | key | type | holds |
 //! |---|---|---|
 //! | `{P}:meta` | hash | `format` and `partitions`, fixed when the crawl starts |
-//! | `{P:p}:requests` | hash | every unfinished request of partition `p`: id → JSON |
-//! | `{P:p}:inbox` | list | requests for `p` sent by others (or enqueued), not yet taken |
+//! | `{P:p}:requests` | hash | every unfinished request of partition `p`: id → entry |
+//! | `{P:p}:inbox` | list | entries for `p` sent by others (or enqueued), not yet taken |
 //! | `{P:p}:lease` | string | the token of the worker running `p`, with a time to live |
 //! | `{P:p}:epoch` | integer | how many times `p` was taken: tells a worker whether someone else held it |
 //! | `{P:p}:seq` | integer | ids of requests taken from the inbox |
 //! | `{P:p}:rejected` | hash | entries that could not be read back (id → the text), for inspection |
+//!
+//! An entry is the JSON of a request, or [`HAND_OFF`] followed by the JSON of a
+//! [`HandOff`](downpour::HandOff): a request that a redirect took from another partition to a
+//! host of `p`, with where it is and what it visited.
 //!
 //! All keys of one partition share the hash tag `{P:p}`, so on Redis Cluster one
 //! partition lives on one node and its scripts touch one slot.
@@ -18,7 +22,14 @@
 pub use downpour::partition_of;
 
 /// The version of this layout, stored in `{P}:meta`.
-pub const FORMAT: &str = "1";
+pub const FORMAT: &str = "2";
+
+/// The layouts this version reads: format 1 is format 2 without hand-offs.
+pub const READABLE_FORMATS: [&str; 2] = ["1", "2"];
+
+/// The start of an entry that holds a hand-off rather than a request (no JSON text starts
+/// with it).
+pub const HAND_OFF: &str = "hand-off ";
 
 /// The keys of one crawl (one prefix).
 #[derive(Debug, Clone)]

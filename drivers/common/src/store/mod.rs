@@ -24,8 +24,9 @@
 //! - Hosts are split into partitions by a stable hash ([`partition_of`]); one worker at a
 //!   time runs a partition, holding a lease that it renews. Requests for a host of another
 //!   partition go to that partition's inbox, so one worker fetches each host and politeness
-//!   holds across all workers. A worker whose lease lapses stops fetching before anybody
-//!   else can take the partition.
+//!   holds across all workers; so does a request that a redirect takes to such a host
+//!   ([`handle_hand_off`](Store::handle_hand_off)), stored there before it is removed here.
+//!   A worker whose lease lapses stops fetching before anybody else can take the partition.
 //! - When Redis goes away, fetches in flight finish, writes wait, and the connection is
 //!   retried with back-off; after [`RedisOptions::give_up_after`] the run ends with
 //!   [`StoreError::Unreachable`], everything unfinished still in Redis.
@@ -39,12 +40,12 @@ use std::collections::VecDeque;
 use std::marker::PhantomData;
 use std::time::{Duration, Instant};
 
-use downpour::{parse_url, CallbackReport, EnqueueError, InvalidRequest, Persist, Request};
-use downpour::{RequestId, Scheduler};
+use downpour::{parse_url, CallbackReport, EnqueueError, HandOff, InvalidRequest, Partition};
+use downpour::{Persist, Request, RequestId, Scheduler};
 use redis::{ErrorKind, RedisError, RedisResult, ServerErrorKind, Value};
 use rustc_hash::{FxHashMap, FxHashSet};
 
-pub use keys::{partition_of, Keys, PartitionKeys, FORMAT};
+pub use keys::{partition_of, Keys, PartitionKeys, FORMAT, HAND_OFF, READABLE_FORMATS};
 
 /// Where and how a crawl is kept in Redis.
 ///
@@ -457,6 +458,31 @@ impl<R: Request> Store<R> {
             }
         }
         *follow_ups = kept;
+    }
+
+    /// An [`Action::HandOff`](downpour::Action::HandOff): a redirect took a request to a host
+    /// of another partition. It is written to that partition's inbox, with its route, before
+    /// the request's removal here (the [`Persist::Finished`] that follows it). Gives it back
+    /// when it cannot be written: the scheduler then takes it back itself.
+    pub fn handle_hand_off(&mut self, hand_off: HandOff<R>) -> Result<(), HandOff<R>> {
+        let json = match serde_json::to_string(&hand_off) {
+            Ok(json) => json,
+            Err(e) => {
+                log::error!(
+                    "a request redirected to {} cannot be serialized ({e}): it is fetched here, in memory only",
+                    hand_off.url()
+                );
+                return Err(hand_off);
+            }
+        };
+        let partition = self
+            .keys
+            .partition_of(hand_off.url().host_str().unwrap_or(""));
+        self.writes.push_back(Write::Inbox {
+            partition,
+            json: format!("{HAND_OFF}{json}"),
+        });
+        Ok(())
     }
 
     /// The application stops: fetching ends, writes are flushed, the lease is given back.
@@ -880,10 +906,15 @@ impl<R: Request> Store<R> {
                 let meta = self.keys.meta();
                 let format = text(values.get(2));
                 let partitions = text(values.get(3));
-                if format.as_deref() != Some(FORMAT) {
+                if !format
+                    .as_deref()
+                    .is_some_and(|f| READABLE_FORMATS.contains(&f))
+                {
                     return Err(StoreError::Foreign {
                         key: meta,
-                        message: format!("layout format {format:?}, expected {FORMAT}"),
+                        message: format!(
+                            "layout format {format:?}, expected one of {READABLE_FORMATS:?}"
+                        ),
                     });
                 }
                 let given = self.options.partitions.to_string();
@@ -904,6 +935,14 @@ impl<R: Request> Store<R> {
                         self.options.partitions,
                         self.options.prefix
                     );
+                    // Redirects to the hosts of other partitions are handed to them.
+                    let partition = Partition {
+                        index: p,
+                        count: self.options.partitions,
+                    };
+                    scheduler
+                        .set_partition(Some(partition))
+                        .expect("the options keep every partition below the count");
                     self.owned = Some(Owned {
                         partition: p,
                         keys: self.keys.partition(p),
@@ -1090,17 +1129,25 @@ impl<R: Request> Store<R> {
             .as_ref()
             .map(|o| o.keys.requests.clone())
             .unwrap_or_default();
-        let reason = match serde_json::from_str::<R>(&json) {
-            Ok(request) => match scheduler.restore(now, request) {
-                Ok(request_id) => {
-                    let id: Box<str> = id.into();
-                    self.ids.insert(request_id, id.clone());
-                    self.in_memory.insert(id);
-                    return;
-                }
-                Err(e) => e.reason.to_string(),
+        let restored = match json.strip_prefix(HAND_OFF) {
+            Some(hand_off) => serde_json::from_str::<HandOff<R>>(hand_off)
+                .map(|h| scheduler.handle_hand_off(now, h))
+                .map_err(|e| format!("not a hand-off of this program: {e}")),
+            None => match serde_json::from_str::<R>(&json) {
+                Ok(request) => scheduler
+                    .restore(now, request)
+                    .map_err(|e| e.reason.to_string()),
+                Err(e) => Err(format!("not a request of this program: {e}")),
             },
-            Err(e) => format!("not a request of this program: {e}"),
+        };
+        let reason = match restored {
+            Ok(request_id) => {
+                let id: Box<str> = id.into();
+                self.ids.insert(request_id, id.clone());
+                self.in_memory.insert(id);
+                return;
+            }
+            Err(reason) => reason,
         };
         log::error!("Redis key {key}, entry {id}: {reason}; moved to the rejected entries");
         self.writes.push_back(Write::Reject {
