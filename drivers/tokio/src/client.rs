@@ -326,11 +326,15 @@ async fn send(outgoing: Outgoing, limits: Limits) -> HopResult {
             Ok(r) => break r,
             Err(e) => {
                 // Several idle connections to a host may have been closed together: each
-                // resend may meet the next of them, and a fresh one ends it.
+                // resend may meet the next of them, and a fresh one ends it. An HTTP/2
+                // server may refuse a stream it had no room for: it goes again as well.
                 let again = outgoing
                     .resend
                     .as_ref()
-                    .filter(|_| resends < MAX_RESENDS && Carried::dropped_on_reuse(&e))
+                    .filter(|_| {
+                        resends < MAX_RESENDS
+                            && (Carried::dropped_on_reuse(&e) || refused_stream(&e))
+                    })
                     .and_then(|resend| resend.send());
                 match again {
                     Some(again) => {
@@ -410,6 +414,19 @@ fn head_size(headers: &HeaderMap) -> usize {
 }
 
 /// Sorts a failure into a [`TransportErrorKind`], with its causes in the message.
+/// Whether the server refused the request's HTTP/2 stream (`REFUSED_STREAM`): it did not
+/// process it (RFC 9113, 8.7), so it may go again at once.
+fn refused_stream(error: &(dyn StdError + 'static)) -> bool {
+    let mut source = Some(error);
+    while let Some(e) = source {
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            return h2.is_remote() && h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        source = e.source();
+    }
+    false
+}
+
 fn classify(error: &(dyn StdError + 'static)) -> TransportError {
     let mut kind = None;
     let mut source: Option<&(dyn StdError + 'static)> = Some(error);
@@ -447,6 +464,17 @@ fn kind_of(e: &(dyn StdError + 'static), text: &str) -> Option<TransportErrorKin
         }
         if h.is_timeout() {
             return Some(K::Timeout);
+        }
+        return None;
+    }
+    if let Some(h2) = e.downcast_ref::<h2::Error>() {
+        // A stream reset or a connection going away; anything else of HTTP/2's is the I/O
+        // error below it, or a broken exchange.
+        if h2.is_reset() || h2.is_go_away() {
+            return Some(K::Reset);
+        }
+        if !h2.is_io() {
+            return Some(K::Protocol);
         }
         return None;
     }

@@ -1,6 +1,8 @@
 //! HTTP/2 over TLS (ALPN): requests to one origin share one connection, concurrently, and
-//! the responses say HTTP/2. The server is hyper's, with rustls offering `h2` only.
+//! the responses say HTTP/2; a stream the server refuses goes again at once. The servers are
+//! hyper's and h2's, with rustls offering `h2` only.
 
+use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -11,62 +13,85 @@ use downpour_tokio::{ClientOptions, Config, Fetcher, Fifo, Proxy};
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::server::TlsStream;
 
-/// Starts the server on 127.0.0.1; returns its address, its certificate and the count of
-/// connections it accepted.
-async fn h2_server() -> (SocketAddr, Vec<u8>, Arc<AtomicUsize>) {
+/// Listens on 127.0.0.1 with TLS offering `h2` only, and runs `serve` on each connection
+/// (counted); returns the address, the certificate and the count of connections.
+async fn h2_listener<F, S>(serve: S) -> (SocketAddr, Vec<u8>, Arc<AtomicUsize>)
+where
+    S: Fn(TlsStream<TcpStream>) -> F + Send + Sync + 'static,
+    F: Future<Output = ()> + Send + 'static,
+{
     let ip = Ipv4Addr::LOCALHOST;
     let (mut config, der) = tls_config(ip);
     config.alpn_protocols = vec![b"h2".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
+    let listener = TcpListener::bind((ip, 0)).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let connections = Arc::new(AtomicUsize::new(0));
     let count = connections.clone();
+    let serve = Arc::new(serve);
     tokio::spawn(async move {
         loop {
             let Ok((tcp, _)) = listener.accept().await else {
                 continue;
             };
             count.fetch_add(1, Ordering::SeqCst);
-            let acceptor = acceptor.clone();
+            let (acceptor, serve) = (acceptor.clone(), serve.clone());
             tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let service = service_fn(
-                    |request: hyper::Request<hyper::body::Incoming>| async move {
-                        let text = format!("{:?} {}", request.version(), request.uri());
-                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
-                            Bytes::from(text),
-                        )))
-                    },
-                );
-                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tls), service)
-                    .await;
+                if let Ok(tls) = acceptor.accept(tcp).await {
+                    serve(tls).await;
+                }
             });
         }
     });
     (addr, der, connections)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn requests_to_one_origin_share_one_http2_connection() {
-    let (addr, certificate, connections) = h2_server().await;
+/// hyper's HTTP/2 server, answering with the version and the URI.
+async fn h2_server() -> (SocketAddr, Vec<u8>, Arc<AtomicUsize>) {
+    h2_listener(|tls| async move {
+        let service = service_fn(
+            |request: hyper::Request<hyper::body::Incoming>| async move {
+                let text = format!("{:?} {}", request.version(), request.uri());
+                Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from(
+                    text,
+                ))))
+            },
+        );
+        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .serve_connection(TokioIo::new(tls), service)
+            .await;
+    })
+    .await
+}
+
+/// A FIFO fetcher that trusts `certificate`, and the requests it finishes.
+fn fetcher_trusting(
+    certificate: Vec<u8>,
+    config: Config,
+) -> (Fetcher<Probe>, Arc<Mutex<Vec<Probe>>>) {
     let options = ClientOptions {
         proxy: Proxy::None,
         extra_root_certificates: vec![certificate],
         ..Default::default()
     };
-    let config = Config {
-        concurrency: 8,
-        ..test_config()
-    };
     let mut fetcher = Fetcher::with_options(config, Fifo::new(), options).unwrap();
     let finished = Arc::new(Mutex::new(Vec::new()));
     let sink = finished.clone();
     fetcher.on_finished(move |p: Probe| sink.lock().unwrap().push(p));
+    (fetcher, finished)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_to_one_origin_share_one_http2_connection() {
+    let (addr, certificate, connections) = h2_server().await;
+    let config = Config {
+        concurrency: 8,
+        ..test_config()
+    };
+    let (mut fetcher, finished) = fetcher_trusting(certificate, config);
     // A first request opens the connection; the rest go over it, up to eight at once.
     fetcher
         .enqueue(Probe::new(&format!("https://{addr}/first"), 0))
@@ -93,4 +118,74 @@ async fn requests_to_one_origin_share_one_http2_connection() {
         1,
         "one connection for all"
     );
+}
+
+/// An HTTP/2 server that refuses the first `refusals` streams (`RST_STREAM` with
+/// `REFUSED_STREAM`: not processed, RFC 9113 8.7) and answers the others; returns its
+/// address, certificate and the count of streams it saw.
+async fn refusing_h2_server(refusals: usize) -> (SocketAddr, Vec<u8>, Arc<AtomicUsize>) {
+    let streams = Arc::new(AtomicUsize::new(0));
+    let count = streams.clone();
+    let (addr, der, _) = h2_listener(move |tls| {
+        let count = count.clone();
+        async move {
+            let Ok(mut connection) = h2::server::handshake(tls).await else {
+                return;
+            };
+            while let Some(Ok((request, mut respond))) = connection.accept().await {
+                if count.fetch_add(1, Ordering::SeqCst) < refusals {
+                    respond.send_reset(h2::Reason::REFUSED_STREAM);
+                    continue;
+                }
+                let text = format!("answered {}", request.uri().path());
+                let Ok(mut body) = respond.send_response(hyper::Response::new(()), false) else {
+                    continue;
+                };
+                let _ = body.send_data(Bytes::from(text), true);
+            }
+        }
+    })
+    .await;
+    (addr, der, streams)
+}
+
+/// A stream the server refused was never processed: it goes again at once (no retry counted,
+/// no back-off), even with retries off; a server that keeps refusing fails it, with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_http2_stream_is_sent_again_at_once() {
+    for (refusals, ok) in [
+        (1, true),
+        (2 * downpour_common::MAX_RESENDS as usize, false),
+    ] {
+        let (addr, certificate, streams) = refusing_h2_server(refusals).await;
+        let config = Config {
+            max_retries: 0,
+            ..test_config()
+        };
+        let (mut fetcher, finished) = fetcher_trusting(certificate, config);
+        fetcher
+            .enqueue(Probe::new(&format!("https://{addr}/refused"), 0))
+            .unwrap();
+        let stats = fetcher.run().await;
+        let finished = finished.lock().unwrap();
+        let result = finished[0].result();
+        assert_eq!(result.ok, ok, "{refusals} refusals: {result:?}");
+        assert_eq!((result.retries, stats.retries), (0, 0));
+        if ok {
+            assert_eq!(String::from_utf8_lossy(&result.body), "answered /refused");
+            assert_eq!(
+                streams.load(Ordering::SeqCst),
+                2,
+                "refused once, then answered"
+            );
+        } else {
+            assert!(result.error.contains("refused"), "{result:?}");
+            let sent = streams.load(Ordering::SeqCst);
+            assert_eq!(
+                sent,
+                1 + downpour_common::MAX_RESENDS as usize,
+                "sent {sent} times"
+            );
+        }
+    }
 }
