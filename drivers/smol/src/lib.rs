@@ -709,10 +709,8 @@ impl<R: Request + Send + 'static> Fetcher<R> {
                 Action::HandOff(hand_off) => {
                     #[cfg(feature = "redis")]
                     if let Some(link) = &mut self.redis {
-                        // Stored in the owner's inbox; refused, it stays here.
-                        if let Err(hand_off) = link.store.handle_hand_off(hand_off) {
-                            self.scheduler.handle_hand_off(Instant::now(), hand_off);
-                        }
+                        link.store
+                            .handle_hand_off(Instant::now(), hand_off, &mut self.scheduler);
                         continue;
                     }
                     pass_on(&mut self.on_hand_off, &mut self.scheduler, hand_off);

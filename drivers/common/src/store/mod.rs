@@ -462,27 +462,27 @@ impl<R: Request> Store<R> {
 
     /// An [`Action::HandOff`](downpour::Action::HandOff): a redirect took a request to a host
     /// of another partition. It is written to that partition's inbox, with its route, before
-    /// the request's removal here (the [`Persist::Finished`] that follows it). Gives it back
-    /// when it cannot be written: the scheduler then takes it back itself.
-    pub fn handle_hand_off(&mut self, hand_off: HandOff<R>) -> Result<(), HandOff<R>> {
-        let json = match serde_json::to_string(&hand_off) {
-            Ok(json) => json,
+    /// the request's removal here (the [`Persist::Finished`] that follows it). One that
+    /// cannot be written goes back into `scheduler`, which fetches it itself.
+    pub fn handle_hand_off(
+        &mut self,
+        now: Instant,
+        hand_off: HandOff<R>,
+        scheduler: &mut Scheduler<R>,
+    ) {
+        match serde_json::to_string(&hand_off) {
+            Ok(json) => self.writes.push_back(Write::Inbox {
+                partition: hand_off.partition(),
+                json: format!("{HAND_OFF}{json}"),
+            }),
             Err(e) => {
                 log::error!(
                     "a request redirected to {} cannot be serialized ({e}): it is fetched here, in memory only",
                     hand_off.url()
                 );
-                return Err(hand_off);
+                scheduler.handle_hand_off(now, hand_off);
             }
-        };
-        let partition = self
-            .keys
-            .partition_of(hand_off.url().host_str().unwrap_or(""));
-        self.writes.push_back(Write::Inbox {
-            partition,
-            json: format!("{HAND_OFF}{json}"),
-        });
-        Ok(())
+        }
     }
 
     /// The application stops: fetching ends, writes are flushed, the lease is given back.
