@@ -110,6 +110,9 @@ pub struct Probe {
     pub panic_in: Option<String>,
     /// Its own proxy.
     pub proxy: Option<Url>,
+    /// Its method, when not GET (not stored with Redis).
+    #[serde(skip)]
+    pub method: Option<http::Method>,
     /// Callbacks, in order: `status 200`, `headers`, `url <url>`, `success`, `error <kind>`,
     /// `done`.
     #[serde(skip)]
@@ -150,6 +153,7 @@ impl Probe {
             tag,
             panic_in: None,
             proxy: None,
+            method: None,
             events: Vec::new(),
             result: None,
         }
@@ -176,6 +180,10 @@ impl Request for Probe {
 
     fn proxy(&self) -> Option<Url> {
         self.proxy.clone()
+    }
+
+    fn method(&self) -> http::Method {
+        self.method.clone().unwrap_or(http::Method::GET)
     }
 
     fn on_url(&mut self, _ctx: &mut Context<Self>, url: &Url) {

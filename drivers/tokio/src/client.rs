@@ -177,19 +177,16 @@ impl HttpClient {
             }
         };
         let body = Full::new(fetch.body);
-        // Only a request that may be repeated is sent again (RFC 9110, 9.2.2). It keeps the
-        // headers as given (most often none, a copy that costs nothing), and is boxed so that
-        // the hop's future stays small.
-        let resend = fetch.method.is_idempotent().then(|| {
-            Box::new(Resend {
-                client: Arc::clone(client),
-                method: fetch.method.clone(),
-                url: fetch.url,
-                given: fetch.headers.clone(),
-                user_agent: user_agent.clone(),
-                http_auth: http_auth.clone(),
-                body: body.clone(),
-            })
+        // The copy keeps the headers as given (most often none, a copy that costs nothing),
+        // and is boxed so that the hop's future stays small.
+        let resend = Box::new(Resend {
+            client: Arc::clone(client),
+            method: fetch.method.clone(),
+            url: fetch.url,
+            given: fetch.headers.clone(),
+            user_agent: user_agent.clone(),
+            http_auth: http_auth.clone(),
+            body: body.clone(),
         });
         let headers = with_proxy_auth(headers_to_send(fetch.headers, user_agent), http_auth);
         let limits = Limits {
@@ -228,13 +225,13 @@ fn request_of(
 /// A hop's request on its way, with what it takes to send it again.
 struct Outgoing {
     response: ResponseFuture,
-    resend: Option<Box<Resend>>,
+    resend: Box<Resend>,
 }
 
-/// A copy of an idempotent request, sent again when a reused connection drops it before a
-/// byte of an answer (see [`Carried::dropped_on_reuse`]): a server may close an idle
-/// connection just as a request goes out on it (its keep-alive timeout ending then), and
-/// never see the request. At most [`MAX_RESENDS`] times, within the hop's timeout (the
+/// A copy of a request, sent again when a reused connection drops it before a byte of an
+/// answer (see [`Carried::dropped_on_reuse`]; idempotent requests only), since a server may
+/// close an idle connection just as a request goes out on it (its keep-alive timeout ending
+/// then) and never see the request; or when an HTTP/2 server refuses its stream. At most [`MAX_RESENDS`] times, within the hop's timeout (the
 /// whole hop runs under it). The scheduler counts no retry, since the server answered
 /// nothing.
 struct Resend {
@@ -326,16 +323,15 @@ async fn send(outgoing: Outgoing, limits: Limits) -> HopResult {
             Ok(r) => break r,
             Err(e) => {
                 // Several idle connections to a host may have been closed together: each
-                // resend may meet the next of them, and a fresh one ends it. An HTTP/2
-                // server may refuse a stream it had no room for: it goes again as well.
-                let again = outgoing
-                    .resend
-                    .as_ref()
-                    .filter(|_| {
-                        resends < MAX_RESENDS
-                            && (Carried::dropped_on_reuse(&e) || refused_stream(&e))
-                    })
-                    .and_then(|resend| resend.send());
+                // resend may meet the next of them, and a fresh one ends it; only a request
+                // that may be repeated goes again (RFC 9110, 9.2.2), since the server may
+                // have seen it. An HTTP/2 server that refuses a stream (it had no room for
+                // it) did not process it: any request goes again (RFC 9113, 8.7).
+                let resend = &outgoing.resend;
+                let goes_again = resends < MAX_RESENDS
+                    && ((resend.method.is_idempotent() && Carried::dropped_on_reuse(&e))
+                        || refused_stream(&e));
+                let again = if goes_again { resend.send() } else { None };
                 match again {
                     Some(again) => {
                         resends += 1;

@@ -137,7 +137,7 @@ async fn refusing_h2_server(refusals: usize) -> (SocketAddr, Vec<u8>, Arc<Atomic
                     respond.send_reset(h2::Reason::REFUSED_STREAM);
                     continue;
                 }
-                let text = format!("answered {}", request.uri().path());
+                let text = format!("answered {} {}", request.method(), request.uri().path());
                 let Ok(mut body) = respond.send_response(hyper::Response::new(()), false) else {
                     continue;
                 };
@@ -150,12 +150,18 @@ async fn refusing_h2_server(refusals: usize) -> (SocketAddr, Vec<u8>, Arc<Atomic
 }
 
 /// A stream the server refused was never processed: it goes again at once (no retry counted,
-/// no back-off), even with retries off; a server that keeps refusing fails it, with the reason.
+/// no back-off), even with retries off and even a POST; a server that keeps refusing fails
+/// it, with the reason.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_http2_stream_is_sent_again_at_once() {
-    for (refusals, ok) in [
-        (1, true),
-        (2 * downpour_common::MAX_RESENDS as usize, false),
+    for (method, refusals, ok) in [
+        (http::Method::GET, 1, true),
+        (http::Method::POST, 1, true),
+        (
+            http::Method::GET,
+            2 * downpour_common::MAX_RESENDS as usize,
+            false,
+        ),
     ] {
         let (addr, certificate, streams) = refusing_h2_server(refusals).await;
         let config = Config {
@@ -163,16 +169,19 @@ async fn a_refused_http2_stream_is_sent_again_at_once() {
             ..test_config()
         };
         let (mut fetcher, finished) = fetcher_trusting(certificate, config);
-        fetcher
-            .enqueue(Probe::new(&format!("https://{addr}/refused"), 0))
-            .unwrap();
+        let mut probe = Probe::new(&format!("https://{addr}/refused"), 0);
+        probe.method = Some(method.clone());
+        fetcher.enqueue(probe).unwrap();
         let stats = fetcher.run().await;
         let finished = finished.lock().unwrap();
         let result = finished[0].result();
-        assert_eq!(result.ok, ok, "{refusals} refusals: {result:?}");
+        assert_eq!(result.ok, ok, "{method} {refusals} refusals: {result:?}");
         assert_eq!((result.retries, stats.retries), (0, 0));
         if ok {
-            assert_eq!(String::from_utf8_lossy(&result.body), "answered /refused");
+            assert_eq!(
+                String::from_utf8_lossy(&result.body),
+                format!("answered {method} /refused")
+            );
             assert_eq!(
                 streams.load(Ordering::SeqCst),
                 2,
