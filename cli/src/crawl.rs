@@ -2,22 +2,42 @@
 //! is left. The fetcher does the rest (`Fetcher::with_redis`).
 //!
 //! Seeding writes the requests of the input straight into the inboxes of their hosts'
-//! partitions (the layout of `downpour_common::store`, the JSON the drivers store), with
-//! the crawl's settings and a marker `{prefix}:seeded`, in one `MULTI`/`EXEC` that watches
-//! the marker: all or nothing, and once. A worker started with the same file while the
-//! crawl is seeded, or again after a crash, resumes it instead.
+//! partitions (the layout of `downpour_common::store`, the JSON the drivers store), a chunk
+//! at a time, each chunk with the seeding's progress in one `MULTI`/`EXEC`; the last one
+//! sets the marker `{prefix}:seeded`. One worker seeds, under a lease; a worker started
+//! while it does waits for the marker, and one started after a crash mid-seeding goes on
+//! where the dead one stopped. A worker started once the crawl is seeded resumes it.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use downpour_common::store::{partition_of, redacted_url, Keys, RedisOptions, FORMAT};
 use redis::{Connection, Value};
 
-use crate::input::Line;
+use crate::input::{Input, Line};
 use crate::record::Record;
 
-/// Most values in one `RPUSH`.
-const CHUNK: usize = 1000;
+/// Most requests stored in one transaction while seeding: what the seeding worker holds in
+/// memory, and the most a crash makes the next one read again.
+const SEED_CHUNK: usize = 2000;
+
+/// Lines skipped between two looks at the lease, when a worker goes on with a seeding.
+const SKIP_STEP: u64 = 100_000;
+
+/// How often a worker looks whether the one seeding the crawl is done (or gone).
+const LEASE_POLL: Duration = Duration::from_millis(100);
+
+/// Requests of the list, ready for Redis, and how far the list was read.
+struct Chunk {
+    by_partition: BTreeMap<u32, Vec<String>>,
+    /// Lines read so far (the line number of the last one), and their SHA-256.
+    lines: u64,
+    digest: String,
+    /// Requests stored with this chunk, since the seeding began.
+    requests: u64,
+    /// The list ended: the crawl is seeded.
+    last: bool,
+}
 
 /// A sync connection to the crawl's Redis, for seeding and counting.
 pub struct Crawl {
@@ -28,11 +48,13 @@ pub struct Crawl {
 
 /// The input's part in the crawl.
 pub enum Seeding {
-    /// This worker seeded the crawl: the records of the lines that are not URLs, and how
-    /// many requests it wrote.
+    /// This worker seeded the crawl (or finished seeding it): how many lines were not URLs,
+    /// how many requests the crawl was seeded with, and the line it went on from when it
+    /// took over from a worker that died seeding.
     Seeded {
-        invalid: Vec<Record>,
-        requests: usize,
+        invalid: usize,
+        requests: u64,
+        resumed_at: Option<u64>,
     },
     /// The crawl was seeded before (by another worker, or an earlier run).
     Resumed,
@@ -100,43 +122,221 @@ impl Crawl {
         )
     }
 
-    /// Seeds the crawl with the lines of the input, unless it is seeded already (checked
-    /// again inside the transaction: of several workers started together, one seeds).
-    pub fn seed(&mut self, lines: Vec<Line>) -> Result<Seeding, String> {
-        let mut invalid = Vec::new();
-        let mut by_partition: BTreeMap<u32, Vec<String>> = BTreeMap::new();
-        let mut requests = 0;
-        for line in lines {
-            match line {
-                Line::Invalid(record) => invalid.push(record),
-                Line::Request(request) => {
-                    let partition = partition_of(
-                        request.url.host_str().unwrap_or(""),
-                        self.options.partitions,
-                    );
-                    let json = serde_json::to_string(&request)
-                        .map_err(|e| format!("cannot serialize line {}: {e}", request.line))?;
-                    by_partition.entry(partition).or_default().push(json);
-                    requests += 1;
+    /// Seeds the crawl with the lines of the input, unless it is seeded already, writing
+    /// the records of the lines that are not URLs with `invalid` as they are read.
+    ///
+    /// Of several workers started together one seeds, holding the lease
+    /// `{prefix}:seeding:lease`; the others wait for the marker. The requests go in chunks of
+    /// [`SEED_CHUNK`], each in one `MULTI`/`EXEC` with the progress `{prefix}:seeding` (the
+    /// lines read and their SHA-256), so memory stays small whatever the list's length, and
+    /// a worker that takes over the lease of a dead one goes on from the first line not
+    /// seeded, once it has checked that its list begins with the same lines.
+    pub fn seed(
+        &mut self,
+        input: Input,
+        mut invalid: impl FnMut(&Record),
+        quiet: bool,
+    ) -> Result<Seeding, String> {
+        let mut input = input.with_digest();
+        let token = uuid::Uuid::new_v4().to_string();
+        let mut said_waiting = false;
+        while !self.take_lease(&token)? {
+            if self.is_seeded()? {
+                return Ok(Seeding::Resumed);
+            }
+            if !quiet && !said_waiting {
+                eprintln!(
+                    "downpour: another worker is seeding crawl `{}`: waiting for it",
+                    self.options.prefix
+                );
+                said_waiting = true;
+            }
+            std::thread::sleep(LEASE_POLL);
+        }
+        // Seeded between the look at start and the lease.
+        if self.is_seeded()? {
+            self.release_lease(&token)?;
+            return Ok(Seeding::Resumed);
+        }
+        let progress = self.progress()?;
+        let resumed_at = match &progress {
+            Some((lines, digest, _)) => {
+                if !self.skip_stored(&mut input, *lines, &token)? || input.digest() != *digest {
+                    self.release_lease(&token)?;
+                    return Err(format!(
+                        "the crawl `{}` is being seeded from another list: the first {lines} \
+                         lines of this one differ (start this worker with the same file as \
+                         the first)",
+                        self.options.prefix
+                    ));
+                }
+                Some(*lines + 1)
+            }
+            None => None,
+        };
+        let mut requests = progress.map_or(0, |(_, _, requests)| requests);
+        let mut invalid_lines = 0;
+        // Committed early when the list is slow to come, so that the lease stays renewed.
+        let commit_after = self.options.lease_ttl / 3;
+        loop {
+            let mut by_partition: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+            let mut chunk = 0;
+            let mut ended = false;
+            let started = Instant::now();
+            while chunk < SEED_CHUNK && started.elapsed() < commit_after {
+                match input.next_line()? {
+                    None => {
+                        ended = true;
+                        break;
+                    }
+                    // Written before the chunk is stored: a crash repeats it, never loses it.
+                    Some(Line::Invalid(record)) => {
+                        invalid(&record);
+                        invalid_lines += 1;
+                    }
+                    Some(Line::Request(request)) => {
+                        let partition = partition_of(
+                            request.url.host_str().unwrap_or(""),
+                            self.options.partitions,
+                        );
+                        let json = serde_json::to_string(&request)
+                            .map_err(|e| format!("cannot serialize line {}: {e}", request.line))?;
+                        by_partition.entry(partition).or_default().push(json);
+                        chunk += 1;
+                    }
                 }
             }
+            requests += chunk as u64;
+            let chunk = Chunk {
+                by_partition,
+                lines: input.lines_read(),
+                digest: input.digest(),
+                requests,
+                last: ended,
+            };
+            self.store_chunk(&token, &chunk)?;
+            if ended {
+                return Ok(Seeding::Seeded {
+                    invalid: invalid_lines,
+                    requests,
+                    resumed_at,
+                });
+            }
         }
+    }
+
+    /// Takes the seeding lease, if no other worker holds it.
+    fn take_lease(&mut self, token: &str) -> Result<bool, String> {
+        let taken: Option<String> = redis::cmd("SET")
+            .arg(self.lease())
+            .arg(token)
+            .arg("NX")
+            .arg("PX")
+            .arg(self.lease_ms())
+            .query(&mut self.connection)
+            .map_err(|e| self.failed(e))?;
+        Ok(taken.is_some())
+    }
+
+    /// Reads the input up to line `lines`, which an earlier seeding stored, keeping the lease
+    /// meanwhile (a long list takes a while): `false` if the input ends first.
+    fn skip_stored(&mut self, input: &mut Input, lines: u64, token: &str) -> Result<bool, String> {
+        let mut renewed = Instant::now();
+        while input.lines_read() < lines {
+            let step = (input.lines_read() + SKIP_STEP).min(lines);
+            if !input.skip_to(step)? {
+                return Ok(false);
+            }
+            if renewed.elapsed() >= self.options.lease_ttl / 3 {
+                self.renew_lease(token)?;
+                renewed = Instant::now();
+            }
+        }
+        Ok(true)
+    }
+
+    /// Extends the seeding lease, which this worker holds.
+    fn renew_lease(&mut self, token: &str) -> Result<(), String> {
+        let lease = self.lease();
+        let lease_ms = self.lease_ms();
+        let held = redis::transaction(&mut self.connection, &[&lease], |connection, pipe| {
+            let holder: Option<String> = redis::cmd("GET").arg(&lease).query(connection)?;
+            if holder.as_deref() != Some(token) {
+                return Ok(Some(false));
+            }
+            pipe.cmd("PEXPIRE").arg(&lease).arg(lease_ms).ignore();
+            let reply: Value = pipe.query(connection)?;
+            Ok((reply != Value::Nil).then_some(true))
+        })
+        .map_err(|e| self.failed(e))?;
+        if held {
+            Ok(())
+        } else {
+            Err(self.lost_lease())
+        }
+    }
+
+    fn lost_lease(&self) -> String {
+        format!(
+            "this worker's lease on seeding the crawl `{}` ran out (its list came slower than \
+             --lease-ttl) and another worker took the seeding over: start this one again to \
+             join the crawl",
+            self.options.prefix
+        )
+    }
+
+    /// Lets the seeding lease go, if this worker still holds it.
+    fn release_lease(&mut self, token: &str) -> Result<(), String> {
+        let lease = self.lease();
+        redis::transaction(&mut self.connection, &[&lease], |connection, pipe| {
+            let holder: Option<String> = redis::cmd("GET").arg(&lease).query(connection)?;
+            if holder.as_deref() != Some(token) {
+                return Ok(Some(()));
+            }
+            pipe.cmd("DEL").arg(&lease).ignore();
+            let reply: Value = pipe.query(connection)?;
+            Ok((reply != Value::Nil).then_some(()))
+        })
+        .map_err(|e| self.failed(e))
+    }
+
+    /// What an earlier seeding stored: the lines read, their digest, the requests written.
+    fn progress(&mut self) -> Result<Option<(u64, String, u64)>, String> {
+        let fields: (Option<u64>, Option<String>, Option<u64>) = redis::cmd("HMGET")
+            .arg(self.progress_key())
+            .arg(&["lines", "digest", "requests"])
+            .query(&mut self.connection)
+            .map_err(|e| self.failed(e))?;
+        Ok(match fields {
+            (Some(lines), Some(digest), Some(requests)) => Some((lines, digest, requests)),
+            _ => None,
+        })
+    }
+
+    /// Writes a chunk's requests with the progress, or with the marker for the last one,
+    /// in one transaction that holds only while this worker holds the lease.
+    fn store_chunk(&mut self, token: &str, chunk: &Chunk) -> Result<(), String> {
+        let lease = self.lease();
+        let progress = self.progress_key();
         let marker = self.marker();
         let meta = self.keys.meta();
         let keys = self.keys.clone();
         let partitions = self.options.partitions;
+        let lease_ms = self.lease_ms();
         let outcome = redis::transaction(
             &mut self.connection,
-            &[&marker, &meta],
+            &[&lease, &marker, &meta],
             |connection, pipe| {
-                let seeded: bool = redis::cmd("EXISTS").arg(&marker).query(connection)?;
-                if seeded {
-                    return Ok(Some(Err(None)));
-                }
-                let stored: Option<String> = redis::cmd("HGET")
+                let (holder, stored): (Option<String>, Option<String>) = redis::pipe()
+                    .cmd("GET")
+                    .arg(&lease)
+                    .cmd("HGET")
                     .arg(&meta)
                     .arg("partitions")
                     .query(connection)?;
+                if holder.as_deref() != Some(token) {
+                    return Ok(Some(Err(None)));
+                }
                 if let Some(stored) = stored.filter(|s| *s != partitions.to_string()) {
                     return Ok(Some(Err(Some(stored))));
                 }
@@ -150,24 +350,50 @@ impl Crawl {
                     .arg("partitions")
                     .arg(partitions)
                     .ignore();
-                for (partition, items) in &by_partition {
+                for (partition, items) in &chunk.by_partition {
                     let inbox = keys.partition(*partition).inbox;
-                    for chunk in items.chunks(CHUNK) {
-                        pipe.cmd("RPUSH").arg(&inbox).arg(chunk).ignore();
-                    }
+                    pipe.cmd("RPUSH").arg(&inbox).arg(items).ignore();
                 }
-                pipe.cmd("SET").arg(&marker).arg(requests).ignore();
-                // Nil: the marker or the settings changed since WATCH; look again.
+                if chunk.last {
+                    pipe.cmd("SET").arg(&marker).arg(chunk.requests).ignore();
+                    pipe.cmd("DEL").arg(&progress).arg(&lease).ignore();
+                } else {
+                    pipe.cmd("HSET")
+                        .arg(&progress)
+                        .arg("lines")
+                        .arg(chunk.lines)
+                        .arg("digest")
+                        .arg(&chunk.digest)
+                        .arg("requests")
+                        .arg(chunk.requests)
+                        .ignore();
+                    pipe.cmd("PEXPIRE").arg(&lease).arg(lease_ms).ignore();
+                }
+                // Nil: the lease, the marker or the settings changed since WATCH; look again.
                 let reply: Value = pipe.query(connection)?;
                 Ok((reply != Value::Nil).then_some(Ok(())))
             },
         )
         .map_err(|e| self.failed(e))?;
         match outcome {
-            Ok(()) => Ok(Seeding::Seeded { invalid, requests }),
-            Err(None) => Ok(Seeding::Resumed),
+            Ok(()) => Ok(()),
+            Err(None) => Err(self.lost_lease()),
             Err(Some(stored)) => Err(self.mismatch(&stored)),
         }
+    }
+
+    /// The lease of the worker seeding the crawl, next to the marker.
+    fn lease(&self) -> String {
+        format!("{{{}}}:seeding:lease", self.options.prefix)
+    }
+
+    /// How far the seeding went, while it goes on.
+    fn progress_key(&self) -> String {
+        format!("{{{}}}:seeding", self.options.prefix)
+    }
+
+    fn lease_ms(&self) -> u64 {
+        u64::try_from(self.options.lease_ttl.as_millis()).unwrap_or(u64::MAX)
     }
 
     /// How many requests the whole crawl still holds (stored and in inboxes, all partitions).

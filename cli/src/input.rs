@@ -5,6 +5,8 @@ use std::borrow::Cow;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader};
 
+use sha2::{Digest, Sha256};
+
 use crate::driver::lib::parse_url;
 use crate::record::{CliRequest, Record};
 
@@ -21,6 +23,8 @@ pub struct Input {
     /// Lines read so far, blank ones included (the next line's number is one more).
     number: u64,
     buffer: Vec<u8>,
+    /// SHA-256 of the bytes read so far, when asked for ([`Input::with_digest`]).
+    digest: Option<Sha256>,
 }
 
 impl Input {
@@ -38,7 +42,55 @@ impl Input {
             path: path.to_string(),
             number: 0,
             buffer: Vec::new(),
+            digest: None,
         })
+    }
+
+    /// Keeps a SHA-256 of every byte read, so that a crawl's seeding can tell whether a
+    /// list is the one it was being seeded from.
+    pub fn with_digest(mut self) -> Input {
+        self.digest = Some(Sha256::new());
+        self
+    }
+
+    /// How many lines were read, blank ones and comments included.
+    pub fn lines_read(&self) -> u64 {
+        self.number
+    }
+
+    /// The SHA-256 (hex) of the lines read so far; empty without [`Input::with_digest`].
+    pub fn digest(&self) -> String {
+        self.digest
+            .as_ref()
+            .map(|d| crate::record::hex(&d.clone().finalize()))
+            .unwrap_or_default()
+    }
+
+    /// Reads up to line `number` (included) without parsing: `false` if the list ends first.
+    pub fn skip_to(&mut self, number: u64) -> Result<bool, String> {
+        while self.number < number {
+            if !self.read_raw()? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// The next line into `buffer`, whatever it holds: `false` at the end of the list.
+    fn read_raw(&mut self) -> Result<bool, String> {
+        self.buffer.clear();
+        let read = self
+            .reader
+            .read_until(b'\n', &mut self.buffer)
+            .map_err(|e| cannot_read(&self.path, e))?;
+        if read == 0 {
+            return Ok(false);
+        }
+        self.number += 1;
+        if let Some(digest) = &mut self.digest {
+            digest.update(&self.buffer);
+        }
+        Ok(true)
     }
 
     /// The next line that is neither blank nor a comment; `None` at the end of the list. A
@@ -46,15 +98,9 @@ impl Input {
     /// failure to read is.
     pub fn next_line(&mut self) -> Result<Option<Line>, String> {
         loop {
-            self.buffer.clear();
-            let read = self
-                .reader
-                .read_until(b'\n', &mut self.buffer)
-                .map_err(|e| cannot_read(&self.path, e))?;
-            if read == 0 {
+            if !self.read_raw()? {
                 return Ok(None);
             }
-            self.number += 1;
             let text = String::from_utf8_lossy(&self.buffer);
             let Some(input) = listed(&text) else {
                 continue;
@@ -80,15 +126,6 @@ impl Input {
             ));
             return Ok(Some(line));
         }
-    }
-
-    /// Every line left, at once (to seed a crawl in Redis).
-    pub fn read_all(mut self) -> Result<Vec<Line>, String> {
-        let mut lines = Vec::new();
-        while let Some(line) = self.next_line()? {
-            lines.push(line);
-        }
-        Ok(lines)
     }
 }
 

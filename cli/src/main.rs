@@ -160,23 +160,31 @@ fn fetch(args: FetchArgs) -> Result<ExitCode, String> {
         None => None,
     };
 
-    // With Redis: the lines that are not URLs, when this worker seeds the crawl.
-    let mut invalid = Vec::new();
+    // With Redis: how many lines were not URLs, when this worker seeds the crawl (their
+    // records are written as the list is read).
+    let mut invalid = 0;
     let mut input = input;
     if let Some((name, crawl)) = &mut crawl {
         let seeding = match input.take() {
-            Some(input) => crawl.seed(input.read_all()?)?,
+            Some(input) => crawl.seed(input, |record| output.write(record), args.quiet)?,
             None => Seeding::Resumed,
         };
         match seeding {
             Seeding::Seeded {
-                invalid: records,
+                invalid: lines,
                 requests,
+                resumed_at,
             } => {
                 if !args.quiet {
+                    if let Some(line) = resumed_at {
+                        eprintln!(
+                            "downpour: went on seeding crawl {name} from line {line}, where \
+                             a worker that died left it"
+                        );
+                    }
                     eprintln!("downpour: seeded crawl {name} with {requests} URLs");
                 }
-                invalid = records;
+                invalid = lines;
             }
             Seeding::Resumed => {
                 if !args.quiet {
@@ -186,7 +194,7 @@ fn fetch(args: FetchArgs) -> Result<ExitCode, String> {
         }
     }
     let total = match &mut crawl {
-        Some((_, crawl)) => Some(crawl.unfinished()? + invalid.len() as u64),
+        Some((_, crawl)) => Some(crawl.unfinished()? + invalid as u64),
         None => input::count(&args.urls)?,
     };
 
@@ -211,9 +219,8 @@ fn fetch(args: FetchArgs) -> Result<ExitCode, String> {
         logger::install(monitor.clone(), !args.quiet);
     }
     let counters = monitor.counters.clone();
-    for record in invalid {
+    for _ in 0..invalid {
         counters.count(true);
-        output.write(&record);
     }
     // Without Redis: the first `backlog` requests now, then one more as each finishes.
     let feed = input.map(|input| {

@@ -1309,6 +1309,109 @@ fn redis_a_killed_worker_started_again_leaves_no_url_out() {
     assert_eq!(redis.unfinished("kill", 1), 0);
 }
 
+/// Seeding stores the list a chunk at a time with its progress: a worker killed while it
+/// seeds leaves what it stored, a worker with another list is refused, and one with the same
+/// list goes on from the first line not stored. Every line gets one record.
+#[test]
+fn redis_a_worker_killed_while_seeding_is_followed_from_where_it_stopped() {
+    let redis = RedisServer::start();
+    let servers = Servers::start(3);
+    let dir = scratch("redis-seed-kill");
+    let text: Vec<String> = (0..3000)
+        .map(|i| match i {
+            7 | 2500 => format!("not a url {i}"),
+            _ => servers.url(i % 3, &format!("/page/{i}")),
+        })
+        .collect();
+    let args = ["--delay", "0ms", "--partitions", "2", "--lease-ttl", "1s"];
+
+    // The first worker reads its list from stdin, which gives it 2,100 lines, then nothing.
+    let mut first = redis_worker(&redis, "slow", Path::new("-"), &args)
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = first.stdin.take().unwrap();
+    std::io::Write::write_all(&mut stdin, (text[..2100].join("\n") + "\n").as_bytes()).unwrap();
+    let mut connection = redis.connection().unwrap();
+    let mut stored = None;
+    wait_for("a chunk stored", || {
+        stored = redis::cmd("HGET")
+            .arg("{slow}:seeding")
+            .arg("lines")
+            .query::<Option<u64>>(&mut connection)
+            .unwrap();
+        stored.is_some()
+    });
+    first.kill().unwrap(); // SIGKILL
+    let first = first.wait_with_output().unwrap();
+    drop(stdin);
+    let stored = stored.unwrap();
+    assert!((1..=2100).contains(&stored), "{stored}");
+    let seeded: bool = redis::cmd("EXISTS")
+        .arg("{slow}:seeded")
+        .query(&mut connection)
+        .unwrap();
+    assert!(!seeded, "the list was not all read");
+
+    // Another list (line 5 differs) is refused once the dead worker's lease ran out.
+    let other = dir.join("other.txt");
+    let mut changed = text.clone();
+    changed[4] = servers.url(0, "/elsewhere");
+    std::fs::write(&other, changed.join("\n")).unwrap();
+    let refused = finish(
+        redis_worker(&redis, "slow", &other, &args).spawn().unwrap(),
+        "the worker with another list",
+    );
+    assert_eq!(refused.status.code(), Some(2), "{refused:?}");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("is being seeded from another list"),
+        "{stderr}"
+    );
+    assert!(refused.stdout.is_empty(), "{refused:?}");
+
+    let list = dir.join("urls.txt");
+    std::fs::write(&list, text.join("\n")).unwrap();
+    // Its records go to a file: more than a pipe holds while `finish` waits.
+    let output = dir.join("records.jsonl");
+    let second = finish(
+        redis_worker(&redis, "slow", &list, &args)
+            .args(["-o", output.to_str().unwrap()])
+            .spawn()
+            .unwrap(),
+        "the worker with the same list",
+    );
+    assert!(second.status.success(), "{second:?}");
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "went on seeding crawl `slow` from line {}",
+            stored + 1
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("seeded crawl `slow` with 2998 URLs"),
+        "{stderr}"
+    );
+    let mut all = records(&first.stdout);
+    assert_eq!(all.len(), 1, "the first worker wrote line 8's record only");
+    all.extend(records(&std::fs::read(&output).unwrap()));
+    let lines = lines_recorded(&all);
+    assert_eq!(lines.len(), 3000);
+    assert!(lines.values().all(|&n| n == 1), "{lines:?}");
+    assert_eq!(by_line(&all, 8)["error"]["kind"], "invalid_url");
+    assert_eq!(by_line(&all, 2501)["error"]["kind"], "invalid_url");
+    let hits = servers.hits("/page/");
+    assert_eq!(hits.len(), 2998, "each URL fetched once");
+    let leftovers: Vec<String> = redis::cmd("KEYS")
+        .arg("{slow}:seeding*")
+        .query(&mut connection)
+        .unwrap();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    assert_eq!(redis.unfinished("slow", 2), 0);
+}
+
 #[test]
 fn redis_unreachable_fails_at_start_with_one_line() {
     let closed = downpour_conformance::free_port();
