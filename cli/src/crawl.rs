@@ -44,6 +44,8 @@ pub struct Crawl {
     options: RedisOptions,
     keys: Keys,
     connection: Connection,
+    /// This worker's name on the seeding lease.
+    token: String,
 }
 
 /// The input's part in the crawl.
@@ -79,6 +81,7 @@ impl Crawl {
             keys: Keys::new(&options.prefix, options.partitions),
             options: options.clone(),
             connection,
+            token: uuid::Uuid::new_v4().to_string(),
         })
     }
 
@@ -138,9 +141,8 @@ impl Crawl {
         quiet: bool,
     ) -> Result<Seeding, String> {
         let mut input = input.with_digest();
-        let token = uuid::Uuid::new_v4().to_string();
         let mut said_waiting = false;
-        while !self.take_lease(&token)? {
+        while !self.take_lease()? {
             if self.is_seeded()? {
                 return Ok(Seeding::Resumed);
             }
@@ -155,14 +157,14 @@ impl Crawl {
         }
         // Seeded between the look at start and the lease.
         if self.is_seeded()? {
-            self.release_lease(&token)?;
+            self.release_lease()?;
             return Ok(Seeding::Resumed);
         }
         let progress = self.progress()?;
         let resumed_at = match &progress {
             Some((lines, digest, _)) => {
-                if !self.skip_stored(&mut input, *lines, &token)? || input.digest() != *digest {
-                    self.release_lease(&token)?;
+                if !self.skip_stored(&mut input, *lines)? || input.digest() != *digest {
+                    self.release_lease()?;
                     return Err(format!(
                         "the crawl `{}` is being seeded from another list: the first {lines} \
                          lines of this one differ (start this worker with the same file as \
@@ -214,7 +216,7 @@ impl Crawl {
                 requests,
                 last: ended,
             };
-            self.store_chunk(&token, &chunk)?;
+            self.store_chunk(&chunk)?;
             if ended {
                 return Ok(Seeding::Seeded {
                     invalid: invalid_lines,
@@ -226,10 +228,10 @@ impl Crawl {
     }
 
     /// Takes the seeding lease, if no other worker holds it.
-    fn take_lease(&mut self, token: &str) -> Result<bool, String> {
+    fn take_lease(&mut self) -> Result<bool, String> {
         let taken: Option<String> = redis::cmd("SET")
             .arg(self.lease())
-            .arg(token)
+            .arg(&self.token)
             .arg("NX")
             .arg("PX")
             .arg(self.lease_ms())
@@ -240,7 +242,7 @@ impl Crawl {
 
     /// Reads the input up to line `lines`, which an earlier seeding stored, keeping the lease
     /// meanwhile (a long list takes a while): `false` if the input ends first.
-    fn skip_stored(&mut self, input: &mut Input, lines: u64, token: &str) -> Result<bool, String> {
+    fn skip_stored(&mut self, input: &mut Input, lines: u64) -> Result<bool, String> {
         let mut renewed = Instant::now();
         while input.lines_read() < lines {
             let step = (input.lines_read() + SKIP_STEP).min(lines);
@@ -248,7 +250,7 @@ impl Crawl {
                 return Ok(false);
             }
             if renewed.elapsed() >= self.options.lease_ttl / 3 {
-                self.renew_lease(token)?;
+                self.renew_lease()?;
                 renewed = Instant::now();
             }
         }
@@ -256,9 +258,10 @@ impl Crawl {
     }
 
     /// Extends the seeding lease, which this worker holds.
-    fn renew_lease(&mut self, token: &str) -> Result<(), String> {
+    fn renew_lease(&mut self) -> Result<(), String> {
         let lease = self.lease();
         let lease_ms = self.lease_ms();
+        let token = self.token.as_str();
         let held = redis::transaction(&mut self.connection, &[&lease], |connection, pipe| {
             let holder: Option<String> = redis::cmd("GET").arg(&lease).query(connection)?;
             if holder.as_deref() != Some(token) {
@@ -286,18 +289,27 @@ impl Crawl {
     }
 
     /// Lets the seeding lease go, if this worker still holds it.
-    fn release_lease(&mut self, token: &str) -> Result<(), String> {
+    fn release_lease(&mut self) -> Result<(), String> {
         let lease = self.lease();
-        redis::transaction(&mut self.connection, &[&lease], |connection, pipe| {
-            let holder: Option<String> = redis::cmd("GET").arg(&lease).query(connection)?;
-            if holder.as_deref() != Some(token) {
-                return Ok(Some(()));
-            }
-            pipe.cmd("DEL").arg(&lease).ignore();
-            let reply: Value = pipe.query(connection)?;
-            Ok((reply != Value::Nil).then_some(()))
-        })
-        .map_err(|e| self.failed(e))
+        let released = let_go(&mut self.connection, &lease, &self.token);
+        released.map_err(|e| self.failed(e))
+    }
+
+    /// What lets the seeding lease go on a connection of its own, for Ctrl-C: the next
+    /// worker then goes on with the seeding at once rather than after `--lease-ttl`.
+    pub fn lease_releaser(&self) -> impl Fn() + Send + 'static {
+        let url = self.options.url.clone();
+        let lease = self.lease();
+        let token = self.token.clone();
+        move || {
+            let connection = redis::Client::open(url.as_str()).and_then(|client| {
+                let connection = client.get_connection_with_timeout(Duration::from_secs(1))?;
+                connection.set_read_timeout(Some(Duration::from_secs(1)))?;
+                Ok(connection)
+            });
+            // Failing that, the lease runs out by itself.
+            let _ = connection.and_then(|mut c| let_go(&mut c, &lease, &token));
+        }
     }
 
     /// What an earlier seeding stored: the lines read, their digest, the requests written.
@@ -315,7 +327,7 @@ impl Crawl {
 
     /// Writes a chunk's requests with the progress, or with the marker for the last one,
     /// in one transaction that holds only while this worker holds the lease.
-    fn store_chunk(&mut self, token: &str, chunk: &Chunk) -> Result<(), String> {
+    fn store_chunk(&mut self, chunk: &Chunk) -> Result<(), String> {
         let lease = self.lease();
         let progress = self.progress_key();
         let marker = self.marker();
@@ -323,6 +335,7 @@ impl Crawl {
         let keys = self.keys.clone();
         let partitions = self.options.partitions;
         let lease_ms = self.lease_ms();
+        let token = self.token.as_str();
         let outcome = redis::transaction(
             &mut self.connection,
             &[&lease, &marker, &meta],
@@ -412,7 +425,24 @@ impl Crawl {
 
     /// Connects again (for the end of a long run, when the first connection may be gone).
     pub fn reconnect(&mut self) -> Result<(), String> {
-        *self = Crawl::connect(&self.options)?;
+        let token = std::mem::take(&mut self.token);
+        *self = Crawl {
+            token,
+            ..Crawl::connect(&self.options)?
+        };
         Ok(())
     }
+}
+
+/// Deletes the lease if `token` holds it.
+fn let_go(connection: &mut Connection, lease: &str, token: &str) -> redis::RedisResult<()> {
+    redis::transaction(connection, &[lease], |connection, pipe| {
+        let holder: Option<String> = redis::cmd("GET").arg(lease).query(connection)?;
+        if holder.as_deref() != Some(token) {
+            return Ok(Some(()));
+        }
+        pipe.cmd("DEL").arg(lease).ignore();
+        let reply: Value = pipe.query(connection)?;
+        Ok((reply != Value::Nil).then_some(()))
+    })
 }

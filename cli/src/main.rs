@@ -17,7 +17,7 @@ mod warc;
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
@@ -160,11 +160,23 @@ fn fetch(args: FetchArgs) -> Result<ExitCode, String> {
         None => None,
     };
 
+    let on_ctrl_c = OnCtrlC::install()?;
     // With Redis: how many lines were not URLs, when this worker seeds the crawl (their
     // records are written as the list is read).
     let mut invalid = 0;
     let mut input = input;
     if let Some((name, crawl)) = &mut crawl {
+        // What is stored stays; the lease goes, so that the next worker goes on at once.
+        let release = crawl.lease_releaser();
+        let crawl_name = name.clone();
+        on_ctrl_c.set(move || {
+            release();
+            eprintln!(
+                "downpour: stopped while seeding crawl {crawl_name}; what was stored stays: \
+                 run again with the same file to go on"
+            );
+            std::process::exit(130);
+        });
         let seeding = match input.take() {
             Some(input) => crawl.seed(input, |record| output.write(record), args.quiet)?,
             None => Seeding::Resumed,
@@ -261,15 +273,14 @@ fn fetch(args: FetchArgs) -> Result<ExitCode, String> {
         let handles = handles.clone();
         let monitor = monitor.clone();
         let feed = feed.clone();
-        ctrlc::set_handler(move || {
+        on_ctrl_c.set(move || {
             // The feed first: no line is fed after the stop, and a fetcher that stops then
             // finds no more work.
             if let Some(feed) = &feed {
                 feed.stop();
             }
             monitor.interrupt(&handles);
-        })
-        .map_err(|e| format!("cannot watch for Ctrl-C: {e}"))?;
+        });
     }
 
     let failed = run(&drivers, &mut fetchers, feed.as_deref(), &monitor, &handles);
@@ -355,6 +366,26 @@ fn fetch(args: FetchArgs) -> Result<ExitCode, String> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// What Ctrl-C does, set as the run goes from stage to stage (one handler, installed once).
+#[derive(Clone)]
+struct OnCtrlC(Arc<Mutex<Box<dyn Fn() + Send>>>);
+
+impl OnCtrlC {
+    /// Watches for Ctrl-C, which ends the command until [`OnCtrlC::set`] says otherwise.
+    fn install() -> Result<OnCtrlC, String> {
+        let action: Box<dyn Fn() + Send> = Box::new(|| std::process::exit(130));
+        let on = OnCtrlC(Arc::new(Mutex::new(action)));
+        let current = on.0.clone();
+        ctrlc::set_handler(move || (current.lock().unwrap_or_else(|e| e.into_inner()))())
+            .map_err(|e| format!("cannot watch for Ctrl-C: {e}"))?;
+        Ok(on)
+    }
+
+    fn set(&self, action: impl Fn() + Send + 'static) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Box::new(action);
+    }
 }
 
 /// Runs each fetcher on a thread of its own until the feed has nothing more for it, and

@@ -1309,6 +1309,57 @@ fn redis_a_killed_worker_started_again_leaves_no_url_out() {
     assert_eq!(redis.unfinished("kill", 1), 0);
 }
 
+/// A worker seeding crawl `prefix` from stdin, which gives it `lines` and then nothing
+/// more, once it stored a chunk of them; with its stdin, and how many lines it stored.
+fn seeding_from_stdin(
+    redis: &RedisServer,
+    prefix: &str,
+    lines: &[String],
+    args: &[&str],
+) -> (Child, std::process::ChildStdin, u64) {
+    let mut worker = redis_worker(redis, prefix, Path::new("-"), args)
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = worker.stdin.take().unwrap();
+    std::io::Write::write_all(&mut stdin, (lines.join("\n") + "\n").as_bytes()).unwrap();
+    let mut connection = redis.connection().unwrap();
+    let mut stored = None;
+    wait_for("a chunk stored", || {
+        stored = redis::cmd("HGET")
+            .arg(format!("{{{prefix}}}:seeding"))
+            .arg("lines")
+            .query::<Option<u64>>(&mut connection)
+            .unwrap();
+        stored.is_some()
+    });
+    (worker, stdin, stored.unwrap())
+}
+
+/// A worker of crawl `prefix` run to its end on the list `text`, its records written to a
+/// file (more than a pipe holds while `finish` waits): its output and records.
+fn run_to_the_end(
+    redis: &RedisServer,
+    prefix: &str,
+    dir: &Path,
+    text: &[String],
+    args: &[&str],
+) -> (Output, Vec<Value>) {
+    let list = dir.join("urls.txt");
+    std::fs::write(&list, text.join("\n")).unwrap();
+    let output = dir.join("records.jsonl");
+    let out = finish(
+        redis_worker(redis, prefix, &list, args)
+            .args(["-o", output.to_str().unwrap()])
+            .spawn()
+            .unwrap(),
+        "the worker with the whole list",
+    );
+    assert!(out.status.success(), "{out:?}");
+    let records = records(&std::fs::read(&output).unwrap());
+    (out, records)
+}
+
 /// Seeding stores the list a chunk at a time with its progress: a worker killed while it
 /// seeds leaves what it stored, a worker with another list is refused, and one with the same
 /// list goes on from the first line not stored. Every line gets one record.
@@ -1326,27 +1377,12 @@ fn redis_a_worker_killed_while_seeding_is_followed_from_where_it_stopped() {
     let args = ["--delay", "0ms", "--partitions", "2", "--lease-ttl", "1s"];
 
     // The first worker reads its list from stdin, which gives it 2,100 lines, then nothing.
-    let mut first = redis_worker(&redis, "slow", Path::new("-"), &args)
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = first.stdin.take().unwrap();
-    std::io::Write::write_all(&mut stdin, (text[..2100].join("\n") + "\n").as_bytes()).unwrap();
-    let mut connection = redis.connection().unwrap();
-    let mut stored = None;
-    wait_for("a chunk stored", || {
-        stored = redis::cmd("HGET")
-            .arg("{slow}:seeding")
-            .arg("lines")
-            .query::<Option<u64>>(&mut connection)
-            .unwrap();
-        stored.is_some()
-    });
+    let (mut first, stdin, stored) = seeding_from_stdin(&redis, "slow", &text[..2100], &args);
     first.kill().unwrap(); // SIGKILL
     let first = first.wait_with_output().unwrap();
     drop(stdin);
-    let stored = stored.unwrap();
     assert!((1..=2100).contains(&stored), "{stored}");
+    let mut connection = redis.connection().unwrap();
     let seeded: bool = redis::cmd("EXISTS")
         .arg("{slow}:seeded")
         .query(&mut connection)
@@ -1370,18 +1406,7 @@ fn redis_a_worker_killed_while_seeding_is_followed_from_where_it_stopped() {
     );
     assert!(refused.stdout.is_empty(), "{refused:?}");
 
-    let list = dir.join("urls.txt");
-    std::fs::write(&list, text.join("\n")).unwrap();
-    // Its records go to a file: more than a pipe holds while `finish` waits.
-    let output = dir.join("records.jsonl");
-    let second = finish(
-        redis_worker(&redis, "slow", &list, &args)
-            .args(["-o", output.to_str().unwrap()])
-            .spawn()
-            .unwrap(),
-        "the worker with the same list",
-    );
-    assert!(second.status.success(), "{second:?}");
+    let (second, seconds) = run_to_the_end(&redis, "slow", &dir, &text, &args);
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert!(
         stderr.contains(&format!(
@@ -1396,7 +1421,7 @@ fn redis_a_worker_killed_while_seeding_is_followed_from_where_it_stopped() {
     );
     let mut all = records(&first.stdout);
     assert_eq!(all.len(), 1, "the first worker wrote line 8's record only");
-    all.extend(records(&std::fs::read(&output).unwrap()));
+    all.extend(seconds);
     let lines = lines_recorded(&all);
     assert_eq!(lines.len(), 3000);
     assert!(lines.values().all(|&n| n == 1), "{lines:?}");
@@ -1410,6 +1435,48 @@ fn redis_a_worker_killed_while_seeding_is_followed_from_where_it_stopped() {
         .unwrap();
     assert!(leftovers.is_empty(), "{leftovers:?}");
     assert_eq!(redis.unfinished("slow", 2), 0);
+}
+
+/// Ctrl-C while seeding ends the command and lets the seeding lease go: what was stored
+/// stays, and the next worker goes on with it at once rather than after the lease's time.
+#[test]
+fn redis_ctrl_c_while_seeding_lets_the_next_worker_go_on_at_once() {
+    let redis = RedisServer::start();
+    let servers = Servers::start(2);
+    let dir = scratch("redis-seed-ctrl-c");
+    let text: Vec<String> = (0..2200)
+        .map(|i| servers.url(i % 2, &format!("/page/{i}")))
+        .collect();
+    // A lease that would keep the next worker waiting past the test's patience.
+    let args = ["--delay", "0ms", "--lease-ttl", "5m"];
+    let (first, stdin, _) = seeding_from_stdin(&redis, "stop", &text[..2100], &args);
+    interrupt(&first);
+    let first = finish(first, "the interrupted worker");
+    drop(stdin);
+    assert_eq!(first.status.code(), Some(130), "{first:?}");
+    let mut connection = redis.connection().unwrap();
+    let stderr = String::from_utf8_lossy(&first.stderr);
+    assert!(
+        stderr.contains("stopped while seeding crawl `stop`"),
+        "{stderr}"
+    );
+    let lease: bool = redis::cmd("EXISTS")
+        .arg("{stop}:seeding:lease")
+        .query(&mut connection)
+        .unwrap();
+    assert!(!lease, "the lease was let go");
+
+    let (second, records) = run_to_the_end(&redis, "stop", &dir, &text, &args);
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(!stderr.contains("waiting"), "{stderr}");
+    assert!(stderr.contains("went on seeding crawl `stop`"), "{stderr}");
+    assert!(
+        stderr.contains("seeded crawl `stop` with 2200 URLs"),
+        "{stderr}"
+    );
+    let lines = lines_recorded(&records);
+    assert_eq!(lines.len(), 2200);
+    assert!(lines.values().all(|&n| n == 1), "{lines:?}");
 }
 
 #[test]
