@@ -231,7 +231,7 @@ struct Outgoing {
 /// A copy of a request, sent again when a reused connection drops it before a byte of an
 /// answer (see [`Carried::dropped_on_reuse`]; idempotent requests only), since a server may
 /// close an idle connection just as a request goes out on it (its keep-alive timeout ending
-/// then) and never see the request; or when an HTTP/2 server refuses its stream. At most [`MAX_RESENDS`] times, within the hop's timeout (the
+/// then) and never see the request; or when an HTTP/2 server did not process its stream. At most [`MAX_RESENDS`] times, within the hop's timeout (the
 /// whole hop runs under it). The scheduler counts no retry, since the server answered
 /// nothing.
 struct Resend {
@@ -325,12 +325,12 @@ async fn send(outgoing: Outgoing, limits: Limits) -> HopResult {
                 // Several idle connections to a host may have been closed together: each
                 // resend may meet the next of them, and a fresh one ends it; only a request
                 // that may be repeated goes again (RFC 9110, 9.2.2), since the server may
-                // have seen it. An HTTP/2 server that refuses a stream (it had no room for
-                // it) did not process it: any request goes again (RFC 9113, 8.7).
+                // have seen it. A stream an HTTP/2 server refused, or left out of its
+                // GOAWAY, was not processed: any request goes again (RFC 9113, 8.7).
                 let resend = &outgoing.resend;
                 let goes_again = resends < MAX_RESENDS
                     && ((resend.method.is_idempotent() && Carried::dropped_on_reuse(&e))
-                        || refused_stream(&e));
+                        || unprocessed_stream(&e));
                 let again = if goes_again { resend.send() } else { None };
                 match again {
                     Some(again) => {
@@ -409,20 +409,24 @@ fn head_size(headers: &HeaderMap) -> usize {
         + 2
 }
 
-/// Sorts a failure into a [`TransportErrorKind`], with its causes in the message.
-/// Whether the server refused the request's HTTP/2 stream (`REFUSED_STREAM`): it did not
-/// process it (RFC 9113, 8.7), so it may go again at once.
-fn refused_stream(error: &(dyn StdError + 'static)) -> bool {
+/// Whether the server said that it did not process the request's HTTP/2 stream, so that it
+/// may go again at once: it refused the stream (`REFUSED_STREAM`, RFC 9113 8.7), or sent a
+/// `GOAWAY` whose last stream id is below it (6.8). h2 gives a stream the error of a
+/// received `GOAWAY` only then: a stream at or below the last id that the connection's end
+/// cuts short fails as a broken pipe.
+fn unprocessed_stream(error: &(dyn StdError + 'static)) -> bool {
     let mut source = Some(error);
     while let Some(e) = source {
         if let Some(h2) = e.downcast_ref::<h2::Error>() {
-            return h2.is_remote() && h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+            return h2.is_remote()
+                && (h2.is_go_away() || h2.reason() == Some(h2::Reason::REFUSED_STREAM));
         }
         source = e.source();
     }
     false
 }
 
+/// Sorts a failure into a [`TransportErrorKind`], with its causes in the message.
 fn classify(error: &(dyn StdError + 'static)) -> TransportError {
     let mut kind = None;
     let mut source: Option<&(dyn StdError + 'static)> = Some(error);

@@ -1,6 +1,7 @@
 //! HTTP/2 over TLS (ALPN): requests to one origin share one connection, concurrently, and
-//! the responses say HTTP/2; a stream the server refuses goes again at once. The servers are
-//! hyper's and h2's, with rustls offering `h2` only.
+//! the responses say HTTP/2; a stream the server refuses, or leaves out of its `GOAWAY`, goes
+//! again at once. The servers are hyper's and h2's (and one written frame by frame), with
+//! rustls offering `h2` only.
 
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -8,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use downpour_conformance::{test_config, tls_config, Probe};
+use downpour_conformance::{test_config, tls_config, Probe, ProbeResult};
 use downpour_tokio::{ClientOptions, Config, Fetcher, Fifo, Proxy};
 use http_body_util::Full;
 use hyper::service::service_fn;
@@ -120,33 +121,101 @@ async fn requests_to_one_origin_share_one_http2_connection() {
     );
 }
 
-/// An HTTP/2 server that refuses the first `refusals` streams (`RST_STREAM` with
-/// `REFUSED_STREAM`: not processed, RFC 9113 8.7) and answers the others; returns its
-/// address, certificate and the count of streams it saw.
+/// Answers HTTP/2 requests on `tls` with their method and path (h2's server), counting them
+/// in `streams`; refuses those counted below `refusals` (`RST_STREAM` with `REFUSED_STREAM`:
+/// not processed, RFC 9113 8.7).
+async fn answer_h2(tls: TlsStream<TcpStream>, streams: Arc<AtomicUsize>, refusals: usize) {
+    let Ok(mut connection) = h2::server::handshake(tls).await else {
+        return;
+    };
+    while let Some(Ok((request, mut respond))) = connection.accept().await {
+        if streams.fetch_add(1, Ordering::SeqCst) < refusals {
+            respond.send_reset(h2::Reason::REFUSED_STREAM);
+            continue;
+        }
+        let text = format!("answered {} {}", request.method(), request.uri().path());
+        let Ok(mut body) = respond.send_response(hyper::Response::new(()), false) else {
+            continue;
+        };
+        let _ = body.send_data(Bytes::from(text), true);
+    }
+}
+
+/// An HTTP/2 server that refuses the first `refusals` streams and answers the others;
+/// returns its address, certificate and the count of streams it saw.
 async fn refusing_h2_server(refusals: usize) -> (SocketAddr, Vec<u8>, Arc<AtomicUsize>) {
     let streams = Arc::new(AtomicUsize::new(0));
     let count = streams.clone();
-    let (addr, der, _) = h2_listener(move |tls| {
-        let count = count.clone();
+    let (addr, der, _) = h2_listener(move |tls| answer_h2(tls, count.clone(), refusals)).await;
+    (addr, der, streams)
+}
+
+/// An HTTP/2 server whose first connection sends `GOAWAY` with `last_stream_id` as the first
+/// request's `HEADERS` arrive, then closes; later connections answer. Returns its address,
+/// certificate and the count of requests it saw (the first one included).
+async fn going_away_h2_server(last_stream_id: u32) -> (SocketAddr, Vec<u8>, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let streams = Arc::new(AtomicUsize::new(0));
+    let count = streams.clone();
+    let first = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let (addr, der, _) = h2_listener(move |mut tls| {
+        let (count, first) = (count.clone(), first.clone());
         async move {
-            let Ok(mut connection) = h2::server::handshake(tls).await else {
-                return;
-            };
-            while let Some(Ok((request, mut respond))) = connection.accept().await {
-                if count.fetch_add(1, Ordering::SeqCst) < refusals {
-                    respond.send_reset(h2::Reason::REFUSED_STREAM);
-                    continue;
-                }
-                let text = format!("answered {} {}", request.method(), request.uri().path());
-                let Ok(mut body) = respond.send_response(hyper::Response::new(()), false) else {
-                    continue;
-                };
-                let _ = body.send_data(Bytes::from(text), true);
+            if !first.swap(false, Ordering::SeqCst) {
+                return answer_h2(tls, count, 0).await;
             }
+            // By hand, frame by frame (RFC 9113, 4.1): the client's preface, then frames
+            // until a HEADERS (type 1); the server's SETTINGS goes first.
+            let mut preface = [0; 24];
+            if tls.read_exact(&mut preface).await.is_err() {
+                return;
+            }
+            let empty_settings = [0, 0, 0, 4, 0, 0, 0, 0, 0];
+            if tls.write_all(&empty_settings).await.is_err() {
+                return;
+            }
+            loop {
+                let mut head = [0; 9];
+                if tls.read_exact(&mut head).await.is_err() {
+                    return;
+                }
+                let length = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+                let mut payload = vec![0; length];
+                if tls.read_exact(&mut payload).await.is_err() {
+                    return;
+                }
+                if head[3] == 1 {
+                    break;
+                }
+            }
+            count.fetch_add(1, Ordering::SeqCst);
+            let mut go_away = vec![0, 0, 8, 7, 0, 0, 0, 0, 0];
+            go_away.extend_from_slice(&last_stream_id.to_be_bytes());
+            go_away.extend_from_slice(&0u32.to_be_bytes()); // NO_ERROR
+            let _ = tls.write_all(&go_away).await;
+            let _ = tls.flush().await;
+            let _ = tls.shutdown().await;
         }
     })
     .await;
     (addr, der, streams)
+}
+
+/// Fetches `url` with `method` and retries off, trusting `certificate`: the outcome, which
+/// counts no retry (a request sent again at once is none).
+async fn fetch_once(certificate: Vec<u8>, url: &str, method: &http::Method) -> ProbeResult {
+    let config = Config {
+        max_retries: 0,
+        ..test_config()
+    };
+    let (mut fetcher, finished) = fetcher_trusting(certificate, config);
+    let mut probe = Probe::new(url, 0);
+    probe.method = Some(method.clone());
+    fetcher.enqueue(probe).unwrap();
+    let stats = fetcher.run().await;
+    let result = finished.lock().unwrap()[0].result().clone();
+    assert_eq!((result.retries, stats.retries), (0, 0), "{result:?}");
+    result
 }
 
 /// A stream the server refused was never processed: it goes again at once (no retry counted,
@@ -164,19 +233,8 @@ async fn a_refused_http2_stream_is_sent_again_at_once() {
         ),
     ] {
         let (addr, certificate, streams) = refusing_h2_server(refusals).await;
-        let config = Config {
-            max_retries: 0,
-            ..test_config()
-        };
-        let (mut fetcher, finished) = fetcher_trusting(certificate, config);
-        let mut probe = Probe::new(&format!("https://{addr}/refused"), 0);
-        probe.method = Some(method.clone());
-        fetcher.enqueue(probe).unwrap();
-        let stats = fetcher.run().await;
-        let finished = finished.lock().unwrap();
-        let result = finished[0].result();
+        let result = fetch_once(certificate, &format!("https://{addr}/refused"), &method).await;
         assert_eq!(result.ok, ok, "{method} {refusals} refusals: {result:?}");
-        assert_eq!((result.retries, stats.retries), (0, 0));
         if ok {
             assert_eq!(
                 String::from_utf8_lossy(&result.body),
@@ -195,6 +253,25 @@ async fn a_refused_http2_stream_is_sent_again_at_once() {
                 1 + downpour_common::MAX_RESENDS as usize,
                 "sent {sent} times"
             );
+        }
+    }
+}
+
+/// A `GOAWAY` says which streams the server did not process: those above its last stream id
+/// go again at once on a new connection (no retry counted, even a POST, RFC 9113 6.8); one
+/// at or below it was seen by the server, and fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_above_a_goaways_last_id_is_sent_again_at_once() {
+    for (last_stream_id, ok) in [(0, true), (1, false)] {
+        let (addr, certificate, streams) = going_away_h2_server(last_stream_id).await;
+        let url = format!("https://{addr}/away");
+        let result = fetch_once(certificate, &url, &http::Method::POST).await;
+        assert_eq!(result.ok, ok, "last stream id {last_stream_id}: {result:?}");
+        if ok {
+            assert_eq!(String::from_utf8_lossy(&result.body), "answered POST /away");
+            assert_eq!(streams.load(Ordering::SeqCst), 2, "sent twice");
+        } else {
+            assert_eq!(streams.load(Ordering::SeqCst), 1, "sent once");
         }
     }
 }
