@@ -9,6 +9,8 @@
 //! where the dead one stopped. A worker started once the crawl is seeded resumes it.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use downpour_common::store::{partition_of, redacted_url, Keys, RedisOptions, FORMAT};
@@ -21,8 +23,10 @@ use crate::record::Record;
 /// memory, and the most a crash makes the next one read again.
 const SEED_CHUNK: usize = 2000;
 
-/// Lines skipped between two looks at the lease, when a worker goes on with a seeding.
-const SKIP_STEP: u64 = 100_000;
+/// How long the seeding waits at the end of a list that is not a regular file (a pipe)
+/// before it marks the crawl seeded: long enough for a Ctrl-C that ended the program piping
+/// the list in to reach this one too.
+const PIPE_END_GRACE: Duration = Duration::from_millis(500);
 
 /// How often a worker looks whether the one seeding the crawl is done (or gone).
 const LEASE_POLL: Duration = Duration::from_millis(100);
@@ -60,6 +64,86 @@ pub enum Seeding {
     },
     /// The crawl was seeded before (by another worker, or an earlier run).
     Resumed,
+    /// Ctrl-C stopped the seeding (or the wait for another worker's): what was stored stays,
+    /// up to this line of the list.
+    Interrupted { stored: Option<u64> },
+}
+
+/// Ctrl-C while a worker seeds: the handler asks, the seeding stops between two chunks; if
+/// the seeding does not take the stop (a read blocked on a list that does not come), the
+/// handler ends the command itself. Whichever takes it reports it, once.
+#[derive(Default)]
+pub struct SeedingStop(AtomicU8);
+
+const RUNNING: u8 = 0;
+const REQUESTED: u8 = 1;
+const TAKEN: u8 = 2;
+
+impl SeedingStop {
+    /// Asks the seeding to stop.
+    pub fn request(&self) {
+        let _ = self
+            .0
+            .compare_exchange(RUNNING, REQUESTED, Ordering::SeqCst, Ordering::SeqCst);
+    }
+
+    pub fn is_requested(&self) -> bool {
+        self.0.load(Ordering::SeqCst) != RUNNING
+    }
+
+    /// Takes a requested stop to report it: `false` if the other side took it first.
+    pub fn take(&self) -> bool {
+        self.0
+            .compare_exchange(REQUESTED, TAKEN, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+    }
+}
+
+/// Renews the seeding lease every third of its time on a connection of its own, so that a
+/// list that comes slowly (a pipe) does not let it run out; stops when dropped.
+struct Heartbeat {
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Heartbeat {
+    fn start(options: &RedisOptions, lease: String, token: String) -> Heartbeat {
+        let (stop, stopped) = mpsc::channel::<()>();
+        let url = options.url.clone();
+        let ttl = options.lease_ttl;
+        let lease_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        let thread = std::thread::Builder::new()
+            .name("seeding-lease".into())
+            .spawn(move || {
+                let mut connection = None;
+                while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(ttl / 3) {
+                    if connection.is_none() {
+                        connection = connect_briefly(&url).ok();
+                    }
+                    // A failure drops the connection, to try a new one next time; a lease
+                    // that ran out is seen by the next chunk's transaction.
+                    if let Some(c) = &mut connection {
+                        if prolong(c, &lease, &token, lease_ms).is_err() {
+                            connection = None;
+                        }
+                    }
+                }
+            })
+            .ok();
+        Heartbeat {
+            stop: Some(stop),
+            thread,
+        }
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl Crawl {
@@ -126,23 +210,31 @@ impl Crawl {
     }
 
     /// Seeds the crawl with the lines of the input, unless it is seeded already, writing
-    /// the records of the lines that are not URLs with `invalid` as they are read.
+    /// the records of the lines that are not URLs with `invalid` as they are read; stops
+    /// between two chunks once `stop` is requested (Ctrl-C).
     ///
     /// Of several workers started together one seeds, holding the lease
-    /// `{prefix}:seeding:lease`; the others wait for the marker. The requests go in chunks of
-    /// [`SEED_CHUNK`], each in one `MULTI`/`EXEC` with the progress `{prefix}:seeding` (the
-    /// lines read and their SHA-256), so memory stays small whatever the list's length, and
-    /// a worker that takes over the lease of a dead one goes on from the first line not
-    /// seeded, once it has checked that its list begins with the same lines.
+    /// `{prefix}:seeding:lease` (renewed by a thread of its own, however slowly the list
+    /// comes); the others wait for the marker. The requests go in chunks of [`SEED_CHUNK`],
+    /// each in one `MULTI`/`EXEC` with the progress `{prefix}:seeding` (the lines read and
+    /// their SHA-256), so memory stays small whatever the list's length, and a worker that
+    /// takes over the lease of a dead one goes on from the first line not seeded, once it has
+    /// checked that its list begins with the same lines.
     pub fn seed(
         &mut self,
         input: Input,
-        mut invalid: impl FnMut(&Record),
+        invalid: impl FnMut(&Record),
         quiet: bool,
+        stop: &SeedingStop,
     ) -> Result<Seeding, String> {
-        let mut input = input.with_digest();
         let mut said_waiting = false;
-        while !self.take_lease()? {
+        loop {
+            if stop.is_requested() {
+                return Ok(Seeding::Interrupted { stored: None });
+            }
+            if self.take_lease()? {
+                break;
+            }
             if self.is_seeded()? {
                 return Ok(Seeding::Resumed);
             }
@@ -155,30 +247,56 @@ impl Crawl {
             }
             std::thread::sleep(LEASE_POLL);
         }
+        let heartbeat = Heartbeat::start(&self.options, self.lease(), self.token.clone());
+        let seeding = self.seed_holding_lease(input.with_digest(), invalid, stop);
+        drop(heartbeat);
+        // Unless the crawl is seeded (the last chunk let the lease go), the next worker goes
+        // on at once rather than after the lease's time; an error said first matters more.
+        if !matches!(seeding, Ok(Seeding::Seeded { .. })) {
+            let released = self.release_lease();
+            if seeding.is_ok() {
+                released?;
+            }
+        }
+        seeding
+    }
+
+    fn seed_holding_lease(
+        &mut self,
+        mut input: Input,
+        mut invalid: impl FnMut(&Record),
+        stop: &SeedingStop,
+    ) -> Result<Seeding, String> {
         // Seeded between the look at start and the lease.
         if self.is_seeded()? {
-            self.release_lease()?;
             return Ok(Seeding::Resumed);
         }
         let progress = self.progress()?;
         let resumed_at = match &progress {
             Some((lines, digest, _)) => {
-                if !self.skip_stored(&mut input, *lines)? || input.digest() != *digest {
-                    self.release_lease()?;
+                let prefix = &self.options.prefix;
+                if !input.skip_to(*lines)? {
                     return Err(format!(
-                        "the crawl `{}` is being seeded from another list: the first {lines} \
-                         lines of this one differ (start this worker with the same file as \
-                         the first)",
-                        self.options.prefix
+                        "the crawl `{prefix}` is being seeded from a list of more than {lines} \
+                         lines, and this one has fewer: give this worker the same list as the \
+                         first, or use another --prefix"
+                    ));
+                }
+                if input.digest() != *digest {
+                    return Err(format!(
+                        "the crawl `{prefix}` is being seeded from another list: the first \
+                         {lines} lines of this one differ (give this worker the same list as \
+                         the first, or use another --prefix)"
                     ));
                 }
                 Some(*lines + 1)
             }
             None => None,
         };
+        let mut stored = progress.as_ref().map(|(lines, _, _)| *lines);
         let mut requests = progress.map_or(0, |(_, _, requests)| requests);
         let mut invalid_lines = 0;
-        // Committed early when the list is slow to come, so that the lease stays renewed.
+        // A slow list is stored as it comes, so that a crash loses little of it.
         let commit_after = self.options.lease_ttl / 3;
         loop {
             let mut by_partition: BTreeMap<u32, Vec<String>> = BTreeMap::new();
@@ -208,6 +326,14 @@ impl Crawl {
                     }
                 }
             }
+            // Ctrl-C in a terminal ends the program that pipes the list in as well: its end
+            // may be that, and the crawl must not be marked seeded with part of its list.
+            if ended && !input.is_regular_file() {
+                std::thread::sleep(PIPE_END_GRACE);
+            }
+            if stop.is_requested() {
+                return Ok(Seeding::Interrupted { stored });
+            }
             requests += chunk as u64;
             let chunk = Chunk {
                 by_partition,
@@ -216,7 +342,12 @@ impl Crawl {
                 requests,
                 last: ended,
             };
-            self.store_chunk(&chunk)?;
+            match self.store_chunk(&chunk) {
+                Ok(()) => stored = Some(chunk.lines),
+                // Ctrl-C let the lease go while the chunk was on its way.
+                Err(_) if stop.is_requested() => return Ok(Seeding::Interrupted { stored }),
+                Err(e) => return Err(e),
+            }
             if ended {
                 return Ok(Seeding::Seeded {
                     invalid: invalid_lines,
@@ -240,50 +371,11 @@ impl Crawl {
         Ok(taken.is_some())
     }
 
-    /// Reads the input up to line `lines`, which an earlier seeding stored, keeping the lease
-    /// meanwhile (a long list takes a while): `false` if the input ends first.
-    fn skip_stored(&mut self, input: &mut Input, lines: u64) -> Result<bool, String> {
-        let mut renewed = Instant::now();
-        while input.lines_read() < lines {
-            let step = (input.lines_read() + SKIP_STEP).min(lines);
-            if !input.skip_to(step)? {
-                return Ok(false);
-            }
-            if renewed.elapsed() >= self.options.lease_ttl / 3 {
-                self.renew_lease()?;
-                renewed = Instant::now();
-            }
-        }
-        Ok(true)
-    }
-
-    /// Extends the seeding lease, which this worker holds.
-    fn renew_lease(&mut self) -> Result<(), String> {
-        let lease = self.lease();
-        let lease_ms = self.lease_ms();
-        let token = self.token.as_str();
-        let held = redis::transaction(&mut self.connection, &[&lease], |connection, pipe| {
-            let holder: Option<String> = redis::cmd("GET").arg(&lease).query(connection)?;
-            if holder.as_deref() != Some(token) {
-                return Ok(Some(false));
-            }
-            pipe.cmd("PEXPIRE").arg(&lease).arg(lease_ms).ignore();
-            let reply: Value = pipe.query(connection)?;
-            Ok((reply != Value::Nil).then_some(true))
-        })
-        .map_err(|e| self.failed(e))?;
-        if held {
-            Ok(())
-        } else {
-            Err(self.lost_lease())
-        }
-    }
-
     fn lost_lease(&self) -> String {
         format!(
-            "this worker's lease on seeding the crawl `{}` ran out (its list came slower than \
-             --lease-ttl) and another worker took the seeding over: start this one again to \
-             join the crawl",
+            "this worker's lease on seeding the crawl `{}` ran out (Redis did not hear from it \
+             for --lease-ttl) and another worker may have taken the seeding over: once the \
+             crawl is seeded, run this worker again to join it",
             self.options.prefix
         )
     }
@@ -302,13 +394,10 @@ impl Crawl {
         let lease = self.lease();
         let token = self.token.clone();
         move || {
-            let connection = redis::Client::open(url.as_str()).and_then(|client| {
-                let connection = client.get_connection_with_timeout(Duration::from_secs(1))?;
-                connection.set_read_timeout(Some(Duration::from_secs(1)))?;
-                Ok(connection)
-            });
             // Failing that, the lease runs out by itself.
-            let _ = connection.and_then(|mut c| let_go(&mut c, &lease, &token));
+            if let Ok(mut connection) = connect_briefly(&url) {
+                let _ = let_go(&mut connection, &lease, &token);
+            }
         }
     }
 
@@ -445,4 +534,31 @@ fn let_go(connection: &mut Connection, lease: &str, token: &str) -> redis::Redis
         let reply: Value = pipe.query(connection)?;
         Ok((reply != Value::Nil).then_some(()))
     })
+}
+
+/// Extends the lease if `token` holds it.
+fn prolong(
+    connection: &mut Connection,
+    lease: &str,
+    token: &str,
+    lease_ms: u64,
+) -> redis::RedisResult<()> {
+    redis::transaction(connection, &[lease], |connection, pipe| {
+        let holder: Option<String> = redis::cmd("GET").arg(lease).query(connection)?;
+        if holder.as_deref() != Some(token) {
+            return Ok(Some(()));
+        }
+        pipe.cmd("PEXPIRE").arg(lease).arg(lease_ms).ignore();
+        let reply: Value = pipe.query(connection)?;
+        Ok((reply != Value::Nil).then_some(()))
+    })
+}
+
+/// A connection for one short errand, with short timeouts.
+fn connect_briefly(url: &str) -> redis::RedisResult<Connection> {
+    let client = redis::Client::open(url)?;
+    let connection = client.get_connection_with_timeout(Duration::from_secs(1))?;
+    connection.set_read_timeout(Some(Duration::from_secs(1)))?;
+    connection.set_write_timeout(Some(Duration::from_secs(1)))?;
+    Ok(connection)
 }

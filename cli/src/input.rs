@@ -53,6 +53,11 @@ impl Input {
         self
     }
 
+    /// Whether the list is a regular file (not stdin, nor a pipe), whose end is its end.
+    pub fn is_regular_file(&self) -> bool {
+        self.path != "-" && std::fs::metadata(&self.path).is_ok_and(|m| m.is_file())
+    }
+
     /// How many lines were read, blank ones and comments included.
     pub fn lines_read(&self) -> u64 {
         self.number
@@ -87,8 +92,12 @@ impl Input {
             return Ok(false);
         }
         self.number += 1;
+        // The line without its ending, then one separator: a copy of the list with CRLF
+        // endings, or without a final newline, has the same digest.
         if let Some(digest) = &mut self.digest {
-            digest.update(&self.buffer);
+            let line = self.buffer.strip_suffix(b"\n").unwrap_or(&self.buffer);
+            digest.update(line.strip_suffix(b"\r").unwrap_or(line));
+            digest.update(b"\n");
         }
         Ok(true)
     }

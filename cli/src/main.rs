@@ -18,12 +18,12 @@ use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use downpour_common::descriptors;
 
-use crate::crawl::{Crawl, Seeding};
+use crate::crawl::{Crawl, Seeding, SeedingStop};
 use crate::driver::lib::{
     Config, Error, Fetcher, Handle, Partition, RedisOptions, Scheduler, StoreError,
 };
@@ -166,19 +166,27 @@ fn fetch(args: FetchArgs) -> Result<ExitCode, String> {
     let mut invalid = 0;
     let mut input = input;
     if let Some((name, crawl)) = &mut crawl {
-        // What is stored stays; the lease goes, so that the next worker goes on at once.
-        let release = crawl.lease_releaser();
-        let crawl_name = name.clone();
-        on_ctrl_c.set(move || {
-            release();
-            eprintln!(
-                "downpour: stopped while seeding crawl {crawl_name}; what was stored stays: \
-                 run again with the same file to go on"
-            );
-            std::process::exit(130);
-        });
+        let stop = Arc::new(SeedingStop::default());
         let seeding = match input.take() {
-            Some(input) => crawl.seed(input, |record| output.write(record), args.quiet)?,
+            Some(input) => {
+                let release = crawl.lease_releaser();
+                let (asked, crawl_name) = (stop.clone(), name.clone());
+                on_ctrl_c.set(move || {
+                    asked.request();
+                    // Taken between two chunks; not by a read blocked on a list that does
+                    // not come: then the command ends here, letting the lease go.
+                    std::thread::sleep(SEEDING_STOP_WAIT);
+                    if asked.take() {
+                        release();
+                        eprintln!("{}", stopped_seeding(&crawl_name, None));
+                        std::process::exit(130);
+                    }
+                });
+                let seeding = crawl.seed(input, |record| output.write(record), args.quiet, &stop);
+                // Until the fetchers run, Ctrl-C ends the command.
+                on_ctrl_c.set(|| std::process::exit(130));
+                seeding?
+            }
             None => Seeding::Resumed,
         };
         match seeding {
@@ -202,6 +210,17 @@ fn fetch(args: FetchArgs) -> Result<ExitCode, String> {
                 if !args.quiet {
                     eprintln!("downpour: crawl {name} already seeded: resuming it");
                 }
+            }
+            Seeding::Interrupted { stored } => {
+                if !stop.take() {
+                    // The handler took the stop first, and ends the command.
+                    loop {
+                        std::thread::park();
+                    }
+                }
+                eprintln!("{}", stopped_seeding(name, stored));
+                output.flush()?;
+                return Ok(ExitCode::from(130));
             }
         }
     }
@@ -366,6 +385,19 @@ fn fetch(args: FetchArgs) -> Result<ExitCode, String> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// How long Ctrl-C waits for the seeding to stop between two chunks before it ends the
+/// command itself.
+const SEEDING_STOP_WAIT: Duration = Duration::from_secs(1);
+
+/// What Ctrl-C while seeding says, with the last line stored when known.
+fn stopped_seeding(name: &str, stored: Option<u64>) -> String {
+    let stored = match stored {
+        Some(line) => format!("lines 1 to {line} are stored"),
+        None => "what was stored stays".to_string(),
+    };
+    format!("downpour: stopped while seeding crawl {name}; {stored}: run again with the same file to go on")
 }
 
 /// What Ctrl-C does, set as the run goes from stage to stage (one handler, installed once).

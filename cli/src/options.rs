@@ -21,7 +21,8 @@ pub enum PolicyName {
 pub struct FetchArgs {
     /// File of URLs, one per line (`-` for stdin); blank lines and `#` comments are skipped
     pub urls: String,
-    /// Write the JSON lines here instead of stdout
+    /// Write the JSON lines here instead of stdout (with --redis, appended to: a crawl goes
+    /// on over several runs)
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
     /// Scheduling policy
@@ -132,8 +133,9 @@ pub struct FetchArgs {
     /// [default: any free one]
     #[arg(long, value_name = "K", help_heading = "Redis")]
     pub partition: Option<u32>,
-    /// How long a worker's lease on its partition outlives it: a killed worker's partition
-    /// waits this long for another worker [default: 10s]
+    /// How long a worker's lease on its partition (or on seeding the crawl) outlives it: a
+    /// killed worker's partition, or seeding, waits this long for another worker [default:
+    /// 10s]
     #[arg(long, value_name = "DURATION", value_parser = units::parse_duration, help_heading = "Redis")]
     pub lease_ttl: Option<Duration>,
     /// How long Redis may stay unreachable during a run before it ends with an error

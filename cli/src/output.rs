@@ -18,20 +18,27 @@ thread_local! {
 pub struct Output(Arc<Mutex<BufWriter<Box<dyn Write + Send>>>>, bool);
 
 impl Output {
-    /// The file at `path`, or stdout. With `each`, every line is flushed as it is written:
-    /// with Redis a finished request is removed from there right after its record is
-    /// written, so the record must be out first (a crash loses neither).
-    pub fn open(path: Option<&Path>, each: bool) -> Result<Self, String> {
+    /// The file at `path`, or stdout. With Redis every line is flushed as it is written (a
+    /// finished request is removed from there right after its record is written, so the
+    /// record must be out first: a crash loses neither), and the file is appended to, since
+    /// a crawl in Redis goes on over several runs: a run again with the same `--output` keeps
+    /// the records of the runs before.
+    pub fn open(path: Option<&Path>, redis: bool) -> Result<Self, String> {
         let sink: Box<dyn Write + Send> = match path {
             Some(path) => Box::new(
-                File::create(path)
+                File::options()
+                    .write(true)
+                    .create(true)
+                    .append(redis)
+                    .truncate(!redis)
+                    .open(path)
                     .map_err(|e| format!("cannot create output file {}: {e}", path.display()))?,
             ),
             None => Box::new(io::stdout()),
         };
         // Records are a few hundred bytes: a larger buffer writes them in fewer calls.
         let writer = BufWriter::with_capacity(64 << 10, sink);
-        Ok(Output(Arc::new(Mutex::new(writer)), each))
+        Ok(Output(Arc::new(Mutex::new(writer)), redis))
     }
 
     /// Writes one record as a line.

@@ -1406,7 +1406,9 @@ fn redis_a_worker_killed_while_seeding_is_followed_from_where_it_stopped() {
     );
     assert!(refused.stdout.is_empty(), "{refused:?}");
 
-    let (second, seconds) = run_to_the_end(&redis, "slow", &dir, &text, &args);
+    // The same list with CRLF line endings is the same list.
+    let crlf: Vec<String> = text.iter().map(|line| format!("{line}\r")).collect();
+    let (second, seconds) = run_to_the_end(&redis, "slow", &dir, &crlf, &args);
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert!(
         stderr.contains(&format!(
@@ -1437,46 +1439,105 @@ fn redis_a_worker_killed_while_seeding_is_followed_from_where_it_stopped() {
     assert_eq!(redis.unfinished("slow", 2), 0);
 }
 
-/// Ctrl-C while seeding ends the command and lets the seeding lease go: what was stored
-/// stays, and the next worker goes on with it at once rather than after the lease's time.
+/// Ctrl-C while seeding ends the command (130) and lets the seeding lease go: what was
+/// stored stays, and the next worker goes on with it at once rather than after the lease's
+/// time. Whether the program piping the list in ends too (its end then is no end of the list:
+/// the crawl is not marked seeded) or not (the read blocks: the handler ends the command).
+/// A run again with the same `--output` appends to it.
 #[test]
 fn redis_ctrl_c_while_seeding_lets_the_next_worker_go_on_at_once() {
     let redis = RedisServer::start();
     let servers = Servers::start(2);
-    let dir = scratch("redis-seed-ctrl-c");
-    let text: Vec<String> = (0..2200)
-        .map(|i| servers.url(i % 2, &format!("/page/{i}")))
-        .collect();
-    // A lease that would keep the next worker waiting past the test's patience.
-    let args = ["--delay", "0ms", "--lease-ttl", "5m"];
-    let (first, stdin, _) = seeding_from_stdin(&redis, "stop", &text[..2100], &args);
-    interrupt(&first);
-    let first = finish(first, "the interrupted worker");
+    for list_ends_too in [true, false] {
+        let prefix = if list_ends_too { "ended" } else { "blocked" };
+        let dir = scratch(&format!("redis-seed-ctrl-c-{prefix}"));
+        let text: Vec<String> = (0..2200)
+            .map(|i| match i {
+                7 => "not a url".to_string(),
+                _ => servers.url(i % 2, &format!("/{prefix}/{i}")),
+            })
+            .collect();
+        // A lease that would keep the next worker waiting past the test's patience.
+        let args = ["--delay", "0ms", "--lease-ttl", "5m"];
+        // The output file of the run to the end, which appends to it.
+        let output = dir.join("records.jsonl");
+        let first_args = [&args[..], &["-o", output.to_str().unwrap()]].concat();
+        let (first, stdin, stored) = seeding_from_stdin(&redis, prefix, &text[..2100], &first_args);
+        interrupt(&first);
+        if list_ends_too {
+            drop(stdin);
+        }
+        let first = finish(first, "the interrupted worker");
+        assert_eq!(first.status.code(), Some(130), "{first:?}");
+        let stderr = String::from_utf8_lossy(&first.stderr);
+        let said = format!("stopped while seeding crawl `{prefix}`");
+        assert!(stderr.contains(&said), "{stderr}");
+        let mut connection = redis.connection().unwrap();
+        for (key, kept) in [
+            ("seeded", false),
+            ("seeding:lease", false),
+            ("seeding", true),
+        ] {
+            let exists: bool = redis::cmd("EXISTS")
+                .arg(format!("{{{prefix}}}:{key}"))
+                .query(&mut connection)
+                .unwrap();
+            assert_eq!(exists, kept, "{prefix}: {key}");
+        }
+
+        let (second, records) = run_to_the_end(&redis, prefix, &dir, &text, &args);
+        let stderr = String::from_utf8_lossy(&second.stderr);
+        assert!(!stderr.contains("waiting"), "{stderr}");
+        let went_on = format!("went on seeding crawl `{prefix}` from line {}", stored + 1);
+        assert!(stderr.contains(&went_on), "{stderr}");
+        let seeded = format!("seeded crawl `{prefix}` with 2199 URLs");
+        assert!(stderr.contains(&seeded), "{stderr}");
+        // The first run's record of line 8 is still in the file, and not written again.
+        let lines = lines_recorded(&records);
+        assert_eq!(lines.len(), 2200, "{prefix}");
+        assert!(lines.values().all(|&n| n == 1), "{prefix}: {lines:?}");
+        assert_eq!(by_line(&records, 8)["error"]["kind"], "invalid_url");
+    }
+}
+
+/// The seeding lease is renewed while a piped list is slow to come, even past the lease's
+/// time; and let go when the seeding fails (a list that cannot be read).
+#[test]
+fn redis_seeding_keeps_its_lease_through_a_slow_list_and_lets_it_go_on_failure() {
+    let redis = RedisServer::start();
+    let servers = Servers::start(1);
+    let dir = scratch("redis-seed-slow");
+    let args = ["--delay", "0ms", "--lease-ttl", "1s"];
+    let mut worker = redis_worker(&redis, "slow-list", Path::new("-"), &args)
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = worker.stdin.take().unwrap();
+    let lines = |range: std::ops::Range<usize>| -> String {
+        range
+            .map(|i| servers.url(0, &format!("/slow/{i}")) + "\n")
+            .collect()
+    };
+    std::io::Write::write_all(&mut stdin, lines(0..5).as_bytes()).unwrap();
+    // The producer pauses for twice the lease's time.
+    std::thread::sleep(Duration::from_secs(2));
+    std::io::Write::write_all(&mut stdin, lines(5..10).as_bytes()).unwrap();
     drop(stdin);
-    assert_eq!(first.status.code(), Some(130), "{first:?}");
-    let mut connection = redis.connection().unwrap();
-    let stderr = String::from_utf8_lossy(&first.stderr);
-    assert!(
-        stderr.contains("stopped while seeding crawl `stop`"),
-        "{stderr}"
-    );
+    let out = finish(worker, "the worker with a slow list");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(lines_recorded(&records(&out.stdout)).len(), 10);
+    assert_eq!(servers.hits("/slow/").len(), 10);
+
+    // A directory cannot be read: the worker fails, and the lease is not left behind.
+    let failed = redis_worker(&redis, "unreadable", &dir, &args)
+        .output()
+        .unwrap();
+    assert_eq!(failed.status.code(), Some(2), "{failed:?}");
     let lease: bool = redis::cmd("EXISTS")
-        .arg("{stop}:seeding:lease")
-        .query(&mut connection)
+        .arg("{unreadable}:seeding:lease")
+        .query(&mut redis.connection().unwrap())
         .unwrap();
     assert!(!lease, "the lease was let go");
-
-    let (second, records) = run_to_the_end(&redis, "stop", &dir, &text, &args);
-    let stderr = String::from_utf8_lossy(&second.stderr);
-    assert!(!stderr.contains("waiting"), "{stderr}");
-    assert!(stderr.contains("went on seeding crawl `stop`"), "{stderr}");
-    assert!(
-        stderr.contains("seeded crawl `stop` with 2200 URLs"),
-        "{stderr}"
-    );
-    let lines = lines_recorded(&records);
-    assert_eq!(lines.len(), 2200);
-    assert!(lines.values().all(|&n| n == 1), "{lines:?}");
 }
 
 #[test]
