@@ -145,7 +145,7 @@ fn fetch(args: FetchArgs) -> Result<ExitCode, String> {
 
     let output = Output::open(args.output.as_deref(), crawl.is_some())?;
     let warc = match &args.warc {
-        Some(path) => Some(Warc::create(
+        Some(path) => Some(Warc::open(
             path,
             &WarcInfo {
                 software: &format!("{SOFTWARE} ({} driver)", driver::NAME),
@@ -156,6 +156,7 @@ fn fetch(args: FetchArgs) -> Result<ExitCode, String> {
                     "ignore"
                 },
             },
+            crawl.is_some(),
         )?),
         None => None,
     };

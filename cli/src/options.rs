@@ -110,7 +110,8 @@ pub struct FetchArgs {
     pub save_bodies: Option<PathBuf>,
     /// Archive every final response (any status) in this WARC/1.1 file, one gzip member
     /// per record if the name ends in .gz. Stored: the status line, the headers and the
-    /// decoded body, with a Content-Length of that body (no Content-Encoding)
+    /// decoded body, with a Content-Length of that body (no Content-Encoding). With --redis,
+    /// appended to
     #[arg(long, value_name = "FILE")]
     pub warc: Option<PathBuf>,
     /// No progress and no summary on stderr

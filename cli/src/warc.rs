@@ -41,6 +41,8 @@ pub struct Warc {
     gzip: bool,
     warcinfo_id: String,
     file: Mutex<BufWriter<File>>,
+    /// Every record flushed as it is written (with Redis).
+    each: bool,
 }
 
 impl std::fmt::Debug for Warc {
@@ -59,8 +61,18 @@ pub struct WarcInfo<'a> {
 impl Warc {
     /// Creates (or truncates) the file and writes its `warcinfo` record. A name ending in
     /// `.gz` gets one gzip member per record.
-    pub fn create(path: &Path, info: &WarcInfo) -> Result<Self, String> {
-        let file = File::create(path)
+    ///
+    /// With Redis the file is appended to instead, as a crawl in Redis goes on over several
+    /// runs (each run adds its own `warcinfo` record), and every record is flushed as it is
+    /// written: a URL is removed from Redis right after its records are written, so they
+    /// must be out first (a crash loses neither).
+    pub fn open(path: &Path, info: &WarcInfo, redis: bool) -> Result<Self, String> {
+        let file = File::options()
+            .write(true)
+            .create(true)
+            .append(redis)
+            .truncate(!redis)
+            .open(path)
             .map_err(|e| format!("cannot create WARC file {}: {e}", path.display()))?;
         let filename = path
             .file_name()
@@ -71,6 +83,7 @@ impl Warc {
             gzip: filename.ends_with(".gz"),
             warcinfo_id: record_id(),
             file: Mutex::new(BufWriter::new(file)),
+            each: redis,
         };
         let fields = format!(
             "software: {}\r\nformat: WARC File Format 1.1\r\n\
@@ -132,10 +145,9 @@ impl Warc {
             gz.write_all(&record).map_err(|e| self.error(e))?;
             record = gz.finish().map_err(|e| self.error(e))?;
         }
-        self.file
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .write_all(&record)
+        let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        file.write_all(&record)
+            .and_then(|()| if self.each { file.flush() } else { Ok(()) })
             .map_err(|e| self.error(e))
     }
 

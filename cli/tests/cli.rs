@@ -1,6 +1,6 @@
 //! The `downpour` binary against loopback servers.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -1261,9 +1261,13 @@ fn redis_a_redirect_to_a_host_of_another_partition_is_fetched_by_its_worker() {
     assert_eq!(redis.unfinished("redirect", 2), 0);
 }
 
+/// A worker killed mid-crawl and started again: every URL gets a record. The WARC file, like
+/// the output, lives as long as the crawl: each record is out before its URL leaves Redis,
+/// and the run again appends its records (and a `warcinfo` of its own) to the first run's.
 #[cfg(unix)]
 #[test]
 fn redis_a_killed_worker_started_again_leaves_no_url_out() {
+    use warc::{RecordType, WarcHeader};
     let redis = RedisServer::start();
     let servers = Servers::start(2);
     let dir = scratch("redis-kill");
@@ -1272,8 +1276,16 @@ fn redis_a_killed_worker_started_again_leaves_no_url_out() {
         .map(|i| servers.url(i % 2, &format!("/delay?ms=20&i={i}")))
         .collect();
     std::fs::write(&list, text.join("\n")).unwrap();
+    let archive = dir.join("crawl.warc.gz");
     // A slow polite crawl: about 10 fetches per host, 100 ms apart.
-    let args = ["--delay", "100ms", "--lease-ttl", "1s"];
+    let args = [
+        "--delay",
+        "100ms",
+        "--lease-ttl",
+        "1s",
+        "--warc",
+        archive.to_str().unwrap(),
+    ];
 
     let mut first = redis_worker(&redis, "kill", &list, &args).spawn().unwrap();
     // Killed at a random point, after 1 to 12 fetches.
@@ -1307,6 +1319,23 @@ fn redis_a_killed_worker_started_again_leaves_no_url_out() {
         "every URL recorded: {lines:?} (killed after {kill_after})"
     );
     assert_eq!(redis.unfinished("kill", 1), 0);
+
+    let warc = read_warc(&archive);
+    let infos = warc
+        .iter()
+        .filter(|r| r.warc_type() == &RecordType::WarcInfo)
+        .count();
+    assert_eq!(infos, 2, "one warcinfo per run");
+    let archived: BTreeSet<String> = warc
+        .iter()
+        .filter(|r| r.warc_type() == &RecordType::Response)
+        .map(|r| r.header(WarcHeader::TargetURI).unwrap().to_string())
+        .collect();
+    for record in &all {
+        let url = record["final_url"].as_str().unwrap();
+        assert!(archived.contains(url), "{url} recorded, not archived");
+    }
+    assert_eq!(archived.len(), 20, "{archived:?}");
 }
 
 /// A worker seeding crawl `prefix` from stdin, which gives it `lines` and then nothing
