@@ -105,7 +105,8 @@ pub struct FetchArgs {
     /// content-length, last-modified, etag and location are always copied)
     #[arg(long = "header", value_name = "NAME")]
     pub headers: Vec<HeaderName>,
-    /// Save every successful body as DIR/<sha256>
+    /// Save every successful body as DIR/<sha256> (written to a file of its own, then
+    /// renamed: a file under a digest is whole, even after a crash)
     #[arg(long, value_name = "DIR")]
     pub save_bodies: Option<PathBuf>,
     /// Archive every final response (any status) in this WARC/1.1 file, one gzip member

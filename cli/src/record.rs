@@ -1,8 +1,8 @@
 //! One request per input line, and the JSON record written for it.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -194,6 +194,28 @@ fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
+/// Stores a body under its digest, unless a file of its size is there already (the same
+/// body, fetched before). It is written to a file of its own, then renamed: a file under a
+/// digest is whole, even after a crash or a full disk mid-write, and two threads saving the
+/// same body do not write into one file.
+fn save_body(path: &Path, body: &[u8]) -> std::io::Result<()> {
+    static SAVING: AtomicU64 = AtomicU64::new(0);
+    if std::fs::metadata(path).is_ok_and(|m| m.len() == body.len() as u64) {
+        return Ok(());
+    }
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let part = path.with_file_name(format!(
+        ".{name}.{}.{}.part",
+        std::process::id(),
+        SAVING.fetch_add(1, Ordering::Relaxed)
+    ));
+    let saved = std::fs::write(&part, body).and_then(|()| std::fs::rename(&part, path));
+    if saved.is_err() {
+        let _ = std::fs::remove_file(&part);
+    }
+    saved
+}
+
 /// Lowercase hexadecimal.
 pub fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
@@ -265,12 +287,7 @@ impl CliRequest {
                 outcome.is_success(),
             ) {
                 let path = dir.join(&digest);
-                let saved = if path.exists() {
-                    Ok(())
-                } else {
-                    std::fs::write(&path, &response.body)
-                };
-                match saved {
+                match save_body(&path, &response.body) {
                     Ok(()) => record.saved = Some(path.display().to_string()),
                     Err(e) => {
                         record.error = Some(ErrorRecord {

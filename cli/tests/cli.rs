@@ -152,18 +152,21 @@ fn saves_bodies_by_digest_and_writes_to_a_file() {
         servers.url(0, "/status/404"),
     ];
     std::fs::write(&list, urls.join("\n")).unwrap();
-    let out = downpour(&[
-        "fetch",
-        list.to_str().unwrap(),
-        "--delay",
-        "0ms",
-        "--allow-all",
-        "--quiet",
-        "--save-bodies",
-        bodies.to_str().unwrap(),
-        "--output",
-        output.to_str().unwrap(),
-    ]);
+    let run = || {
+        downpour(&[
+            "fetch",
+            list.to_str().unwrap(),
+            "--delay",
+            "0ms",
+            "--allow-all",
+            "--quiet",
+            "--save-bodies",
+            bodies.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+        ])
+    };
+    let out = run();
     assert!(out.status.success(), "{out:?}");
     assert!(out.stdout.is_empty());
     assert!(
@@ -184,6 +187,17 @@ fn saves_bodies_by_digest_and_writes_to_a_file() {
     }
     assert!(by_line(&records, 3).get("saved").is_none());
     assert_eq!(std::fs::read_dir(&bodies).unwrap().count(), 2);
+
+    // A body cut short under its digest (a crash, a full disk) is written whole again.
+    let one = bodies.join(by_line(&records, 1)["sha256"].as_str().unwrap());
+    std::fs::write(&one, "ok").unwrap();
+    assert!(run().status.success());
+    assert_eq!(std::fs::read(&one).unwrap(), b"ok /one");
+    assert_eq!(
+        std::fs::read_dir(&bodies).unwrap().count(),
+        2,
+        "no part left"
+    );
 }
 
 #[test]
