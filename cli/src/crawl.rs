@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use downpour_common::store::{partition_of, redacted_url, Keys, RedisOptions, FORMAT};
 use redis::{Connection, Value};
 
-use crate::input::{Input, Line};
+use crate::input::{Input, Line, ListReader};
 use crate::record::Record;
 
 /// Most requests stored in one transaction while seeding: what the seeding worker holds in
@@ -28,8 +28,9 @@ const SEED_CHUNK: usize = 2000;
 /// the list in to reach this one too.
 const PIPE_END_GRACE: Duration = Duration::from_millis(500);
 
-/// How often a worker looks whether the one seeding the crawl is done (or gone).
-const LEASE_POLL: Duration = Duration::from_millis(100);
+/// How often a worker looks whether the one seeding the crawl is done (or gone), and how
+/// soon a seeding or a wait for it sees a Ctrl-C.
+pub const STOP_POLL: Duration = Duration::from_millis(100);
 
 /// Requests of the list, ready for Redis, and how far the list was read.
 struct Chunk {
@@ -64,14 +65,16 @@ pub enum Seeding {
     },
     /// The crawl was seeded before (by another worker, or an earlier run).
     Resumed,
-    /// Ctrl-C stopped the seeding (or the wait for another worker's): what was stored stays,
-    /// up to this line of the list.
+    /// Ctrl-C stopped the wait for another worker's seeding.
+    StoppedWaiting,
+    /// Ctrl-C stopped the seeding: what was stored stays, up to this line of the list.
     Interrupted { stored: Option<u64> },
 }
 
-/// Ctrl-C while a worker seeds: the handler asks, the seeding stops between two chunks; if
-/// the seeding does not take the stop (a read blocked on a list that does not come), the
-/// handler ends the command itself. Whichever takes it reports it, once.
+/// Ctrl-C while a worker seeds: the handler asks, and the seeding stops within
+/// [`STOP_POLL`], having stored what it read. Should it not take the stop (Redis not
+/// answering), the handler ends the command itself after a while. Whichever takes the stop
+/// reports it, once.
 #[derive(Default)]
 pub struct SeedingStop(AtomicU8);
 
@@ -211,7 +214,7 @@ impl Crawl {
 
     /// Seeds the crawl with the lines of the input, unless it is seeded already, writing
     /// the records of the lines that are not URLs with `invalid` as they are read; stops
-    /// between two chunks once `stop` is requested (Ctrl-C).
+    /// once `stop` is requested (Ctrl-C), having stored what it read.
     ///
     /// Of several workers started together one seeds, holding the lease
     /// `{prefix}:seeding:lease` (renewed by a thread of its own, however slowly the list
@@ -223,14 +226,14 @@ impl Crawl {
     pub fn seed(
         &mut self,
         input: Input,
-        invalid: impl FnMut(&Record),
+        invalid: impl FnMut(&Record) -> Result<(), String>,
         quiet: bool,
         stop: &SeedingStop,
     ) -> Result<Seeding, String> {
         let mut said_waiting = false;
         loop {
             if stop.is_requested() {
-                return Ok(Seeding::Interrupted { stored: None });
+                return Ok(Seeding::StoppedWaiting);
             }
             if self.take_lease()? {
                 break;
@@ -245,10 +248,12 @@ impl Crawl {
                 );
                 said_waiting = true;
             }
-            std::thread::sleep(LEASE_POLL);
+            std::thread::sleep(STOP_POLL);
         }
         let heartbeat = Heartbeat::start(&self.options, self.lease(), self.token.clone());
-        let seeding = self.seed_holding_lease(input.with_digest(), invalid, stop);
+        let seeding = input
+            .read_on_a_thread()
+            .and_then(|list| self.seed_holding_lease(list, invalid, stop));
         drop(heartbeat);
         // Unless the crawl is seeded (the last chunk let the lease go), the next worker goes
         // on at once rather than after the lease's time; an error said first matters more.
@@ -263,8 +268,8 @@ impl Crawl {
 
     fn seed_holding_lease(
         &mut self,
-        mut input: Input,
-        mut invalid: impl FnMut(&Record),
+        mut list: ListReader,
+        mut invalid: impl FnMut(&Record) -> Result<(), String>,
         stop: &SeedingStop,
     ) -> Result<Seeding, String> {
         // Seeded between the look at start and the lease.
@@ -275,14 +280,14 @@ impl Crawl {
         let resumed_at = match &progress {
             Some((lines, digest, _)) => {
                 let prefix = &self.options.prefix;
-                if !input.skip_to(*lines)? {
+                if !list.skip_to(*lines)? {
                     return Err(format!(
                         "the crawl `{prefix}` is being seeded from a list of more than {lines} \
                          lines, and this one has fewer: give this worker the same list as the \
                          first, or use another --prefix"
                     ));
                 }
-                if input.digest() != *digest {
+                if list.digest() != *digest {
                     return Err(format!(
                         "the crawl `{prefix}` is being seeded from another list: the first \
                          {lines} lines of this one differ (give this worker the same list as \
@@ -304,14 +309,19 @@ impl Crawl {
             let mut ended = false;
             let started = Instant::now();
             while chunk < SEED_CHUNK && started.elapsed() < commit_after {
-                match input.next_line()? {
-                    None => {
+                if stop.is_requested() {
+                    break;
+                }
+                match list.next(STOP_POLL)? {
+                    None if list.ended() => {
                         ended = true;
                         break;
                     }
+                    // The list is slow to come.
+                    None => {}
                     // Written before the chunk is stored: a crash repeats it, never loses it.
                     Some(Line::Invalid(record)) => {
-                        invalid(&record);
+                        invalid(&record)?;
                         invalid_lines += 1;
                     }
                     Some(Line::Request(request)) => {
@@ -328,25 +338,30 @@ impl Crawl {
             }
             // Ctrl-C in a terminal ends the program that pipes the list in as well: its end
             // may be that, and the crawl must not be marked seeded with part of its list.
-            if ended && !input.is_regular_file() {
+            if ended && !list.is_regular_file() {
                 std::thread::sleep(PIPE_END_GRACE);
             }
-            if stop.is_requested() {
-                return Ok(Seeding::Interrupted { stored });
-            }
+            // What was read is stored all the same (never as the whole list): its records
+            // of lines that are not URLs are out already.
+            let stopping = stop.is_requested();
             requests += chunk as u64;
             let chunk = Chunk {
                 by_partition,
-                lines: input.lines_read(),
-                digest: input.digest(),
+                lines: list.lines_read(),
+                digest: list.digest(),
                 requests,
-                last: ended,
+                last: ended && !stopping,
             };
             match self.store_chunk(&chunk) {
                 Ok(()) => stored = Some(chunk.lines),
-                // Ctrl-C let the lease go while the chunk was on its way.
-                Err(_) if stop.is_requested() => return Ok(Seeding::Interrupted { stored }),
+                // Ctrl-C's handler let the lease go while the chunk was on its way.
+                Err(_) if stopping || stop.is_requested() => {
+                    return Ok(Seeding::Interrupted { stored })
+                }
                 Err(e) => return Err(e),
+            }
+            if stopping {
+                return Ok(Seeding::Interrupted { stored });
             }
             if ended {
                 return Ok(Seeding::Seeded {
@@ -374,8 +389,8 @@ impl Crawl {
     fn lost_lease(&self) -> String {
         format!(
             "this worker's lease on seeding the crawl `{}` ran out (Redis did not hear from it \
-             for --lease-ttl) and another worker may have taken the seeding over: once the \
-             crawl is seeded, run this worker again to join it",
+             for --lease-ttl): run it again, and it goes on where the seeding stopped, or \
+             joins the crawl if another worker seeded it meanwhile",
             self.options.prefix
         )
     }

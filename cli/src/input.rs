@@ -2,8 +2,11 @@
 //! crawl goes (see [`Feed`](crate::feed::Feed)), so a list of any length fits in memory.
 
 use std::borrow::Cow;
+use std::collections::VecDeque;
 use std::fs::File;
-use std::io::{self, BufRead, BufReader};
+use std::io::{self, BufRead, BufReader, Read};
+use std::sync::mpsc;
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
@@ -18,88 +21,26 @@ pub enum Line {
 
 /// The URL list being read: a file, or stdin for `-`.
 pub struct Input {
-    reader: Box<dyn BufRead + Send>,
+    reader: BufReader<Box<dyn Read + Send>>,
     path: String,
-    /// Lines read so far, blank ones included (the next line's number is one more).
-    number: u64,
     buffer: Vec<u8>,
-    /// SHA-256 of the bytes read so far, when asked for ([`Input::with_digest`]).
-    digest: Option<Sha256>,
+    lines: Lines,
 }
 
 impl Input {
     /// Opens the list; a missing or unreadable file is an error now, before anything starts.
     pub fn open(path: &str) -> Result<Input, String> {
-        let reader: Box<dyn BufRead + Send> = if path == "-" {
-            Box::new(BufReader::new(io::stdin()))
+        let source: Box<dyn Read + Send> = if path == "-" {
+            Box::new(io::stdin())
         } else {
-            Box::new(BufReader::new(
-                File::open(path).map_err(|e| cannot_read(path, e))?,
-            ))
+            Box::new(File::open(path).map_err(|e| cannot_read(path, e))?)
         };
         Ok(Input {
-            reader,
+            reader: BufReader::new(source),
             path: path.to_string(),
-            number: 0,
             buffer: Vec::new(),
-            digest: None,
+            lines: Lines::default(),
         })
-    }
-
-    /// Keeps a SHA-256 of every byte read, so that a crawl's seeding can tell whether a
-    /// list is the one it was being seeded from.
-    pub fn with_digest(mut self) -> Input {
-        self.digest = Some(Sha256::new());
-        self
-    }
-
-    /// Whether the list is a regular file (not stdin, nor a pipe), whose end is its end.
-    pub fn is_regular_file(&self) -> bool {
-        self.path != "-" && std::fs::metadata(&self.path).is_ok_and(|m| m.is_file())
-    }
-
-    /// How many lines were read, blank ones and comments included.
-    pub fn lines_read(&self) -> u64 {
-        self.number
-    }
-
-    /// The SHA-256 (hex) of the lines read so far; empty without [`Input::with_digest`].
-    pub fn digest(&self) -> String {
-        self.digest
-            .as_ref()
-            .map(|d| crate::record::hex(&d.clone().finalize()))
-            .unwrap_or_default()
-    }
-
-    /// Reads up to line `number` (included) without parsing: `false` if the list ends first.
-    pub fn skip_to(&mut self, number: u64) -> Result<bool, String> {
-        while self.number < number {
-            if !self.read_raw()? {
-                return Ok(false);
-            }
-        }
-        Ok(true)
-    }
-
-    /// The next line into `buffer`, whatever it holds: `false` at the end of the list.
-    fn read_raw(&mut self) -> Result<bool, String> {
-        self.buffer.clear();
-        let read = self
-            .reader
-            .read_until(b'\n', &mut self.buffer)
-            .map_err(|e| cannot_read(&self.path, e))?;
-        if read == 0 {
-            return Ok(false);
-        }
-        self.number += 1;
-        // The line without its ending, then one separator: a copy of the list with CRLF
-        // endings, or without a final newline, has the same digest.
-        if let Some(digest) = &mut self.digest {
-            let line = self.buffer.strip_suffix(b"\n").unwrap_or(&self.buffer);
-            digest.update(line.strip_suffix(b"\r").unwrap_or(line));
-            digest.update(b"\n");
-        }
-        Ok(true)
     }
 
     /// The next line that is neither blank nor a comment; `None` at the end of the list. A
@@ -107,34 +48,201 @@ impl Input {
     /// failure to read is.
     pub fn next_line(&mut self) -> Result<Option<Line>, String> {
         loop {
-            if !self.read_raw()? {
+            self.buffer.clear();
+            let read = self
+                .reader
+                .read_until(b'\n', &mut self.buffer)
+                .map_err(|e| cannot_read(&self.path, e))?;
+            if read == 0 {
                 return Ok(None);
             }
-            let text = String::from_utf8_lossy(&self.buffer);
-            let Some(input) = listed(&text) else {
-                continue;
-            };
-            // Lossy decoding copies only a line that is not UTF-8.
-            let reason = if matches!(text, Cow::Owned(_)) {
-                "the line is not valid UTF-8".to_string()
-            } else {
-                match parse_url(input) {
-                    Ok(url) => {
-                        let request = CliRequest::new(self.number, input.to_string(), url);
-                        return Ok(Some(Line::Request(request)));
-                    }
-                    Err(e) => e.to_string(),
-                }
-            };
-            let line = Line::Invalid(Record::failed(
-                self.number,
-                input.to_string(),
-                None,
-                "invalid_url",
-                reason,
-            ));
-            return Ok(Some(line));
+            if let Some(line) = self.lines.parse(&self.buffer) {
+                return Ok(Some(line));
+            }
         }
+    }
+
+    /// Reads the rest of the list on a thread of its own, for a reader that must not block
+    /// on it (seeding a crawl, which keeps an eye on Ctrl-C while a piped list pauses), and
+    /// keeps a digest of its lines.
+    pub fn read_on_a_thread(self) -> Result<ListReader, String> {
+        let Input {
+            mut reader, path, ..
+        } = self;
+        let regular = path != "-" && std::fs::metadata(&path).is_ok_and(|m| m.is_file());
+        let (batches, received) = mpsc::sync_channel::<Result<Vec<Vec<u8>>, String>>(64);
+        std::thread::Builder::new()
+            .name("list".into())
+            .spawn(move || {
+                let mut batch = Vec::new();
+                loop {
+                    let mut line = Vec::new();
+                    match reader.read_until(b'\n', &mut line) {
+                        Ok(0) => break,
+                        Ok(_) => batch.push(line),
+                        Err(e) => {
+                            let _ = batches.send(Err(cannot_read(&path, e)));
+                            return;
+                        }
+                    }
+                    // Sent when full, or when the next read may wait for the list.
+                    if (batch.len() >= READ_BATCH || reader.buffer().is_empty())
+                        && batches.send(Ok(std::mem::take(&mut batch))).is_err()
+                    {
+                        return;
+                    }
+                }
+                if !batch.is_empty() {
+                    let _ = batches.send(Ok(batch));
+                }
+            })
+            .map_err(|e| format!("cannot start a thread to read the URL list: {e}"))?;
+        Ok(ListReader {
+            lines: Lines {
+                number: 0,
+                digest: Some(Sha256::new()),
+            },
+            received,
+            pending: VecDeque::new(),
+            regular,
+            ended: false,
+        })
+    }
+}
+
+/// Lines sent at most at once by the thread of [`Input::read_on_a_thread`].
+const READ_BATCH: usize = 1024;
+
+/// The lines of a list read on a thread of their own ([`Input::read_on_a_thread`]).
+pub struct ListReader {
+    lines: Lines,
+    received: mpsc::Receiver<Result<Vec<Vec<u8>>, String>>,
+    pending: VecDeque<Vec<u8>>,
+    regular: bool,
+    /// The reading thread is done: every line it read was received.
+    ended: bool,
+}
+
+impl ListReader {
+    /// The next line that is neither blank nor a comment, waiting at most `wait` for it:
+    /// `None` if none came in time, or at the end of the list ([`ListReader::ended`]).
+    pub fn next(&mut self, wait: Duration) -> Result<Option<Line>, String> {
+        loop {
+            while let Some(raw) = self.pending.pop_front() {
+                if let Some(line) = self.lines.parse(&raw) {
+                    return Ok(Some(line));
+                }
+            }
+            if !self.receive(wait)? {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Whether the whole list was read.
+    pub fn ended(&self) -> bool {
+        self.ended && self.pending.is_empty()
+    }
+
+    /// Reads up to line `number` (included) without parsing: `false` if the list ends first.
+    pub fn skip_to(&mut self, number: u64) -> Result<bool, String> {
+        while self.lines.number < number {
+            match self.pending.pop_front() {
+                Some(raw) => self.lines.count(&raw),
+                None => {
+                    if !self.receive(Duration::from_secs(3600))? && self.ended {
+                        return Ok(false);
+                    }
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Waits for a batch of lines: `false` if none came (in time, or ever again).
+    fn receive(&mut self, wait: Duration) -> Result<bool, String> {
+        match self.received.recv_timeout(wait) {
+            Ok(batch) => {
+                self.pending.extend(batch?);
+                Ok(true)
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => Ok(false),
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                self.ended = true;
+                Ok(false)
+            }
+        }
+    }
+
+    /// Whether the list is a regular file (not stdin, nor a pipe), whose end is its end.
+    pub fn is_regular_file(&self) -> bool {
+        self.regular
+    }
+
+    /// How many lines were read, blank ones and comments included.
+    pub fn lines_read(&self) -> u64 {
+        self.lines.number
+    }
+
+    /// The SHA-256 (hex) of the lines read so far.
+    pub fn digest(&self) -> String {
+        self.lines.digest()
+    }
+}
+
+/// Numbers lines as they are read (blank ones and comments included), keeps their digest
+/// when asked, and parses them.
+#[derive(Default)]
+struct Lines {
+    /// Lines read so far (the next line's number is one more).
+    number: u64,
+    digest: Option<Sha256>,
+}
+
+impl Lines {
+    /// Counts a line read (with its ending, if it has one).
+    fn count(&mut self, raw: &[u8]) {
+        self.number += 1;
+        // The line without its ending, then one separator: a copy of the list with CRLF
+        // endings, or without a final newline, has the same digest.
+        if let Some(digest) = &mut self.digest {
+            let line = raw.strip_suffix(b"\n").unwrap_or(raw);
+            digest.update(line.strip_suffix(b"\r").unwrap_or(line));
+            digest.update(b"\n");
+        }
+    }
+
+    fn digest(&self) -> String {
+        self.digest
+            .as_ref()
+            .map(|d| crate::record::hex(&d.clone().finalize()))
+            .unwrap_or_default()
+    }
+
+    /// Counts a line read, and parses it: `None` for a blank line or a comment.
+    fn parse(&mut self, raw: &[u8]) -> Option<Line> {
+        self.count(raw);
+        let text = String::from_utf8_lossy(raw);
+        let input = listed(&text)?;
+        // Lossy decoding copies only a line that is not UTF-8.
+        let reason = if matches!(text, Cow::Owned(_)) {
+            "the line is not valid UTF-8".to_string()
+        } else {
+            match parse_url(input) {
+                Ok(url) => {
+                    let request = CliRequest::new(self.number, input.to_string(), url);
+                    return Some(Line::Request(request));
+                }
+                Err(e) => e.to_string(),
+            }
+        };
+        Some(Line::Invalid(Record::failed(
+            self.number,
+            input.to_string(),
+            None,
+            "invalid_url",
+            reason,
+        )))
     }
 }
 

@@ -174,16 +174,17 @@ fn fetch(args: FetchArgs) -> Result<ExitCode, String> {
                 let (asked, crawl_name) = (stop.clone(), name.clone());
                 on_ctrl_c.set(move || {
                     asked.request();
-                    // Taken between two chunks; not by a read blocked on a list that does
-                    // not come: then the command ends here, letting the lease go.
+                    // The seeding stops within STOP_POLL. Should it not (Redis not
+                    // answering), the command ends here, letting the lease go.
                     std::thread::sleep(SEEDING_STOP_WAIT);
                     if asked.take() {
                         release();
-                        eprintln!("{}", stopped_seeding(&crawl_name, None));
+                        say(&stopped_seeding(&crawl_name, None));
                         std::process::exit(130);
                     }
                 });
-                let seeding = crawl.seed(input, |record| output.write(record), args.quiet, &stop);
+                let seeding =
+                    crawl.seed(input, |record| output.try_write(record), args.quiet, &stop);
                 // Until the fetchers run, Ctrl-C ends the command.
                 on_ctrl_c.set(|| std::process::exit(130));
                 seeding?
@@ -212,14 +213,18 @@ fn fetch(args: FetchArgs) -> Result<ExitCode, String> {
                     eprintln!("downpour: crawl {name} already seeded: resuming it");
                 }
             }
-            Seeding::Interrupted { stored } => {
+            Seeding::StoppedWaiting | Seeding::Interrupted { .. } => {
                 if !stop.take() {
                     // The handler took the stop first, and ends the command.
-                    loop {
-                        std::thread::park();
-                    }
+                    std::thread::sleep(SEEDING_STOP_WAIT);
+                    std::process::exit(130);
                 }
-                eprintln!("{}", stopped_seeding(name, stored));
+                say(&match seeding {
+                    Seeding::Interrupted { stored } => stopped_seeding(name, stored),
+                    _ => format!(
+                        "downpour: stopped while waiting for another worker to seed crawl {name}"
+                    ),
+                });
                 output.flush()?;
                 return Ok(ExitCode::from(130));
             }
@@ -388,9 +393,8 @@ fn fetch(args: FetchArgs) -> Result<ExitCode, String> {
     })
 }
 
-/// How long Ctrl-C waits for the seeding to stop between two chunks before it ends the
-/// command itself.
-const SEEDING_STOP_WAIT: Duration = Duration::from_secs(1);
+/// How long Ctrl-C waits for the seeding to stop before it ends the command itself.
+const SEEDING_STOP_WAIT: Duration = Duration::from_secs(5);
 
 /// What Ctrl-C while seeding says, with the last line stored when known.
 fn stopped_seeding(name: &str, stored: Option<u64>) -> String {
@@ -398,26 +402,38 @@ fn stopped_seeding(name: &str, stored: Option<u64>) -> String {
         Some(line) => format!("lines 1 to {line} are stored"),
         None => "what was stored stays".to_string(),
     };
-    format!("downpour: stopped while seeding crawl {name}; {stored}: run again with the same file to go on")
+    format!(
+        "downpour: stopped while seeding crawl {name}; {stored}: run again with the same file \
+         to go on"
+    )
+}
+
+/// A line on stderr, which may be gone (a pipe whose reader Ctrl-C ended too).
+fn say(line: &str) {
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), format!("{line}\n").as_bytes());
 }
 
 /// What Ctrl-C does, set as the run goes from stage to stage (one handler, installed once).
-#[derive(Clone)]
-struct OnCtrlC(Arc<Mutex<Box<dyn Fn() + Send>>>);
+struct OnCtrlC(Arc<Mutex<Arc<dyn Fn() + Send + Sync>>>);
 
 impl OnCtrlC {
     /// Watches for Ctrl-C, which ends the command until [`OnCtrlC::set`] says otherwise.
     fn install() -> Result<OnCtrlC, String> {
-        let action: Box<dyn Fn() + Send> = Box::new(|| std::process::exit(130));
+        let action: Arc<dyn Fn() + Send + Sync> = Arc::new(|| std::process::exit(130));
         let on = OnCtrlC(Arc::new(Mutex::new(action)));
         let current = on.0.clone();
-        ctrlc::set_handler(move || (current.lock().unwrap_or_else(|e| e.into_inner()))())
-            .map_err(|e| format!("cannot watch for Ctrl-C: {e}"))?;
+        ctrlc::set_handler(move || {
+            // Out of the lock before it runs: an action may take a while, and the next one
+            // be set meanwhile.
+            let action = current.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            action();
+        })
+        .map_err(|e| format!("cannot watch for Ctrl-C: {e}"))?;
         Ok(on)
     }
 
-    fn set(&self, action: impl Fn() + Send + 'static) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Box::new(action);
+    fn set(&self, action: impl Fn() + Send + Sync + 'static) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(action);
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::cell::RefCell;
 use std::fs::File;
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -25,15 +25,22 @@ impl Output {
     /// the records of the runs before.
     pub fn open(path: Option<&Path>, redis: bool) -> Result<Self, String> {
         let sink: Box<dyn Write + Send> = match path {
-            Some(path) => Box::new(
-                File::options()
+            Some(path) => {
+                let cannot =
+                    |e: io::Error| format!("cannot create output file {}: {e}", path.display());
+                let mut file = File::options()
                     .write(true)
                     .create(true)
                     .append(redis)
                     .truncate(!redis)
                     .open(path)
-                    .map_err(|e| format!("cannot create output file {}: {e}", path.display()))?,
-            ),
+                    .map_err(cannot)?;
+                // A run before that died mid-line: its part line stays apart from the next.
+                if redis && ends_mid_line(path).map_err(cannot)? {
+                    file.write_all(b"\n").map_err(cannot)?;
+                }
+                Box::new(file)
+            }
             None => Box::new(io::stdout()),
         };
         // Records are a few hundred bytes: a larger buffer writes them in fewer calls.
@@ -41,25 +48,30 @@ impl Output {
         Ok(Output(Arc::new(Mutex::new(writer)), redis))
     }
 
-    /// Writes one record as a line.
+    /// Writes one record as a line; a failure to write ends the command (nothing sensible
+    /// is left to do with a closed stdout, e.g. `| head`, or a full disk).
     pub fn write(&self, record: &Record) {
+        if let Err(e) = self.try_write(record) {
+            eprintln!("downpour: {e}");
+            std::process::exit(1);
+        }
+    }
+
+    /// Writes one record as a line, or says why it cannot.
+    pub fn try_write(&self, record: &Record) -> Result<(), String> {
         // Serialized before taking the lock: the fetching threads hold it only to copy.
         LINE.with_borrow_mut(|line| {
             line.clear();
-            let written = serde_json::to_writer(&mut *line, record)
+            serde_json::to_writer(&mut *line, record)
                 .map_err(io::Error::from)
                 .and_then(|()| {
                     line.push(b'\n');
                     let mut out = self.0.lock().unwrap_or_else(|e| e.into_inner());
                     out.write_all(line)
                         .and_then(|()| if self.1 { out.flush() } else { Ok(()) })
-                });
-            if let Err(e) = written {
-                // Nothing sensible is left to do with a closed stdout (e.g. `| head`).
-                eprintln!("downpour: cannot write output: {e}");
-                std::process::exit(1);
-            }
-        });
+                })
+                .map_err(|e| format!("cannot write output: {e}"))
+        })
     }
 
     /// Flushes, for the end of the run.
@@ -75,4 +87,16 @@ impl Output {
     pub fn flush_quietly(&self) {
         let _ = self.0.lock().map(|mut o| o.flush());
     }
+}
+
+/// Whether the file's last byte is there and is not a newline.
+fn ends_mid_line(path: &Path) -> io::Result<bool> {
+    let mut file = File::open(path)?;
+    if file.seek(SeekFrom::End(0))? == 0 {
+        return Ok(false);
+    }
+    file.seek(SeekFrom::End(-1))?;
+    let mut last = [0];
+    file.read_exact(&mut last)?;
+    Ok(last[0] != b'\n')
 }

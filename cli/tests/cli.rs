@@ -1482,11 +1482,11 @@ fn redis_a_worker_killed_while_seeding_is_followed_from_where_it_stopped() {
     assert_eq!(redis.unfinished("slow", 2), 0);
 }
 
-/// Ctrl-C while seeding ends the command (130) and lets the seeding lease go: what was
-/// stored stays, and the next worker goes on with it at once rather than after the lease's
-/// time. Whether the program piping the list in ends too (its end then is no end of the list:
-/// the crawl is not marked seeded) or not (the read blocks: the handler ends the command).
-/// A run again with the same `--output` appends to it.
+/// Ctrl-C while seeding stores what was read, lets the seeding lease go and ends the
+/// command (130): the next worker goes on at once rather than after the lease's time.
+/// Whether the program piping the list in ends too (its end then is no end of the list: the
+/// crawl is not marked seeded) or not (the list is read on a thread: the seeding sees the
+/// Ctrl-C all the same). A run again with the same `--output` appends to it.
 #[test]
 fn redis_ctrl_c_while_seeding_lets_the_next_worker_go_on_at_once() {
     let redis = RedisServer::start();
@@ -1494,9 +1494,10 @@ fn redis_ctrl_c_while_seeding_lets_the_next_worker_go_on_at_once() {
     for list_ends_too in [true, false] {
         let prefix = if list_ends_too { "ended" } else { "blocked" };
         let dir = scratch(&format!("redis-seed-ctrl-c-{prefix}"));
+        // Bad lines in the first chunk and after it: each gets one record in all.
         let text: Vec<String> = (0..2200)
             .map(|i| match i {
-                7 => "not a url".to_string(),
+                7 | 2050 => format!("not a url {i}"),
                 _ => servers.url(i % 2, &format!("/{prefix}/{i}")),
             })
             .collect();
@@ -1505,22 +1506,24 @@ fn redis_ctrl_c_while_seeding_lets_the_next_worker_go_on_at_once() {
         // The output file of the run to the end, which appends to it.
         let output = dir.join("records.jsonl");
         let first_args = [&args[..], &["-o", output.to_str().unwrap()]].concat();
-        let (first, stdin, stored) = seeding_from_stdin(&redis, prefix, &text[..2100], &first_args);
+        let (first, stdin, _) = seeding_from_stdin(&redis, prefix, &text[..2100], &first_args);
         interrupt(&first);
         if list_ends_too {
             drop(stdin);
         }
         let first = finish(first, "the interrupted worker");
         assert_eq!(first.status.code(), Some(130), "{first:?}");
-        let stderr = String::from_utf8_lossy(&first.stderr);
-        let said = format!("stopped while seeding crawl `{prefix}`");
-        assert!(stderr.contains(&said), "{stderr}");
         let mut connection = redis.connection().unwrap();
-        for (key, kept) in [
-            ("seeded", false),
-            ("seeding:lease", false),
-            ("seeding", true),
-        ] {
+        let stored: u64 = redis::cmd("HGET")
+            .arg(format!("{{{prefix}}}:seeding"))
+            .arg("lines")
+            .query(&mut connection)
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&first.stderr);
+        let said =
+            format!("stopped while seeding crawl `{prefix}`; lines 1 to {stored} are stored");
+        assert!(stderr.contains(&said), "{stderr}");
+        for (key, kept) in [("seeded", false), ("seeding:lease", false)] {
             let exists: bool = redis::cmd("EXISTS")
                 .arg(format!("{{{prefix}}}:{key}"))
                 .query(&mut connection)
@@ -1533,18 +1536,20 @@ fn redis_ctrl_c_while_seeding_lets_the_next_worker_go_on_at_once() {
         assert!(!stderr.contains("waiting"), "{stderr}");
         let went_on = format!("went on seeding crawl `{prefix}` from line {}", stored + 1);
         assert!(stderr.contains(&went_on), "{stderr}");
-        let seeded = format!("seeded crawl `{prefix}` with 2199 URLs");
+        let seeded = format!("seeded crawl `{prefix}` with 2198 URLs");
         assert!(stderr.contains(&seeded), "{stderr}");
-        // The first run's record of line 8 is still in the file, and not written again.
         let lines = lines_recorded(&records);
         assert_eq!(lines.len(), 2200, "{prefix}");
         assert!(lines.values().all(|&n| n == 1), "{prefix}: {lines:?}");
-        assert_eq!(by_line(&records, 8)["error"]["kind"], "invalid_url");
+        for line in [8, 2051] {
+            assert_eq!(by_line(&records, line)["error"]["kind"], "invalid_url");
+        }
     }
 }
 
 /// The seeding lease is renewed while a piped list is slow to come, even past the lease's
-/// time; and let go when the seeding fails (a list that cannot be read).
+/// time; and let go when the seeding fails (a list that cannot be read, an output that
+/// cannot be written).
 #[test]
 fn redis_seeding_keeps_its_lease_through_a_slow_list_and_lets_it_go_on_failure() {
     let redis = RedisServer::start();
@@ -1571,16 +1576,28 @@ fn redis_seeding_keeps_its_lease_through_a_slow_list_and_lets_it_go_on_failure()
     assert_eq!(lines_recorded(&records(&out.stdout)).len(), 10);
     assert_eq!(servers.hits("/slow/").len(), 10);
 
-    // A directory cannot be read: the worker fails, and the lease is not left behind.
-    let failed = redis_worker(&redis, "unreadable", &dir, &args)
+    // A list that cannot be read, or an output that cannot be written (its reader gone):
+    // the worker fails, and the lease is not left behind.
+    let unreadable = redis_worker(&redis, "unreadable", &dir, &args)
         .output()
         .unwrap();
-    assert_eq!(failed.status.code(), Some(2), "{failed:?}");
-    let lease: bool = redis::cmd("EXISTS")
-        .arg("{unreadable}:seeding:lease")
-        .query(&mut redis.connection().unwrap())
+    let mut unwritable = redis_worker(&redis, "unwritable", Path::new("-"), &args)
+        .stdin(Stdio::piped())
+        .spawn()
         .unwrap();
-    assert!(!lease, "the lease was let go");
+    drop(unwritable.stdout.take());
+    let mut stdin = unwritable.stdin.take().unwrap();
+    std::io::Write::write_all(&mut stdin, b"not a url\n").unwrap();
+    drop(stdin);
+    let unwritable = finish(unwritable, "the worker that cannot write");
+    for (prefix, failed) in [("unreadable", unreadable), ("unwritable", unwritable)] {
+        assert_ne!(failed.status.code(), Some(0), "{prefix}: {failed:?}");
+        let lease: bool = redis::cmd("EXISTS")
+            .arg(format!("{{{prefix}}}:seeding:lease"))
+            .query(&mut redis.connection().unwrap())
+            .unwrap();
+        assert!(!lease, "{prefix}: the lease was let go");
+    }
 }
 
 #[test]
