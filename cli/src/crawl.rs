@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use downpour_common::store::{partition_of, redacted_url, Keys, RedisOptions, FORMAT};
 use redis::{Connection, Value};
 
-use crate::input::{Input, Line, ListReader};
+use crate::input::{Input, Line, ListReader, Skipped};
 use crate::record::Record;
 
 /// Most requests stored in one transaction while seeding: what the seeding worker holds in
@@ -33,8 +33,11 @@ const PIPE_END_GRACE: Duration = Duration::from_millis(500);
 pub const STOP_POLL: Duration = Duration::from_millis(100);
 
 /// Requests of the list, ready for Redis, and how far the list was read.
+#[derive(Default)]
 struct Chunk {
     by_partition: BTreeMap<u32, Vec<String>>,
+    /// Requests in `by_partition`.
+    len: usize,
     /// Lines read so far (the line number of the last one), and their SHA-256.
     lines: u64,
     digest: String,
@@ -277,10 +280,15 @@ impl Crawl {
             return Ok(Seeding::Resumed);
         }
         let progress = self.progress()?;
+        let mut stored = progress.as_ref().map(|(lines, _, _)| *lines);
         let resumed_at = match &progress {
             Some((lines, digest, _)) => {
                 let prefix = &self.options.prefix;
-                if !list.skip_to(*lines)? {
+                let skipped = list.skip_to(*lines, STOP_POLL, || stop.is_requested())?;
+                if matches!(skipped, Skipped::Stopped) || stop.is_requested() {
+                    return Ok(Seeding::Interrupted { stored });
+                }
+                if matches!(skipped, Skipped::ListEnded) {
                     return Err(format!(
                         "the crawl `{prefix}` is being seeded from a list of more than {lines} \
                          lines, and this one has fewer: give this worker the same list as the \
@@ -298,60 +306,50 @@ impl Crawl {
             }
             None => None,
         };
-        let mut stored = progress.as_ref().map(|(lines, _, _)| *lines);
         let mut requests = progress.map_or(0, |(_, _, requests)| requests);
         let mut invalid_lines = 0;
         // A slow list is stored as it comes, so that a crash loses little of it.
         let commit_after = self.options.lease_ttl / 3;
         loop {
-            let mut by_partition: BTreeMap<u32, Vec<String>> = BTreeMap::new();
-            let mut chunk = 0;
+            let mut chunk = Chunk::default();
             let mut ended = false;
             let started = Instant::now();
-            while chunk < SEED_CHUNK && started.elapsed() < commit_after {
+            while chunk.len < SEED_CHUNK && started.elapsed() < commit_after {
                 if stop.is_requested() {
                     break;
                 }
                 match list.next(STOP_POLL)? {
+                    Some(line) => invalid_lines += self.add(&mut chunk, line, &mut invalid)?,
                     None if list.ended() => {
                         ended = true;
                         break;
                     }
                     // The list is slow to come.
                     None => {}
-                    // Written before the chunk is stored: a crash repeats it, never loses it.
-                    Some(Line::Invalid(record)) => {
-                        invalid(&record)?;
-                        invalid_lines += 1;
-                    }
-                    Some(Line::Request(request)) => {
-                        let partition = partition_of(
-                            request.url.host_str().unwrap_or(""),
-                            self.options.partitions,
-                        );
-                        let json = serde_json::to_string(&request)
-                            .map_err(|e| format!("cannot serialize line {}: {e}", request.line))?;
-                        by_partition.entry(partition).or_default().push(json);
-                        chunk += 1;
-                    }
                 }
             }
-            // Ctrl-C in a terminal ends the program that pipes the list in as well: its end
-            // may be that, and the crawl must not be marked seeded with part of its list.
             if ended && !list.is_regular_file() {
+                // Ctrl-C in a terminal ends the program that pipes the list in as well: its
+                // end may be that, with its last line cut short, and the crawl must not be
+                // marked seeded with part of its list.
                 std::thread::sleep(PIPE_END_GRACE);
+                if !stop.is_requested() {
+                    if let Some(line) = list.tail() {
+                        invalid_lines += self.add(&mut chunk, line, &mut invalid)?;
+                    }
+                }
             }
             // What was read is stored all the same (never as the whole list): its records
             // of lines that are not URLs are out already.
             let stopping = stop.is_requested();
-            requests += chunk as u64;
-            let chunk = Chunk {
-                by_partition,
-                lines: list.lines_read(),
-                digest: list.digest(),
-                requests,
-                last: ended && !stopping,
-            };
+            if stopping && list.lines_read() == stored.unwrap_or(0) {
+                return Ok(Seeding::Interrupted { stored });
+            }
+            requests += chunk.len as u64;
+            chunk.lines = list.lines_read();
+            chunk.digest = list.digest();
+            chunk.requests = requests;
+            chunk.last = ended && !stopping;
             match self.store_chunk(&chunk) {
                 Ok(()) => stored = Some(chunk.lines),
                 // Ctrl-C's handler let the lease go while the chunk was on its way.
@@ -369,6 +367,34 @@ impl Crawl {
                     requests,
                     resumed_at,
                 });
+            }
+        }
+    }
+
+    /// Adds a line of the list to a chunk: a request, or the record of a line that is not a
+    /// URL, written now (before the chunk is stored: a crash repeats it, never loses it).
+    /// How many such lines it was.
+    fn add(
+        &self,
+        chunk: &mut Chunk,
+        line: Line,
+        invalid: &mut impl FnMut(&Record) -> Result<(), String>,
+    ) -> Result<usize, String> {
+        match line {
+            Line::Invalid(record) => {
+                invalid(&record)?;
+                Ok(1)
+            }
+            Line::Request(request) => {
+                let partition = partition_of(
+                    request.url.host_str().unwrap_or(""),
+                    self.options.partitions,
+                );
+                let json = serde_json::to_string(&request)
+                    .map_err(|e| format!("cannot serialize line {}: {e}", request.line))?;
+                chunk.by_partition.entry(partition).or_default().push(json);
+                chunk.len += 1;
+                Ok(0)
             }
         }
     }

@@ -85,8 +85,9 @@ impl Input {
                             return;
                         }
                     }
-                    // Sent when full, or when the next read may wait for the list.
-                    if (batch.len() >= READ_BATCH || reader.buffer().is_empty())
+                    // Sent when full, or when the next read may wait for the list (what is
+                    // buffered holds no whole line).
+                    if (batch.len() >= READ_BATCH || !reader.buffer().contains(&b'\n'))
                         && batches.send(Ok(std::mem::take(&mut batch))).is_err()
                     {
                         return;
@@ -104,6 +105,7 @@ impl Input {
             },
             received,
             pending: VecDeque::new(),
+            tail: None,
             regular,
             ended: false,
         })
@@ -118,9 +120,21 @@ pub struct ListReader {
     lines: Lines,
     received: mpsc::Receiver<Result<Vec<Vec<u8>>, String>>,
     pending: VecDeque<Vec<u8>>,
+    /// A piped list's last line without a newline, held back until [`ListReader::tail`]:
+    /// it may be a line cut short by the end of the program piping the list in.
+    tail: Option<Vec<u8>>,
     regular: bool,
     /// The reading thread is done: every line it read was received.
     ended: bool,
+}
+
+/// How far [`ListReader::skip_to`] went.
+pub enum Skipped {
+    All,
+    /// The list ended first.
+    ListEnded,
+    /// Stopped (Ctrl-C).
+    Stopped,
 }
 
 impl ListReader {
@@ -139,31 +153,54 @@ impl ListReader {
         }
     }
 
-    /// Whether the whole list was read.
+    /// Whether the whole list was read (but for a [`ListReader::tail`]).
     pub fn ended(&self) -> bool {
         self.ended && self.pending.is_empty()
     }
 
-    /// Reads up to line `number` (included) without parsing: `false` if the list ends first.
-    pub fn skip_to(&mut self, number: u64) -> Result<bool, String> {
+    /// Once the list ended: its last line if it has no newline and the list is piped in,
+    /// which was held back; to be taken only if that end is the list's own.
+    pub fn tail(&mut self) -> Option<Line> {
+        let raw = self.tail.take()?;
+        self.lines.parse(&raw)
+    }
+
+    /// Reads up to line `number` (included) without parsing, looking at `stopped` as it
+    /// waits for the list.
+    pub fn skip_to(
+        &mut self,
+        number: u64,
+        wait: Duration,
+        stopped: impl Fn() -> bool,
+    ) -> Result<Skipped, String> {
         while self.lines.number < number {
-            match self.pending.pop_front() {
-                Some(raw) => self.lines.count(&raw),
-                None => {
-                    if !self.receive(Duration::from_secs(3600))? && self.ended {
-                        return Ok(false);
-                    }
+            if let Some(raw) = self.pending.pop_front() {
+                self.lines.count(&raw);
+                continue;
+            }
+            if stopped() {
+                return Ok(Skipped::Stopped);
+            }
+            if !self.receive(wait)? && self.ended {
+                match self.tail.take() {
+                    Some(raw) => self.lines.count(&raw),
+                    None => return Ok(Skipped::ListEnded),
                 }
             }
         }
-        Ok(true)
+        Ok(Skipped::All)
     }
 
     /// Waits for a batch of lines: `false` if none came (in time, or ever again).
     fn receive(&mut self, wait: Duration) -> Result<bool, String> {
         match self.received.recv_timeout(wait) {
             Ok(batch) => {
-                self.pending.extend(batch?);
+                let mut batch = batch?;
+                let cut = batch.last().is_some_and(|line| !line.ends_with(b"\n"));
+                if cut && !self.regular {
+                    self.tail = batch.pop();
+                }
+                self.pending.extend(batch);
                 Ok(true)
             }
             Err(mpsc::RecvTimeoutError::Timeout) => Ok(false),

@@ -179,7 +179,10 @@ fn fetch(args: FetchArgs) -> Result<ExitCode, String> {
                     std::thread::sleep(SEEDING_STOP_WAIT);
                     if asked.take() {
                         release();
-                        say(&stopped_seeding(&crawl_name, None));
+                        say(&format!(
+                            "downpour: stopped while seeding crawl {crawl_name}; what was \
+                             stored stays: run again with the same file to go on"
+                        ));
                         std::process::exit(130);
                     }
                 });
@@ -192,6 +195,15 @@ fn fetch(args: FetchArgs) -> Result<ExitCode, String> {
             None => Seeding::Resumed,
         };
         match seeding {
+            // A Ctrl-C as the seeding ended, which it could not take.
+            Seeding::Seeded { .. } | Seeding::Resumed if stop.take() => {
+                say(&format!(
+                    "downpour: stopped before fetching; crawl {name} is seeded: run again to \
+                     fetch it"
+                ));
+                output.flush()?;
+                return Ok(ExitCode::from(130));
+            }
             Seeding::Seeded {
                 invalid: lines,
                 requests,
@@ -399,8 +411,8 @@ const SEEDING_STOP_WAIT: Duration = Duration::from_secs(5);
 /// What Ctrl-C while seeding says, with the last line stored when known.
 fn stopped_seeding(name: &str, stored: Option<u64>) -> String {
     let stored = match stored {
-        Some(line) => format!("lines 1 to {line} are stored"),
-        None => "what was stored stays".to_string(),
+        Some(line) if line > 0 => format!("lines 1 to {line} are stored"),
+        _ => "nothing was stored".to_string(),
     };
     format!(
         "downpour: stopped while seeding crawl {name}; {stored}: run again with the same file \

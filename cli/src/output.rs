@@ -36,7 +36,7 @@ impl Output {
                     .open(path)
                     .map_err(cannot)?;
                 // A run before that died mid-line: its part line stays apart from the next.
-                if redis && ends_mid_line(path).map_err(cannot)? {
+                if redis && ends_mid_line(path).unwrap_or(false) {
                     file.write_all(b"\n").map_err(cannot)?;
                 }
                 Box::new(file)
@@ -89,8 +89,12 @@ impl Output {
     }
 }
 
-/// Whether the file's last byte is there and is not a newline.
+/// Whether the file is a regular one whose last byte is there and is not a newline (a
+/// pipe, a FIFO or a terminal has no last byte to look at).
 fn ends_mid_line(path: &Path) -> io::Result<bool> {
+    if !std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
+        return Ok(false);
+    }
     let mut file = File::open(path)?;
     if file.seek(SeekFrom::End(0))? == 0 {
         return Ok(false);

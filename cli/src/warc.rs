@@ -146,9 +146,19 @@ impl Warc {
             record = gz.finish().map_err(|e| self.error(e))?;
         }
         let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
-        file.write_all(&record)
-            .and_then(|()| if self.each { file.flush() } else { Ok(()) })
-            .map_err(|e| self.error(e))
+        if !self.each {
+            return file.write_all(&record).map_err(|e| self.error(e));
+        }
+        // Past the buffer, which stays empty: a record that cannot be written whole (a full
+        // disk) is cut off again, so that the next run's records do not follow a broken one.
+        let file = file.get_mut();
+        let start = file.metadata().map(|m| m.len());
+        file.write_all(&record).map_err(|e| {
+            if let Ok(start) = start {
+                let _ = file.set_len(start);
+            }
+            self.error(e)
+        })
     }
 
     fn error(&self, e: std::io::Error) -> String {

@@ -1158,8 +1158,9 @@ fn redis_seeds_a_crawl_once_and_runs_it_to_the_end() {
     assert_eq!(servers.hits("/page/").len(), 12);
 
     // Once seeded, the file is not read again (a missing one is fine): nothing left to do.
+    // The output may be a pipe (appended to, with Redis).
     std::fs::remove_file(&list).unwrap();
-    let again = worker().output().unwrap();
+    let again = worker().args(["-o", "/dev/stdout"]).output().unwrap();
     assert!(again.status.success(), "{again:?}");
     assert!(again.stdout.is_empty(), "{again:?}");
     let stderr = String::from_utf8_lossy(&again.stderr);
@@ -1352,12 +1353,12 @@ fn redis_a_killed_worker_started_again_leaves_no_url_out() {
     assert_eq!(archived.len(), 20, "{archived:?}");
 }
 
-/// A worker seeding crawl `prefix` from stdin, which gives it `lines` and then nothing
-/// more, once it stored a chunk of them; with its stdin, and how many lines it stored.
+/// A worker seeding crawl `prefix` from stdin, which gives it `list` and then nothing
+/// more, once it stored a chunk of it; with its stdin, and how many lines it stored.
 fn seeding_from_stdin(
     redis: &RedisServer,
     prefix: &str,
-    lines: &[String],
+    list: &str,
     args: &[&str],
 ) -> (Child, std::process::ChildStdin, u64) {
     let mut worker = redis_worker(redis, prefix, Path::new("-"), args)
@@ -1365,7 +1366,7 @@ fn seeding_from_stdin(
         .spawn()
         .unwrap();
     let mut stdin = worker.stdin.take().unwrap();
-    std::io::Write::write_all(&mut stdin, (lines.join("\n") + "\n").as_bytes()).unwrap();
+    std::io::Write::write_all(&mut stdin, list.as_bytes()).unwrap();
     let mut connection = redis.connection().unwrap();
     let mut stored = None;
     wait_for("a chunk stored", || {
@@ -1420,7 +1421,8 @@ fn redis_a_worker_killed_while_seeding_is_followed_from_where_it_stopped() {
     let args = ["--delay", "0ms", "--partitions", "2", "--lease-ttl", "1s"];
 
     // The first worker reads its list from stdin, which gives it 2,100 lines, then nothing.
-    let (mut first, stdin, stored) = seeding_from_stdin(&redis, "slow", &text[..2100], &args);
+    let given = text[..2100].join("\n") + "\n";
+    let (mut first, stdin, stored) = seeding_from_stdin(&redis, "slow", &given, &args);
     first.kill().unwrap(); // SIGKILL
     let first = first.wait_with_output().unwrap();
     drop(stdin);
@@ -1506,7 +1508,10 @@ fn redis_ctrl_c_while_seeding_lets_the_next_worker_go_on_at_once() {
         // The output file of the run to the end, which appends to it.
         let output = dir.join("records.jsonl");
         let first_args = [&args[..], &["-o", output.to_str().unwrap()]].concat();
-        let (first, stdin, _) = seeding_from_stdin(&redis, prefix, &text[..2100], &first_args);
+        // 2,100 lines, and the first characters of the next: the program piping the list in
+        // is cut short, and that cut line is not the list's.
+        let given = text[..2100].join("\n") + "\n" + &text[2100][..12];
+        let (first, stdin, _) = seeding_from_stdin(&redis, prefix, &given, &first_args);
         interrupt(&first);
         if list_ends_too {
             drop(stdin);
