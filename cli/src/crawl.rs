@@ -84,17 +84,33 @@ pub struct SeedingStop(AtomicU8);
 const RUNNING: u8 = 0;
 const REQUESTED: u8 = 1;
 const TAKEN: u8 = 2;
+/// The seeding is over, and took no stop: a Ctrl-C now is the next stage's.
+const CLOSED: u8 = 3;
+
+/// Who has a stop to report once the seeding is over ([`SeedingStop::close`]).
+pub enum StopAfterSeeding {
+    /// Nobody: the run goes on.
+    None,
+    /// The caller.
+    Taken,
+    /// The Ctrl-C handler, which ends the command.
+    TakenByHandler,
+}
 
 impl SeedingStop {
-    /// Asks the seeding to stop.
-    pub fn request(&self) {
-        let _ = self
+    /// Asks the seeding to stop: `false` if it is over (closed).
+    pub fn request(&self) -> bool {
+        match self
             .0
-            .compare_exchange(RUNNING, REQUESTED, Ordering::SeqCst, Ordering::SeqCst);
+            .compare_exchange(RUNNING, REQUESTED, Ordering::SeqCst, Ordering::SeqCst)
+        {
+            Ok(_) => true,
+            Err(state) => state != CLOSED,
+        }
     }
 
     pub fn is_requested(&self) -> bool {
-        self.0.load(Ordering::SeqCst) != RUNNING
+        matches!(self.0.load(Ordering::SeqCst), REQUESTED | TAKEN)
     }
 
     /// Takes a requested stop to report it: `false` if the other side took it first.
@@ -102,6 +118,18 @@ impl SeedingStop {
         self.0
             .compare_exchange(REQUESTED, TAKEN, Ordering::SeqCst, Ordering::SeqCst)
             .is_ok()
+    }
+
+    /// Ends the seeding's watch for Ctrl-C, taking a stop requested meanwhile.
+    pub fn close(&self) -> StopAfterSeeding {
+        match self
+            .0
+            .compare_exchange(RUNNING, CLOSED, Ordering::SeqCst, Ordering::SeqCst)
+        {
+            Ok(_) => StopAfterSeeding::None,
+            Err(_) if self.take() => StopAfterSeeding::Taken,
+            Err(_) => StopAfterSeeding::TakenByHandler,
+        }
     }
 }
 
@@ -285,6 +313,11 @@ impl Crawl {
             Some((lines, digest, _)) => {
                 let prefix = &self.options.prefix;
                 let skipped = list.skip_to(*lines, STOP_POLL, || stop.is_requested())?;
+                let refused = matches!(skipped, Skipped::ListEnded) || list.digest() != *digest;
+                // A piped list that ends short may have been ended by a Ctrl-C on its way.
+                if refused && !list.is_regular_file() {
+                    std::thread::sleep(PIPE_END_GRACE);
+                }
                 if matches!(skipped, Skipped::Stopped) || stop.is_requested() {
                     return Ok(Seeding::Interrupted { stored });
                 }

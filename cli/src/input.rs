@@ -196,6 +196,9 @@ impl ListReader {
         match self.received.recv_timeout(wait) {
             Ok(batch) => {
                 let mut batch = batch?;
+                // A line held back before was not the last (a terminal's end of input
+                // may come more than once).
+                self.pending.extend(self.tail.take());
                 let cut = batch.last().is_some_and(|line| !line.ends_with(b"\n"));
                 if cut && !self.regular {
                     self.tail = batch.pop();

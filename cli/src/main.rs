@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand};
 use downpour_common::descriptors;
 
-use crate::crawl::{Crawl, Seeding, SeedingStop};
+use crate::crawl::{Crawl, Seeding, SeedingStop, StopAfterSeeding};
 use crate::driver::lib::{
     Config, Error, Fetcher, Handle, Partition, RedisOptions, Scheduler, StoreError,
 };
@@ -72,6 +72,8 @@ fn main() -> ExitCode {
 fn fetch(args: FetchArgs) -> Result<ExitCode, String> {
     // Check everything before reading the input.
     let settings = args.settings()?;
+    // Before any thread starts (see `OnCtrlC::install`).
+    let on_ctrl_c = OnCtrlC::install()?;
     make_room_for_connections(settings.config.concurrency, args.quiet);
     if let Some(dir) = &args.save_bodies {
         std::fs::create_dir_all(dir)
@@ -161,7 +163,6 @@ fn fetch(args: FetchArgs) -> Result<ExitCode, String> {
         None => None,
     };
 
-    let on_ctrl_c = OnCtrlC::install()?;
     // With Redis: how many lines were not URLs, when this worker seeds the crawl (their
     // records are written as the list is read).
     let mut invalid = 0;
@@ -171,9 +172,12 @@ fn fetch(args: FetchArgs) -> Result<ExitCode, String> {
         let seeding = match input.take() {
             Some(input) => {
                 let release = crawl.lease_releaser();
-                let (asked, crawl_name) = (stop.clone(), name.clone());
+                let (asked, crawl_name, stages) = (stop.clone(), name.clone(), on_ctrl_c.clone());
                 on_ctrl_c.set(move || {
-                    asked.request();
+                    if !asked.request() {
+                        // The seeding is over: this Ctrl-C is the next stage's.
+                        return stages.run();
+                    }
                     // The seeding stops within STOP_POLL. Should it not (Redis not
                     // answering), the command ends here, letting the lease go.
                     std::thread::sleep(SEEDING_STOP_WAIT);
@@ -194,9 +198,13 @@ fn fetch(args: FetchArgs) -> Result<ExitCode, String> {
             }
             None => Seeding::Resumed,
         };
-        match seeding {
-            // A Ctrl-C as the seeding ended, which it could not take.
-            Seeding::Seeded { .. } | Seeding::Resumed if stop.take() => {
+        match (stop.close(), seeding) {
+            (StopAfterSeeding::TakenByHandler, _) => {
+                // The handler ends the command.
+                std::thread::sleep(SEEDING_STOP_WAIT);
+                std::process::exit(130);
+            }
+            (StopAfterSeeding::Taken, Seeding::Seeded { .. } | Seeding::Resumed) => {
                 say(&format!(
                     "downpour: stopped before fetching; crawl {name} is seeded: run again to \
                      fetch it"
@@ -204,11 +212,14 @@ fn fetch(args: FetchArgs) -> Result<ExitCode, String> {
                 output.flush()?;
                 return Ok(ExitCode::from(130));
             }
-            Seeding::Seeded {
-                invalid: lines,
-                requests,
-                resumed_at,
-            } => {
+            (
+                StopAfterSeeding::None,
+                Seeding::Seeded {
+                    invalid: lines,
+                    requests,
+                    resumed_at,
+                },
+            ) => {
                 if !args.quiet {
                     if let Some(line) = resumed_at {
                         eprintln!(
@@ -220,18 +231,13 @@ fn fetch(args: FetchArgs) -> Result<ExitCode, String> {
                 }
                 invalid = lines;
             }
-            Seeding::Resumed => {
+            (StopAfterSeeding::None, Seeding::Resumed) => {
                 if !args.quiet {
                     eprintln!("downpour: crawl {name} already seeded: resuming it");
                 }
             }
-            Seeding::StoppedWaiting | Seeding::Interrupted { .. } => {
-                if !stop.take() {
-                    // The handler took the stop first, and ends the command.
-                    std::thread::sleep(SEEDING_STOP_WAIT);
-                    std::process::exit(130);
-                }
-                say(&match seeding {
+            (_, stopped) => {
+                say(&match stopped {
                     Seeding::Interrupted { stored } => stopped_seeding(name, stored),
                     _ => format!(
                         "downpour: stopped while waiting for another worker to seed crawl {name}"
@@ -426,26 +432,41 @@ fn say(line: &str) {
 }
 
 /// What Ctrl-C does, set as the run goes from stage to stage (one handler, installed once).
+#[derive(Clone)]
 struct OnCtrlC(Arc<Mutex<Arc<dyn Fn() + Send + Sync>>>);
 
 impl OnCtrlC {
-    /// Watches for Ctrl-C, which ends the command until [`OnCtrlC::set`] says otherwise.
+    /// Watches for Ctrl-C, which ends the command until [`OnCtrlC::set`] says otherwise. To
+    /// be called before any other thread starts: SIGINT is then kept off this thread and
+    /// those it starts, for the Ctrl-C thread alone (a signal that lands on a thread in a
+    /// read with a timeout fails the read with EINTR: a Redis reply, a response).
     fn install() -> Result<OnCtrlC, String> {
         let action: Arc<dyn Fn() + Send + Sync> = Arc::new(|| std::process::exit(130));
         let on = OnCtrlC(Arc::new(Mutex::new(action)));
-        let current = on.0.clone();
-        ctrlc::set_handler(move || {
-            // Out of the lock before it runs: an action may take a while, and the next one
-            // be set meanwhile.
-            let action = current.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            action();
-        })
-        .map_err(|e| format!("cannot watch for Ctrl-C: {e}"))?;
+        let stages = on.clone();
+        ctrlc::set_handler(move || stages.run())
+            .map_err(|e| format!("cannot watch for Ctrl-C: {e}"))?;
+        #[cfg(unix)]
+        {
+            use nix::sys::signal::{SigSet, Signal};
+            let mut sigint = SigSet::empty();
+            sigint.add(Signal::SIGINT);
+            sigint
+                .thread_block()
+                .map_err(|e| format!("cannot watch for Ctrl-C: {e}"))?;
+        }
         Ok(on)
     }
 
     fn set(&self, action: impl Fn() + Send + Sync + 'static) {
         *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(action);
+    }
+
+    /// Does what Ctrl-C does now. Out of the lock: an action may take a while, and the next
+    /// one be set meanwhile.
+    fn run(&self) {
+        let action = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        action();
     }
 }
 

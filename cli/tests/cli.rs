@@ -844,10 +844,9 @@ const STALLING_ARGS: &[&str] = &[
     "60s",
 ];
 
-/// Once the 3 stalling URLs are in flight: a Ctrl-C, which they hold up (the command is still
-/// running after its note that it is stopping), then a second. Returns the thread that
-/// collects the command's stderr, to the end.
-fn interrupt_while_stalled(child: &mut Child, servers: &Servers) -> JoinHandle<String> {
+/// A thread that reads the child's stderr to its end (and returns it), passing on each line
+/// as it comes.
+fn read_stderr(child: &mut Child) -> (JoinHandle<String>, mpsc::Receiver<String>) {
     let stderr = child.stderr.take().unwrap();
     let (lines, stderr_lines) = mpsc::channel();
     let reader = std::thread::spawn(move || {
@@ -859,6 +858,14 @@ fn interrupt_while_stalled(child: &mut Child, servers: &Servers) -> JoinHandle<S
         }
         all
     });
+    (reader, stderr_lines)
+}
+
+/// Once the 3 stalling URLs are in flight: a Ctrl-C, which they hold up (the command is still
+/// running after its note that it is stopping), then a second. Returns the thread that
+/// collects the command's stderr, to the end.
+fn interrupt_while_stalled(child: &mut Child, servers: &Servers) -> JoinHandle<String> {
+    let (reader, stderr_lines) = read_stderr(child);
     wait_for("three stalled requests", || {
         servers.hits("/stall").len() == 3
     });
@@ -1550,6 +1557,57 @@ fn redis_ctrl_c_while_seeding_lets_the_next_worker_go_on_at_once() {
             assert_eq!(by_line(&records, line)["error"]["kind"], "invalid_url");
         }
     }
+}
+
+/// Ctrl-C while a worker waits for another's seeding, even with its Redis command held up
+/// (`CLIENT PAUSE`): the wait ends (130) and says so, where a signal on the thread in that
+/// read failed it with EINTR (exit 2, "Interrupted system call").
+#[test]
+fn redis_ctrl_c_while_waiting_for_the_seeding_ends_the_wait() {
+    let redis = RedisServer::start();
+    let dir = scratch("redis-seed-wait");
+    let list = dir.join("urls.txt");
+    std::fs::write(&list, "http://127.0.0.1:9/x\n").unwrap();
+    let mut connection = redis.connection().unwrap();
+    // Another worker holds the lease.
+    redis::cmd("SET")
+        .arg("{wait}:seeding:lease")
+        .arg("another")
+        .arg("PX")
+        .arg(60_000)
+        .query::<()>(&mut connection)
+        .unwrap();
+    let mut worker = redis_worker(&redis, "wait", &list, &[]).spawn().unwrap();
+    let (reader, stderr_lines) = read_stderr(&mut worker);
+    loop {
+        let line = stderr_lines
+            .recv_timeout(Duration::from_secs(20))
+            .expect("a note that the worker waits");
+        if line.contains("waiting for it") {
+            break;
+        }
+    }
+    redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(1500)
+        .arg("ALL")
+        .query::<()>(&mut connection)
+        .unwrap();
+    // A look at the lease goes every 100 ms: one is held up when the signal comes.
+    std::thread::sleep(Duration::from_millis(300));
+    interrupt(&worker);
+    let out = finish(worker, "the waiting worker");
+    assert_eq!(out.status.code(), Some(130), "{out:?}");
+    let stderr = reader.join().unwrap();
+    assert!(
+        stderr.contains("stopped while waiting for another worker to seed crawl `wait`"),
+        "{stderr}"
+    );
+    let holder: String = redis::cmd("GET")
+        .arg("{wait}:seeding:lease")
+        .query(&mut connection)
+        .unwrap();
+    assert_eq!(holder, "another", "the other worker's lease is left alone");
 }
 
 /// The seeding lease is renewed while a piped list is slow to come, even past the lease's
