@@ -69,7 +69,9 @@ impl Input {
         let Input {
             mut reader, path, ..
         } = self;
-        let regular = path != "-" && std::fs::metadata(&path).is_ok_and(|m| m.is_file());
+        // Stdin redirected from a file (`- < urls.txt`) is that file.
+        let source = if path == "-" { "/dev/stdin" } else { &path };
+        let regular = std::fs::metadata(source).is_ok_and(|m| m.is_file());
         let (batches, received) = mpsc::sync_channel::<Result<Vec<Vec<u8>>, String>>(64);
         std::thread::Builder::new()
             .name("list".into())
