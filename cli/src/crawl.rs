@@ -145,7 +145,7 @@ impl Heartbeat {
         let (stop, stopped) = mpsc::channel::<()>();
         let url = options.url.clone();
         let ttl = options.lease_ttl;
-        let lease_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        let prolong = redis::cmd("PEXPIRE").arg(&lease).arg(millis(ttl)).clone();
         let thread = std::thread::Builder::new()
             .name("seeding-lease".into())
             .spawn(move || {
@@ -157,7 +157,7 @@ impl Heartbeat {
                     // A failure drops the connection, to try a new one next time; a lease
                     // that ran out is seen by the next chunk's transaction.
                     if let Some(c) = &mut connection {
-                        if prolong(c, &lease, &token, lease_ms).is_err() {
+                        if if_holding(c, &lease, &token, &prolong).is_err() {
                             connection = None;
                         }
                     }
@@ -313,22 +313,23 @@ impl Crawl {
             Some((lines, digest, _)) => {
                 let prefix = &self.options.prefix;
                 let skipped = list.skip_to(*lines, STOP_POLL, || stop.is_requested())?;
-                let refused = matches!(skipped, Skipped::ListEnded) || list.digest() != *digest;
+                let short = matches!(skipped, Skipped::ListEnded);
+                let differs = !short && list.digest() != *digest;
                 // A piped list that ends short may have been ended by a Ctrl-C on its way.
-                if refused && !list.is_regular_file() {
+                if (short || differs) && !list.is_regular_file() {
                     std::thread::sleep(PIPE_END_GRACE);
                 }
                 if matches!(skipped, Skipped::Stopped) || stop.is_requested() {
                     return Ok(Seeding::Interrupted { stored });
                 }
-                if matches!(skipped, Skipped::ListEnded) {
+                if short {
                     return Err(format!(
                         "the crawl `{prefix}` is being seeded from a list of more than {lines} \
                          lines, and this one has fewer: give this worker the same list as the \
                          first, or use another --prefix"
                     ));
                 }
-                if list.digest() != *digest {
+                if differs {
                     return Err(format!(
                         "the crawl `{prefix}` is being seeded from another list: the first \
                          {lines} lines of this one differ (give this worker the same list as \
@@ -439,7 +440,7 @@ impl Crawl {
             .arg(&self.token)
             .arg("NX")
             .arg("PX")
-            .arg(self.lease_ms())
+            .arg(millis(self.options.lease_ttl))
             .query(&mut self.connection)
             .map_err(|e| self.failed(e))?;
         Ok(taken.is_some())
@@ -497,7 +498,7 @@ impl Crawl {
         let meta = self.keys.meta();
         let keys = self.keys.clone();
         let partitions = self.options.partitions;
-        let lease_ms = self.lease_ms();
+        let lease_ms = millis(self.options.lease_ttl);
         let token = self.token.as_str();
         let outcome = redis::transaction(
             &mut self.connection,
@@ -568,10 +569,6 @@ impl Crawl {
         format!("{{{}}}:seeding", self.options.prefix)
     }
 
-    fn lease_ms(&self) -> u64 {
-        u64::try_from(self.options.lease_ttl.as_millis()).unwrap_or(u64::MAX)
-    }
-
     /// How many requests the whole crawl still holds (stored and in inboxes, all partitions).
     pub fn unfinished(&mut self) -> Result<u64, String> {
         let mut pipe = redis::pipe();
@@ -597,35 +594,32 @@ impl Crawl {
     }
 }
 
-/// Deletes the lease if `token` holds it.
-fn let_go(connection: &mut Connection, lease: &str, token: &str) -> redis::RedisResult<()> {
-    redis::transaction(connection, &[lease], |connection, pipe| {
-        let holder: Option<String> = redis::cmd("GET").arg(lease).query(connection)?;
-        if holder.as_deref() != Some(token) {
-            return Ok(Some(()));
-        }
-        pipe.cmd("DEL").arg(lease).ignore();
-        let reply: Value = pipe.query(connection)?;
-        Ok((reply != Value::Nil).then_some(()))
-    })
-}
-
-/// Extends the lease if `token` holds it.
-fn prolong(
+/// Runs `command` (on the lease) if `token` holds the lease, in a transaction that watches it.
+fn if_holding(
     connection: &mut Connection,
     lease: &str,
     token: &str,
-    lease_ms: u64,
+    command: &redis::Cmd,
 ) -> redis::RedisResult<()> {
     redis::transaction(connection, &[lease], |connection, pipe| {
         let holder: Option<String> = redis::cmd("GET").arg(lease).query(connection)?;
         if holder.as_deref() != Some(token) {
             return Ok(Some(()));
         }
-        pipe.cmd("PEXPIRE").arg(lease).arg(lease_ms).ignore();
+        pipe.add_command(command.clone()).ignore();
         let reply: Value = pipe.query(connection)?;
         Ok((reply != Value::Nil).then_some(()))
     })
+}
+
+/// Deletes the lease if `token` holds it.
+fn let_go(connection: &mut Connection, lease: &str, token: &str) -> redis::RedisResult<()> {
+    if_holding(connection, lease, token, redis::cmd("DEL").arg(lease))
+}
+
+/// A lease's time, in the milliseconds Redis takes.
+fn millis(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// A connection for one short errand, with short timeouts.

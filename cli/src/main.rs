@@ -183,10 +183,7 @@ fn fetch(args: FetchArgs) -> Result<ExitCode, String> {
                     std::thread::sleep(SEEDING_STOP_WAIT);
                     if asked.take() {
                         release();
-                        say(&format!(
-                            "downpour: stopped while seeding crawl {crawl_name}; what was \
-                             stored stays: run again with the same file to go on"
-                        ));
+                        say(&stopped_seeding(&crawl_name, "what was stored stays"));
                         std::process::exit(130);
                     }
                 });
@@ -238,7 +235,7 @@ fn fetch(args: FetchArgs) -> Result<ExitCode, String> {
             }
             (_, stopped) => {
                 say(&match stopped {
-                    Seeding::Interrupted { stored } => stopped_seeding(name, stored),
+                    Seeding::Interrupted { stored } => stopped_seeding(name, &lines_stored(stored)),
                     _ => format!(
                         "downpour: stopped while waiting for another worker to seed crawl {name}"
                     ),
@@ -414,12 +411,16 @@ fn fetch(args: FetchArgs) -> Result<ExitCode, String> {
 /// How long Ctrl-C waits for the seeding to stop before it ends the command itself.
 const SEEDING_STOP_WAIT: Duration = Duration::from_secs(5);
 
-/// What Ctrl-C while seeding says, with the last line stored when known.
-fn stopped_seeding(name: &str, stored: Option<u64>) -> String {
-    let stored = match stored {
+/// What the lines stored by a seeding that Ctrl-C stopped are, for its message.
+fn lines_stored(stored: Option<u64>) -> String {
+    match stored {
         Some(line) if line > 0 => format!("lines 1 to {line} are stored"),
         _ => "nothing was stored".to_string(),
-    };
+    }
+}
+
+/// What Ctrl-C while seeding says, with what is stored.
+fn stopped_seeding(name: &str, stored: &str) -> String {
     format!(
         "downpour: stopped while seeding crawl {name}; {stored}: run again with the same file \
          to go on"

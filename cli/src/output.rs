@@ -28,13 +28,7 @@ impl Output {
             Some(path) => {
                 let cannot =
                     |e: io::Error| format!("cannot create output file {}: {e}", path.display());
-                let mut file = File::options()
-                    .write(true)
-                    .create(true)
-                    .append(redis)
-                    .truncate(!redis)
-                    .open(path)
-                    .map_err(cannot)?;
+                let mut file = open_for_records(path, redis).map_err(cannot)?;
                 // A run before that died mid-line: its part line stays apart from the next.
                 if redis && ends_mid_line(path).unwrap_or(false) {
                     file.write_all(b"\n").map_err(cannot)?;
@@ -87,6 +81,17 @@ impl Output {
     pub fn flush_quietly(&self) {
         let _ = self.0.lock().map(|mut o| o.flush());
     }
+}
+
+/// A file the run's records go to (the output, the WARC file): appended to when the crawl
+/// lives over several runs (Redis), else created or truncated.
+pub fn open_for_records(path: &Path, append: bool) -> io::Result<File> {
+    File::options()
+        .write(true)
+        .create(true)
+        .append(append)
+        .truncate(!append)
+        .open(path)
 }
 
 /// Whether the file is a regular one whose last byte is there and is not a newline (a

@@ -26,6 +26,7 @@ use time::OffsetDateTime;
 
 use crate::driver::lib::http::header;
 use crate::driver::lib::Response;
+use crate::output::open_for_records;
 
 /// Whether a header describes the bytes on the wire rather than the decoded body stored.
 fn describes_the_wire(name: &header::HeaderName) -> bool {
@@ -67,12 +68,7 @@ impl Warc {
     /// written: a URL is removed from Redis right after its records are written, so they
     /// must be out first (a crash loses neither).
     pub fn open(path: &Path, info: &WarcInfo, redis: bool) -> Result<Self, String> {
-        let file = File::options()
-            .write(true)
-            .create(true)
-            .append(redis)
-            .truncate(!redis)
-            .open(path)
+        let file = open_for_records(path, redis)
             .map_err(|e| format!("cannot create WARC file {}: {e}", path.display()))?;
         let filename = path
             .file_name()
