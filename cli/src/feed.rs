@@ -174,6 +174,7 @@ impl State {
     /// Feeds up to the backlog; true if a waiting thread was given a request.
     fn fill(&mut self, handles: &[Handle<CliRequest>]) -> bool {
         let threads = self.unfinished_of.len() as u32;
+        let reading = self.input.is_some();
         let mut woke = false;
         while !self.stopped && self.unfinished < self.backlog {
             match self.next_line() {
@@ -202,8 +203,11 @@ impl State {
                     }
                 }
                 None => {
-                    // The list ended (or failed): the threads waiting for more end too.
-                    woke |= self.waiting.iter().any(|&w| w);
+                    // The list ended (or failed) just now: the threads waiting for more
+                    // look again, and end if nothing is left. Once it has ended, only the
+                    // last request to finish wakes them (`finished`): waking them at every
+                    // finish cost the busy threads a wake-up each.
+                    woke |= reading && self.waiting.iter().any(|&w| w);
                     break;
                 }
             }
@@ -270,5 +274,40 @@ impl From<HandleError<CliRequest>> for Refused {
                 reason: "the fetcher was dropped".to_string(),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_end_of_the_list_wakes_the_waiting_threads_once() {
+        let dir = std::env::temp_dir().join(format!("downpour-feed-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let list = dir.join("urls.txt");
+        std::fs::write(&list, "").unwrap();
+        let mut state = State {
+            input: Some(Input::open(list.to_str().unwrap()).unwrap()),
+            backlog: 10,
+            // Thread 0 still fetches; thread 1 waits for work.
+            unfinished: 1,
+            unfinished_of: vec![1, 0],
+            waiting: vec![false, true],
+            stopped: false,
+            error: None,
+            output: Output::open(Some(&dir.join("out.jsonl")), false).unwrap(),
+            counters: Arc::new(Counters::default()),
+        };
+        assert!(
+            state.fill(&[]),
+            "the list's end must wake the waiting thread"
+        );
+        assert!(state.input.is_none());
+        // Each further finish of thread 0 fills again: thread 1 is left asleep.
+        assert!(!state.fill(&[]));
+        assert!(!state.fill(&[]));
+        drop(state);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -13,11 +13,38 @@ use downpour_conformance::redis::RedisServer;
 use downpour_conformance::{host_ip, violations, LogEntry, Robots, Servers, Tinyproxy};
 use serde_json::Value;
 
+/// A fresh directory `name` for this test process. The directories of earlier test
+/// processes that are gone are removed first, so that runs do not pile them up in the
+/// temporary directory (a failed test's files stay there until the next run).
 fn scratch(name: &str) -> PathBuf {
+    static SWEEP: std::sync::Once = std::sync::Once::new();
+    SWEEP.call_once(remove_scratch_of_ended_runs);
     let dir = std::env::temp_dir().join(format!("downpour-cli-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create a scratch directory");
     dir
+}
+
+fn remove_scratch_of_ended_runs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("downpour-cli-"))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        // Only where a process's liveness can be seen: elsewhere nothing is removed.
+        let proc = Path::new("/proc");
+        if pid != std::process::id() && proc.is_dir() && !proc.join(pid.to_string()).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// `program`, with stdin closed and no proxy from the environment.
