@@ -6,7 +6,9 @@
 //! at a time, each chunk with the seeding's progress in one `MULTI`/`EXEC`; the last one
 //! sets the marker `{prefix}:seeded`. One worker seeds, under a lease; a worker started
 //! while it does waits for the marker, and one started after a crash mid-seeding goes on
-//! where the dead one stopped. A worker started once the crawl is seeded resumes it.
+//! where the dead one stopped. A worker started once the crawl is seeded checks that its
+//! list is the crawl's (the progress stays: how many lines, and their digest), adds the
+//! lines written at its end since, under the same lease, and resumes the crawl.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -66,8 +68,20 @@ pub enum Seeding {
         requests: u64,
         resumed_at: Option<u64>,
     },
-    /// The crawl was seeded before (by another worker, or an earlier run).
+    /// The crawl was seeded before, and this worker added the lines found at the end of its
+    /// list since: how many of them were not URLs, how many requests they made, and which
+    /// lines they were.
+    Added {
+        invalid: usize,
+        requests: u64,
+        lines: (u64, u64),
+    },
+    /// The crawl was seeded before (by another worker, or an earlier run), and this worker
+    /// has nothing to add to it.
     Resumed,
+    /// The crawl was seeded before, and another worker holds the lease to add to it: this
+    /// worker joins the crawl without reading its list.
+    Joined,
     /// Ctrl-C stopped the wait for another worker's seeding.
     StoppedWaiting,
     /// Ctrl-C stopped the seeding: what was stored stays, up to this line of the list.
@@ -243,9 +257,10 @@ impl Crawl {
         )
     }
 
-    /// Seeds the crawl with the lines of the input, unless it is seeded already, writing
-    /// the records of the lines that are not URLs with `invalid` as they are read; stops
-    /// once `stop` is requested (Ctrl-C), having stored what it read.
+    /// Seeds the crawl with the lines of the input or, once it is seeded, with the lines
+    /// written at the end of its list since, writing the records of the lines that are not
+    /// URLs with `invalid` as they are read; stops once `stop` is requested (Ctrl-C), having
+    /// stored what it read.
     ///
     /// Of several workers started together one seeds, holding the lease
     /// `{prefix}:seeding:lease` (renewed by a thread of its own, however slowly the list
@@ -253,7 +268,9 @@ impl Crawl {
     /// each in one `MULTI`/`EXEC` with the progress `{prefix}:seeding` (the lines read and
     /// their SHA-256), so memory stays small whatever the list's length, and a worker that
     /// takes over the lease of a dead one goes on from the first line not seeded, once it has
-    /// checked that its list begins with the same lines.
+    /// checked that its list begins with the same lines. A worker started on a seeded crawl
+    /// takes the lease too, checks its list the same way and adds the lines after; one that
+    /// finds the lease held then joins the crawl without reading its list.
     pub fn seed(
         &mut self,
         input: Input,
@@ -270,7 +287,8 @@ impl Crawl {
                 break;
             }
             if self.is_seeded()? {
-                return Ok(Seeding::Resumed);
+                // The lease's holder checks its list, and may be adding lines to the crawl.
+                return Ok(Seeding::Joined);
             }
             if !quiet && !said_waiting {
                 eprintln!(
@@ -303,15 +321,30 @@ impl Crawl {
         mut invalid: impl FnMut(&Record) -> Result<(), String>,
         stop: &SeedingStop,
     ) -> Result<Seeding, String> {
-        // Seeded between the look at start and the lease.
-        if self.is_seeded()? {
+        // Seeded by another worker, or before: the list must begin with the lines the crawl
+        // was seeded with, and the lines after them are added.
+        let seeded = self.is_seeded()?;
+        let progress = self.progress()?;
+        if seeded && progress.is_none() {
+            // Seeded without its progress kept: nothing to compare the list with.
             return Ok(Seeding::Resumed);
         }
-        let progress = self.progress()?;
         let mut stored = progress.as_ref().map(|(lines, _, _)| *lines);
         let resumed_at = match &progress {
             Some((lines, digest, _)) => {
                 let prefix = &self.options.prefix;
+                let (was, give) = if seeded {
+                    (
+                        "was seeded",
+                        "give this worker the crawl's list (lines written at its end are \
+                         added to the crawl)",
+                    )
+                } else {
+                    (
+                        "is being seeded",
+                        "give this worker the same list as the first",
+                    )
+                };
                 let skipped = list.skip_to(*lines, STOP_POLL, || stop.is_requested())?;
                 let short = matches!(skipped, Skipped::ListEnded);
                 let differs = !short && list.digest() != *digest;
@@ -324,23 +357,22 @@ impl Crawl {
                 }
                 if short {
                     return Err(format!(
-                        "the crawl `{prefix}` is being seeded from a list of more than {lines} \
-                         lines, and this one has fewer: give this worker the same list as the \
-                         first, or use another --prefix"
+                        "the crawl `{prefix}` {was} from a list of {lines} lines or more, and \
+                         this one has fewer: {give}, or use another --prefix"
                     ));
                 }
                 if differs {
                     return Err(format!(
-                        "the crawl `{prefix}` is being seeded from another list: the first \
-                         {lines} lines of this one differ (give this worker the same list as \
-                         the first, or use another --prefix)"
+                        "the crawl `{prefix}` {was} from another list: the first {lines} lines \
+                         of this one differ ({give}, or use another --prefix)"
                     ));
                 }
                 Some(*lines + 1)
             }
             None => None,
         };
-        let mut requests = progress.map_or(0, |(_, _, requests)| requests);
+        let before = progress.map_or(0, |(_, _, requests)| requests);
+        let mut requests = before;
         let mut invalid_lines = 0;
         // A slow list is stored as it comes, so that a crash loses little of it.
         let commit_after = self.options.lease_ttl / 3;
@@ -376,8 +408,13 @@ impl Crawl {
             // What was read is stored all the same (never as the whole list): its records
             // of lines that are not URLs are out already.
             let stopping = stop.is_requested();
-            if stopping && list.lines_read() == stored.unwrap_or(0) {
+            let nothing_new = list.lines_read() == stored.unwrap_or(0);
+            if stopping && nothing_new {
                 return Ok(Seeding::Interrupted { stored });
+            }
+            if seeded && ended && nothing_new {
+                // The list is the crawl's, with no line added.
+                return Ok(Seeding::Resumed);
             }
             requests += chunk.len as u64;
             chunk.lines = list.lines_read();
@@ -394,6 +431,13 @@ impl Crawl {
             }
             if stopping {
                 return Ok(Seeding::Interrupted { stored });
+            }
+            if ended && seeded {
+                return Ok(Seeding::Added {
+                    invalid: invalid_lines,
+                    requests: requests - before,
+                    lines: (resumed_at.unwrap_or(1), chunk.lines),
+                });
             }
             if ended {
                 return Ok(Seeding::Seeded {
@@ -531,19 +575,21 @@ impl Crawl {
                     let inbox = keys.partition(*partition).inbox;
                     pipe.cmd("RPUSH").arg(&inbox).arg(items).ignore();
                 }
+                // The progress stays once the crawl is seeded: a worker started later checks
+                // its list against it, and adds the lines after.
+                pipe.cmd("HSET")
+                    .arg(&progress)
+                    .arg("lines")
+                    .arg(chunk.lines)
+                    .arg("digest")
+                    .arg(&chunk.digest)
+                    .arg("requests")
+                    .arg(chunk.requests)
+                    .ignore();
                 if chunk.last {
                     pipe.cmd("SET").arg(&marker).arg(chunk.requests).ignore();
-                    pipe.cmd("DEL").arg(&progress).arg(&lease).ignore();
+                    pipe.cmd("DEL").arg(&lease).ignore();
                 } else {
-                    pipe.cmd("HSET")
-                        .arg(&progress)
-                        .arg("lines")
-                        .arg(chunk.lines)
-                        .arg("digest")
-                        .arg(&chunk.digest)
-                        .arg("requests")
-                        .arg(chunk.requests)
-                        .ignore();
                     pipe.cmd("PEXPIRE").arg(&lease).arg(lease_ms).ignore();
                 }
                 // Nil: the lease, the marker or the settings changed since WATCH; look again.
@@ -564,7 +610,8 @@ impl Crawl {
         format!("{{{}}}:seeding:lease", self.options.prefix)
     }
 
-    /// How far the seeding went, while it goes on.
+    /// How far the seeding went: the lines of the list read, their digest, and the requests
+    /// written (kept once the crawl is seeded).
     fn progress_key(&self) -> String {
         format!("{{{}}}:seeding", self.options.prefix)
     }

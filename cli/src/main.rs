@@ -96,8 +96,8 @@ fn fetch(args: FetchArgs) -> Result<ExitCode, String> {
     };
     let mut drivers = Vec::with_capacity(threads);
     let mut fetchers: Vec<Fetcher<CliRequest>> = Vec::with_capacity(threads);
-    // Without Redis the list is read as the crawl goes. With Redis it seeds the crawl, unless
-    // the crawl was seeded before: then it is not read at all.
+    // Without Redis the list is read as the crawl goes. With Redis it seeds the crawl or, once
+    // the crawl is seeded, is checked against it and its lines added since are added.
     let (input, mut crawl) = match &settings.redis {
         None => {
             for thread in 0..threads {
@@ -117,10 +117,12 @@ fn fetch(args: FetchArgs) -> Result<ExitCode, String> {
         }
         Some(options) => {
             let mut crawl = Crawl::connect(options)?;
-            let input = if crawl.is_seeded()? {
-                None
-            } else {
-                Some(Input::open(&args.urls)?)
+            // Once the crawl is seeded, a worker without its list (a missing file) joins it
+            // all the same; with the list, it checks it and adds the lines written since.
+            let input = match Input::open(&args.urls) {
+                Ok(input) => Some(input),
+                Err(_) if crawl.is_seeded()? => None,
+                Err(e) => return Err(e),
             };
             for thread in 0..threads {
                 let driver = Driver::new()?;
@@ -163,8 +165,8 @@ fn fetch(args: FetchArgs) -> Result<ExitCode, String> {
         None => None,
     };
 
-    // With Redis: how many lines were not URLs, when this worker seeds the crawl (their
-    // records are written as the list is read).
+    // With Redis: how many lines were not URLs, when this worker seeds the crawl or adds to it
+    // (their records are written as the list is read).
     let mut invalid = 0;
     let mut input = input;
     if let Some((name, crawl)) = &mut crawl {
@@ -201,7 +203,10 @@ fn fetch(args: FetchArgs) -> Result<ExitCode, String> {
                 std::thread::sleep(SEEDING_STOP_WAIT);
                 std::process::exit(130);
             }
-            (StopAfterSeeding::Taken, Seeding::Seeded { .. } | Seeding::Resumed) => {
+            (
+                StopAfterSeeding::Taken,
+                Seeding::Seeded { .. } | Seeding::Added { .. } | Seeding::Resumed | Seeding::Joined,
+            ) => {
                 say(&format!(
                     "downpour: stopped before fetching; crawl {name} is seeded: run again to \
                      fetch it"
@@ -228,9 +233,33 @@ fn fetch(args: FetchArgs) -> Result<ExitCode, String> {
                 }
                 invalid = lines;
             }
+            (
+                StopAfterSeeding::None,
+                Seeding::Added {
+                    invalid: lines,
+                    requests,
+                    lines: (first, last),
+                },
+            ) => {
+                if !args.quiet {
+                    eprintln!(
+                        "downpour: added {requests} URLs to crawl {name}: lines {first} to \
+                         {last} of its list, written since it was seeded"
+                    );
+                }
+                invalid = lines;
+            }
             (StopAfterSeeding::None, Seeding::Resumed) => {
                 if !args.quiet {
                     eprintln!("downpour: crawl {name} already seeded: resuming it");
+                }
+            }
+            (StopAfterSeeding::None, Seeding::Joined) => {
+                if !args.quiet {
+                    eprintln!(
+                        "downpour: crawl {name} already seeded: resuming it (another worker \
+                         is looking for lines added to its list; this one's was not read)"
+                    );
                 }
             }
             (_, stopped) => {

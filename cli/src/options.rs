@@ -120,7 +120,8 @@ pub struct FetchArgs {
     pub quiet: bool,
     /// Keep the crawl in Redis (redis://[user:password@]host:port/db): nothing is lost on a
     /// crash or Ctrl-C, and several workers (processes, machines) share one crawl. The URL
-    /// file seeds the crawl once; later runs resume it
+    /// file seeds the crawl once; later runs resume it, and add the lines written at the
+    /// file's end since
     #[arg(long, value_name = "URL", help_heading = "Redis")]
     pub redis: Option<String>,
     /// Name of the crawl: the prefix of its keys, so that several crawls share one Redis

@@ -1213,6 +1213,78 @@ fn redis_seeds_a_crawl_once_and_runs_it_to_the_end() {
     assert!(stderr.contains("--partitions 2"), "{stderr}");
 }
 
+/// Lines written at the end of a seeded crawl's list are added to the crawl by the next
+/// worker started with it, and fetched; a list that is not the crawl's is refused.
+#[test]
+fn redis_lines_written_at_the_end_of_a_seeded_crawls_list_are_added_to_it() {
+    let redis = RedisServer::start();
+    let servers = Servers::start(2);
+    let dir = scratch("redis-grow");
+    let list = dir.join("urls.txt");
+    let mut text: Vec<String> = (0..10)
+        .map(|i| servers.url(i % 2, &format!("/page/{i}")))
+        .collect();
+    std::fs::write(&list, text.join("\n")).unwrap();
+    let worker = |list: &Path| redis_worker(&redis, "grow", list, &["--delay", "0ms"]);
+    let first = worker(&list).output().unwrap();
+    assert!(first.status.success(), "{first:?}");
+    assert_eq!(lines_recorded(&records(&first.stdout)).len(), 10);
+
+    // Five lines more, one of them not a URL (the file had no newline at its end).
+    text.extend((10..14).map(|i| servers.url(i % 2, &format!("/page/{i}"))));
+    text.insert(12, "not a url".to_string());
+    std::fs::write(&list, text.join("\n") + "\n").unwrap();
+    let second = worker(&list).output().unwrap();
+    assert!(second.status.success(), "{second:?}");
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        stderr.contains("added 4 URLs to crawl `grow`: lines 11 to 15 of its list"),
+        "{stderr}"
+    );
+    let records = records(&second.stdout);
+    let lines = lines_recorded(&records);
+    assert_eq!(
+        lines.keys().copied().collect::<Vec<_>>(),
+        [11, 12, 13, 14, 15]
+    );
+    assert!(lines.values().all(|&n| n == 1), "{lines:?}");
+    assert_eq!(by_line(&records, 13)["error"]["kind"], "invalid_url");
+    assert_eq!(by_line(&records, 15)["status"], 200);
+    let hits = servers.hits("/page/");
+    assert_eq!(hits.len(), 14, "each URL fetched once: {hits:?}");
+
+    // The same list again: nothing to add, nothing to fetch.
+    let third = worker(&list).output().unwrap();
+    assert!(third.status.success(), "{third:?}");
+    assert!(third.stdout.is_empty(), "{third:?}");
+    let stderr = String::from_utf8_lossy(&third.stderr);
+    assert!(stderr.contains("already seeded: resuming it"), "{stderr}");
+
+    // Another list, or the crawl's cut short, is refused before anything is stored.
+    let other = dir.join("other.txt");
+    let mut changed = text.clone();
+    changed[3] = servers.url(1, "/other");
+    std::fs::write(&other, changed.join("\n")).unwrap();
+    let refused = worker(&other).output().unwrap();
+    assert_eq!(refused.status.code(), Some(2), "{refused:?}");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("was seeded from another list: the first 15 lines of this one differ"),
+        "{stderr}"
+    );
+    std::fs::write(&other, text[..12].join("\n")).unwrap();
+    let refused = worker(&other).output().unwrap();
+    assert_eq!(refused.status.code(), Some(2), "{refused:?}");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("from a list of 15 lines or more, and this one has fewer"),
+        "{stderr}"
+    );
+    assert_eq!(redis.unfinished("grow", 1), 0);
+    assert_eq!(servers.hits("/page/").len(), 14);
+    assert!(servers.hits("/other").is_empty());
+}
+
 #[test]
 fn redis_two_workers_share_one_crawl_and_write_every_url_once() {
     let redis = RedisServer::start();
@@ -1510,11 +1582,19 @@ fn redis_a_worker_killed_while_seeding_is_followed_from_where_it_stopped() {
     assert_eq!(by_line(&all, 2501)["error"]["kind"], "invalid_url");
     let hits = servers.hits("/page/");
     assert_eq!(hits.len(), 2998, "each URL fetched once");
-    let leftovers: Vec<String> = redis::cmd("KEYS")
+    // No lease left; the progress stays, with the whole list: a later worker checks its
+    // list against it.
+    let left: Vec<String> = redis::cmd("KEYS")
         .arg("{slow}:seeding*")
         .query(&mut connection)
         .unwrap();
-    assert!(leftovers.is_empty(), "{leftovers:?}");
+    assert_eq!(left, ["{slow}:seeding"]);
+    let seeded: (u64, u64) = redis::cmd("HMGET")
+        .arg("{slow}:seeding")
+        .arg(&["lines", "requests"])
+        .query(&mut connection)
+        .unwrap();
+    assert_eq!(seeded, (3000, 2998));
     assert_eq!(redis.unfinished("slow", 2), 0);
 }
 
