@@ -76,16 +76,16 @@ pub enum Seeding {
         requests: u64,
         lines: (u64, u64),
     },
-    /// The crawl was seeded before (by another worker, or an earlier run), and this worker
-    /// has nothing to add to it.
+    /// The crawl was seeded before (by another worker, or an earlier run), and this worker's
+    /// list has nothing to add to it.
     Resumed,
-    /// The crawl was seeded before, and another worker holds the lease to add to it: this
-    /// worker joins the crawl without reading its list.
-    Joined,
+    /// The crawl was seeded before, and this worker's list was not checked against it: why.
+    ResumedWithoutList(String),
     /// Ctrl-C stopped the wait for another worker's seeding.
     StoppedWaiting,
-    /// Ctrl-C stopped the seeding: what was stored stays, up to this line of the list.
-    Interrupted { stored: Option<u64> },
+    /// Ctrl-C stopped the seeding (or the adding to a seeded crawl): what was stored stays,
+    /// up to this line of the list.
+    Interrupted { stored: Option<u64>, adding: bool },
 }
 
 /// Ctrl-C while a worker seeds: the handler asks, and the seeding stops within
@@ -269,8 +269,8 @@ impl Crawl {
     /// their SHA-256), so memory stays small whatever the list's length, and a worker that
     /// takes over the lease of a dead one goes on from the first line not seeded, once it has
     /// checked that its list begins with the same lines. A worker started on a seeded crawl
-    /// takes the lease too, checks its list the same way and adds the lines after; one that
-    /// finds the lease held then joins the crawl without reading its list.
+    /// takes the lease too (waiting for it like the others), checks its list the same way
+    /// and adds the lines after.
     pub fn seed(
         &mut self,
         input: Input,
@@ -286,13 +286,16 @@ impl Crawl {
             if self.take_lease()? {
                 break;
             }
-            if self.is_seeded()? {
-                // The lease's holder checks its list, and may be adding lines to the crawl.
-                return Ok(Seeding::Joined);
-            }
+            // Once the crawl is seeded, the lease's holder checks its list, and may be adding
+            // lines that this worker's list has too: it is waited for all the same.
             if !quiet && !said_waiting {
+                let doing = if self.is_seeded()? {
+                    "adding to"
+                } else {
+                    "seeding"
+                };
                 eprintln!(
-                    "downpour: another worker is seeding crawl `{}`: waiting for it",
+                    "downpour: another worker is {doing} crawl `{}`: waiting for it",
                     self.options.prefix
                 );
                 said_waiting = true;
@@ -302,7 +305,7 @@ impl Crawl {
         let heartbeat = Heartbeat::start(&self.options, self.lease(), self.token.clone());
         let seeding = input
             .read_on_a_thread()
-            .and_then(|list| self.seed_holding_lease(list, invalid, stop));
+            .and_then(|list| self.seed_holding_lease(list, invalid, quiet, stop));
         drop(heartbeat);
         // Unless the crawl is seeded (the last chunk let the lease go), the next worker goes
         // on at once rather than after the lease's time; an error said first matters more.
@@ -319,6 +322,7 @@ impl Crawl {
         &mut self,
         mut list: ListReader,
         mut invalid: impl FnMut(&Record) -> Result<(), String>,
+        quiet: bool,
         stop: &SeedingStop,
     ) -> Result<Seeding, String> {
         // Seeded by another worker, or before: the list must begin with the lines the crawl
@@ -326,25 +330,21 @@ impl Crawl {
         let seeded = self.is_seeded()?;
         let progress = self.progress()?;
         if seeded && progress.is_none() {
-            // Seeded without its progress kept: nothing to compare the list with.
-            return Ok(Seeding::Resumed);
+            return Ok(Seeding::ResumedWithoutList(
+                "it keeps no count of its list's lines: lines added to the list are not looked \
+                 for"
+                .to_string(),
+            ));
+        }
+        if seeded {
+            // Lines are added to a list as it is used: a last one without a newline may be
+            // being written.
+            list.hold_back_cut_last_line();
         }
         let mut stored = progress.as_ref().map(|(lines, _, _)| *lines);
         let resumed_at = match &progress {
             Some((lines, digest, _)) => {
                 let prefix = &self.options.prefix;
-                let (was, give) = if seeded {
-                    (
-                        "was seeded",
-                        "give this worker the crawl's list (lines written at its end are \
-                         added to the crawl)",
-                    )
-                } else {
-                    (
-                        "is being seeded",
-                        "give this worker the same list as the first",
-                    )
-                };
                 let skipped = list.skip_to(*lines, STOP_POLL, || stop.is_requested())?;
                 let short = matches!(skipped, Skipped::ListEnded);
                 let differs = !short && list.digest() != *digest;
@@ -353,19 +353,17 @@ impl Crawl {
                     std::thread::sleep(PIPE_END_GRACE);
                 }
                 if matches!(skipped, Skipped::Stopped) || stop.is_requested() {
-                    return Ok(Seeding::Interrupted { stored });
+                    return Ok(Seeding::Interrupted {
+                        stored,
+                        adding: seeded,
+                    });
                 }
-                if short {
-                    return Err(format!(
-                        "the crawl `{prefix}` {was} from a list of {lines} lines or more, and \
-                         this one has fewer: {give}, or use another --prefix"
-                    ));
+                if seeded && short && list.lines_read() == 0 {
+                    // No list at all (`-` with nothing on stdin): nothing to check or add.
+                    return Ok(Seeding::ResumedWithoutList("its list is empty".to_string()));
                 }
-                if differs {
-                    return Err(format!(
-                        "the crawl `{prefix}` {was} from another list: the first {lines} lines \
-                         of this one differ ({give}, or use another --prefix)"
-                    ));
+                if short || differs {
+                    return Err(list_refused(prefix, seeded, *lines, short));
                 }
                 Some(*lines + 1)
             }
@@ -410,7 +408,19 @@ impl Crawl {
             let stopping = stop.is_requested();
             let nothing_new = list.lines_read() == stored.unwrap_or(0);
             if stopping && nothing_new {
-                return Ok(Seeding::Interrupted { stored });
+                return Ok(Seeding::Interrupted {
+                    stored,
+                    adding: seeded,
+                });
+            }
+            if seeded && ended && !quiet && list.has_cut_last_line() {
+                eprintln!(
+                    "downpour: line {} of the list has no newline at its end: it is not added \
+                     to crawl `{}` (it may be being written); end it with a newline, then run \
+                     again to add it",
+                    list.lines_read() + 1,
+                    self.options.prefix
+                );
             }
             if seeded && ended && nothing_new {
                 // The list is the crawl's, with no line added.
@@ -425,12 +435,18 @@ impl Crawl {
                 Ok(()) => stored = Some(chunk.lines),
                 // Ctrl-C's handler let the lease go while the chunk was on its way.
                 Err(_) if stopping || stop.is_requested() => {
-                    return Ok(Seeding::Interrupted { stored })
+                    return Ok(Seeding::Interrupted {
+                        stored,
+                        adding: seeded,
+                    })
                 }
                 Err(e) => return Err(e),
             }
             if stopping {
-                return Ok(Seeding::Interrupted { stored });
+                return Ok(Seeding::Interrupted {
+                    stored,
+                    adding: seeded,
+                });
             }
             if ended && seeded {
                 return Ok(Seeding::Added {
@@ -639,6 +655,32 @@ impl Crawl {
         };
         Ok(())
     }
+}
+
+/// Why a list is refused for crawl `prefix`, seeded (or being seeded) from `lines` lines
+/// that it lacks (`short`) or that differ.
+fn list_refused(prefix: &str, seeded: bool, lines: u64, short: bool) -> String {
+    if !seeded {
+        let what = if short {
+            format!("a list of more than {lines} lines, and this one has fewer")
+        } else {
+            format!("another list: the first {lines} lines of this one differ")
+        };
+        return format!(
+            "the crawl `{prefix}` is being seeded from {what}: give this worker the same list \
+             as the first, or use another --prefix"
+        );
+    }
+    let what = if short {
+        format!("a list of {lines} lines, and this one has fewer")
+    } else {
+        format!("another list: the first {lines} lines of this one differ")
+    };
+    format!(
+        "the crawl `{prefix}` was seeded from {what}. Give this worker the crawl's list (lines \
+         written at its end are added to the crawl), or none (`-` with nothing on standard \
+         input) to resume the crawl as it is, or use another --prefix for a crawl of its own"
+    )
 }
 
 /// Runs `command` (on the lease) if `token` holds the lease, in a transaction that watches it.

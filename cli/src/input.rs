@@ -108,6 +108,7 @@ impl Input {
             received,
             pending: VecDeque::new(),
             tail: None,
+            hold_back: !regular,
             regular,
             ended: false,
         })
@@ -125,6 +126,8 @@ pub struct ListReader {
     /// A piped list's last line without a newline, held back until [`ListReader::tail`]:
     /// it may be a line cut short by the end of the program piping the list in.
     tail: Option<Vec<u8>>,
+    /// Whether such a line is held back: for a pipe, or when asked.
+    hold_back: bool,
     regular: bool,
     /// The reading thread is done: every line it read was received.
     ended: bool,
@@ -202,7 +205,7 @@ impl ListReader {
                 // may come more than once).
                 self.pending.extend(self.tail.take());
                 let cut = batch.last().is_some_and(|line| !line.ends_with(b"\n"));
-                if cut && !self.regular {
+                if cut && self.hold_back {
                     self.tail = batch.pop();
                 }
                 self.pending.extend(batch);
@@ -214,6 +217,20 @@ impl ListReader {
                 Ok(false)
             }
         }
+    }
+
+    /// Holds back a last line without a newline in a regular file too (a list being added
+    /// to may have its last line half written). Before anything is read.
+    pub fn hold_back_cut_last_line(&mut self) {
+        self.hold_back = true;
+    }
+
+    /// Whether a last line without a newline, neither blank nor a comment, is held back.
+    pub fn has_cut_last_line(&self) -> bool {
+        self.tail.as_deref().is_some_and(|line| {
+            let line = line.trim_ascii();
+            !line.is_empty() && !line.starts_with(b"#")
+        })
     }
 
     /// Whether the list is a regular file (not stdin, nor a pipe), whose end is its end.

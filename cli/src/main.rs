@@ -14,6 +14,7 @@ mod record;
 mod units;
 mod warc;
 
+use std::io::{self, IsTerminal};
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -98,6 +99,8 @@ fn fetch(args: FetchArgs) -> Result<ExitCode, String> {
     let mut fetchers: Vec<Fetcher<CliRequest>> = Vec::with_capacity(threads);
     // Without Redis the list is read as the crawl goes. With Redis it seeds the crawl or, once
     // the crawl is seeded, is checked against it and its lines added since are added.
+    // With Redis, once the crawl is seeded: why this worker's list is not read.
+    let mut without_list = None;
     let (input, mut crawl) = match &settings.redis {
         None => {
             for thread in 0..threads {
@@ -117,11 +120,19 @@ fn fetch(args: FetchArgs) -> Result<ExitCode, String> {
         }
         Some(options) => {
             let mut crawl = Crawl::connect(options)?;
-            // Once the crawl is seeded, a worker without its list (a missing file) joins it
-            // all the same; with the list, it checks it and adds the lines written since.
+            // Once the crawl is seeded, a worker given its list checks it and adds the lines
+            // written since; one without (a file it cannot read, or a terminal to type it
+            // on) joins the crawl all the same, and says why.
             let input = match Input::open(&args.urls) {
+                Ok(_) if args.urls == "-" && io::stdin().is_terminal() && crawl.is_seeded()? => {
+                    without_list = Some("standard input is a terminal".to_string());
+                    None
+                }
                 Ok(input) => Some(input),
-                Err(_) if crawl.is_seeded()? => None,
+                Err(e) if crawl.is_seeded()? => {
+                    without_list = Some(e);
+                    None
+                }
                 Err(e) => return Err(e),
             };
             for thread in 0..threads {
@@ -195,7 +206,10 @@ fn fetch(args: FetchArgs) -> Result<ExitCode, String> {
                 on_ctrl_c.set(|| std::process::exit(130));
                 seeding?
             }
-            None => Seeding::Resumed,
+            None => match without_list {
+                Some(why) => Seeding::ResumedWithoutList(why),
+                None => Seeding::Resumed,
+            },
         };
         match (stop.close(), seeding) {
             (StopAfterSeeding::TakenByHandler, _) => {
@@ -205,7 +219,10 @@ fn fetch(args: FetchArgs) -> Result<ExitCode, String> {
             }
             (
                 StopAfterSeeding::Taken,
-                Seeding::Seeded { .. } | Seeding::Added { .. } | Seeding::Resumed | Seeding::Joined,
+                Seeding::Seeded { .. }
+                | Seeding::Added { .. }
+                | Seeding::Resumed
+                | Seeding::ResumedWithoutList(_),
             ) => {
                 say(&format!(
                     "downpour: stopped before fetching; crawl {name} is seeded: run again to \
@@ -254,17 +271,28 @@ fn fetch(args: FetchArgs) -> Result<ExitCode, String> {
                     eprintln!("downpour: crawl {name} already seeded: resuming it");
                 }
             }
-            (StopAfterSeeding::None, Seeding::Joined) => {
+            (StopAfterSeeding::None, Seeding::ResumedWithoutList(why)) => {
                 if !args.quiet {
                     eprintln!(
-                        "downpour: crawl {name} already seeded: resuming it (another worker \
-                         is looking for lines added to its list; this one's was not read)"
+                        "downpour: crawl {name} already seeded: resuming it without checking \
+                         the list ({why})"
                     );
                 }
             }
             (_, stopped) => {
                 say(&match stopped {
-                    Seeding::Interrupted { stored } => stopped_seeding(name, &lines_stored(stored)),
+                    Seeding::Interrupted {
+                        stored,
+                        adding: false,
+                    } => stopped_seeding(name, &lines_stored(stored)),
+                    Seeding::Interrupted {
+                        stored,
+                        adding: true,
+                    } => format!(
+                        "downpour: stopped while adding to crawl {name}; {}: run again with \
+                         the same file to go on",
+                        lines_stored(stored)
+                    ),
                     _ => format!(
                         "downpour: stopped while waiting for another worker to seed crawl {name}"
                     ),

@@ -1241,15 +1241,15 @@ fn redis_lines_written_at_the_end_of_a_seeded_crawls_list_are_added_to_it() {
         stderr.contains("added 4 URLs to crawl `grow`: lines 11 to 15 of its list"),
         "{stderr}"
     );
-    let records = records(&second.stdout);
-    let lines = lines_recorded(&records);
+    let added = records(&second.stdout);
+    let lines = lines_recorded(&added);
     assert_eq!(
         lines.keys().copied().collect::<Vec<_>>(),
         [11, 12, 13, 14, 15]
     );
     assert!(lines.values().all(|&n| n == 1), "{lines:?}");
-    assert_eq!(by_line(&records, 13)["error"]["kind"], "invalid_url");
-    assert_eq!(by_line(&records, 15)["status"], 200);
+    assert_eq!(by_line(&added, 13)["error"]["kind"], "invalid_url");
+    assert_eq!(by_line(&added, 15)["status"], 200);
     let hits = servers.hits("/page/");
     assert_eq!(hits.len(), 14, "each URL fetched once: {hits:?}");
 
@@ -1260,6 +1260,37 @@ fn redis_lines_written_at_the_end_of_a_seeded_crawls_list_are_added_to_it() {
     let stderr = String::from_utf8_lossy(&third.stderr);
     assert!(stderr.contains("already seeded: resuming it"), "{stderr}");
 
+    // A last line without a newline may be half written: it waits for its newline.
+    let half = servers.url(0, "/page/1");
+    std::fs::write(&list, text.join("\n") + "\n" + &half).unwrap();
+    let fourth = worker(&list).output().unwrap();
+    assert!(fourth.status.success(), "{fourth:?}");
+    assert!(fourth.stdout.is_empty(), "{fourth:?}");
+    let stderr = String::from_utf8_lossy(&fourth.stderr);
+    assert!(
+        stderr.contains("line 16 of the list has no newline at its end: it is not added"),
+        "{stderr}"
+    );
+    text.push(servers.url(0, "/page/15"));
+    std::fs::write(&list, text.join("\n") + "\n").unwrap();
+    let fifth = worker(&list).output().unwrap();
+    assert!(fifth.status.success(), "{fifth:?}");
+    let stderr = String::from_utf8_lossy(&fifth.stderr);
+    assert!(
+        stderr.contains("added 1 URLs to crawl `grow`: lines 16 to 16"),
+        "{stderr}"
+    );
+    assert_eq!(by_line(&records(&fifth.stdout), 16)["status"], 200);
+
+    // No list (`-` with nothing on stdin) resumes the crawl as it is.
+    let none = worker(Path::new("-")).output().unwrap();
+    assert!(none.status.success(), "{none:?}");
+    let stderr = String::from_utf8_lossy(&none.stderr);
+    assert!(
+        stderr.contains("resuming it without checking the list (its list is empty)"),
+        "{stderr}"
+    );
+
     // Another list, or the crawl's cut short, is refused before anything is stored.
     let other = dir.join("other.txt");
     let mut changed = text.clone();
@@ -1269,7 +1300,7 @@ fn redis_lines_written_at_the_end_of_a_seeded_crawls_list_are_added_to_it() {
     assert_eq!(refused.status.code(), Some(2), "{refused:?}");
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(
-        stderr.contains("was seeded from another list: the first 15 lines of this one differ"),
+        stderr.contains("was seeded from another list: the first 16 lines of this one differ"),
         "{stderr}"
     );
     std::fs::write(&other, text[..12].join("\n")).unwrap();
@@ -1277,12 +1308,81 @@ fn redis_lines_written_at_the_end_of_a_seeded_crawls_list_are_added_to_it() {
     assert_eq!(refused.status.code(), Some(2), "{refused:?}");
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(
-        stderr.contains("from a list of 15 lines or more, and this one has fewer"),
+        stderr.contains("from a list of 16 lines, and this one has fewer"),
         "{stderr}"
     );
     assert_eq!(redis.unfinished("grow", 1), 0);
-    assert_eq!(servers.hits("/page/").len(), 14);
+    assert_eq!(servers.hits("/page/").len(), 15);
     assert!(servers.hits("/other").is_empty());
+}
+
+/// A worker started while another adds lines to a seeded crawl waits for it rather than
+/// joining, and adds what the other did not: here the other is killed mid-way.
+#[cfg(unix)]
+#[test]
+fn redis_a_worker_killed_while_adding_lines_is_followed_by_the_next() {
+    let redis = RedisServer::start();
+    let servers = Servers::start(2);
+    let dir = scratch("redis-grow-kill");
+    let list = dir.join("urls.txt");
+    let urls: Vec<String> = (0..10)
+        .map(|i| servers.url(i % 2, &format!("/page/{i}")))
+        .collect();
+    std::fs::write(&list, urls[..3].join("\n") + "\n").unwrap();
+    let args = ["--delay", "0ms", "--lease-ttl", "1s"];
+    let first = redis_worker(&redis, "grow-kill", &list, &args)
+        .output()
+        .unwrap();
+    assert!(first.status.success(), "{first:?}");
+
+    // A worker adds lines 4 and 5 from a pipe that then pauses: it holds the lease, and
+    // stores what it read so far (a slow list is stored as it comes).
+    let mut adder = redis_worker(&redis, "grow-kill", Path::new("-"), &args)
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = adder.stdin.take().unwrap();
+    std::io::Write::write_all(&mut stdin, (urls[..5].join("\n") + "\n").as_bytes()).unwrap();
+    let mut connection = redis.connection().unwrap();
+    wait_for("lines 4 and 5 stored", || {
+        redis::cmd("HGET")
+            .arg("{grow-kill}:seeding")
+            .arg("lines")
+            .query::<u64>(&mut connection)
+            .unwrap()
+            == 5
+    });
+    // The whole list, to a worker started now; then the adder dies.
+    std::fs::write(&list, urls.join("\n") + "\n").unwrap();
+    let next = redis_worker(&redis, "grow-kill", &list, &args)
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    adder.kill().unwrap(); // SIGKILL
+    let adder = adder.wait_with_output().unwrap();
+    drop(stdin);
+    let next = finish(next, "the next worker");
+    assert!(next.status.success(), "{next:?}");
+    let stderr = String::from_utf8_lossy(&next.stderr);
+    assert!(
+        stderr.contains("another worker is adding to crawl `grow-kill`: waiting for it"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("added 5 URLs to crawl `grow-kill`: lines 6 to 10 of its list"),
+        "{stderr}"
+    );
+    let mut all = records(&first.stdout);
+    all.extend(records(&adder.stdout));
+    all.extend(records(&next.stdout));
+    let lines = lines_recorded(&all);
+    assert_eq!(
+        lines.keys().copied().collect::<Vec<_>>(),
+        (1..=10).collect::<Vec<_>>()
+    );
+    assert!(lines.values().all(|&n| n == 1), "{lines:?}");
+    assert_eq!(servers.hits("/page/").len(), 10);
+    assert_eq!(redis.unfinished("grow-kill", 1), 0);
 }
 
 #[test]
