@@ -43,10 +43,23 @@ struct Chunk {
     /// Lines read so far (the line number of the last one), and their SHA-256.
     lines: u64,
     digest: String,
+    /// Whether the last of those lines had no newline at its end.
+    cut: bool,
     /// Requests stored with this chunk, since the seeding began.
     requests: u64,
     /// The list ended: the crawl is seeded.
     last: bool,
+}
+
+/// How far the seeding of a crawl went (`{prefix}:seeding`).
+struct Progress {
+    /// Lines of the list read, and their SHA-256.
+    lines: u64,
+    digest: String,
+    /// Requests written.
+    requests: u64,
+    /// Whether the last line had no newline at its end.
+    cut: bool,
 }
 
 /// A sync connection to the crawl's Redis, for seeding and counting.
@@ -81,8 +94,9 @@ pub enum Seeding {
     Resumed,
     /// The crawl was seeded before, and this worker's list was not checked against it: why.
     ResumedWithoutList(String),
-    /// Ctrl-C stopped the wait for another worker's seeding.
-    StoppedWaiting,
+    /// Ctrl-C stopped the wait for another worker seeding the crawl (or adding to it, once
+    /// seeded).
+    StoppedWaiting { adding: bool },
     /// Ctrl-C stopped the seeding (or the adding to a seeded crawl): what was stored stays,
     /// up to this line of the list.
     Interrupted { stored: Option<u64>, adding: bool },
@@ -281,7 +295,9 @@ impl Crawl {
         let mut said_waiting = false;
         loop {
             if stop.is_requested() {
-                return Ok(Seeding::StoppedWaiting);
+                return Ok(Seeding::StoppedWaiting {
+                    adding: self.is_seeded()?,
+                });
             }
             if self.take_lease()? {
                 break;
@@ -341,9 +357,11 @@ impl Crawl {
             // being written.
             list.hold_back_cut_last_line();
         }
-        let mut stored = progress.as_ref().map(|(lines, _, _)| *lines);
+        let mut stored = progress.as_ref().map(|p| p.lines);
         let resumed_at = match &progress {
-            Some((lines, digest, _)) => {
+            Some(Progress {
+                lines, digest, cut, ..
+            }) => {
                 let prefix = &self.options.prefix;
                 let skipped = list.skip_to(*lines, STOP_POLL, || stop.is_requested())?;
                 let short = matches!(skipped, Skipped::ListEnded);
@@ -363,13 +381,13 @@ impl Crawl {
                     return Ok(Seeding::ResumedWithoutList("its list is empty".to_string()));
                 }
                 if short || differs {
-                    return Err(list_refused(prefix, seeded, *lines, short));
+                    return Err(list_refused(prefix, seeded, *lines, short, *cut));
                 }
                 Some(*lines + 1)
             }
             None => None,
         };
-        let before = progress.map_or(0, |(_, _, requests)| requests);
+        let before = progress.map_or(0, |p| p.requests);
         let mut requests = before;
         let mut invalid_lines = 0;
         // A slow list is stored as it comes, so that a crash loses little of it.
@@ -397,7 +415,8 @@ impl Crawl {
                 // end may be that, with its last line cut short, and the crawl must not be
                 // marked seeded with part of its list.
                 std::thread::sleep(PIPE_END_GRACE);
-                if !stop.is_requested() {
+                // Added to a seeded crawl, it waits for its newline, as in a file.
+                if !stop.is_requested() && !seeded {
                     if let Some(line) = list.tail() {
                         invalid_lines += self.add(&mut chunk, line, &mut invalid)?;
                     }
@@ -429,6 +448,7 @@ impl Crawl {
             requests += chunk.len as u64;
             chunk.lines = list.lines_read();
             chunk.digest = list.digest();
+            chunk.cut = list.last_line_cut();
             chunk.requests = requests;
             chunk.last = ended && !stopping;
             match self.store_chunk(&chunk) {
@@ -537,14 +557,19 @@ impl Crawl {
     }
 
     /// What an earlier seeding stored: the lines read, their digest, the requests written.
-    fn progress(&mut self) -> Result<Option<(u64, String, u64)>, String> {
-        let fields: (Option<u64>, Option<String>, Option<u64>) = redis::cmd("HMGET")
+    fn progress(&mut self) -> Result<Option<Progress>, String> {
+        let fields: (Option<u64>, Option<String>, Option<u64>, Option<u8>) = redis::cmd("HMGET")
             .arg(self.progress_key())
-            .arg(&["lines", "digest", "requests"])
+            .arg(&["lines", "digest", "requests", "cut"])
             .query(&mut self.connection)
             .map_err(|e| self.failed(e))?;
         Ok(match fields {
-            (Some(lines), Some(digest), Some(requests)) => Some((lines, digest, requests)),
+            (Some(lines), Some(digest), Some(requests), cut) => Some(Progress {
+                lines,
+                digest,
+                requests,
+                cut: cut == Some(1),
+            }),
             _ => None,
         })
     }
@@ -601,6 +626,8 @@ impl Crawl {
                     .arg(&chunk.digest)
                     .arg("requests")
                     .arg(chunk.requests)
+                    .arg("cut")
+                    .arg(u8::from(chunk.cut))
                     .ignore();
                 if chunk.last {
                     pipe.cmd("SET").arg(&marker).arg(chunk.requests).ignore();
@@ -659,7 +686,8 @@ impl Crawl {
 
 /// Why a list is refused for crawl `prefix`, seeded (or being seeded) from `lines` lines
 /// that it lacks (`short`) or that differ.
-fn list_refused(prefix: &str, seeded: bool, lines: u64, short: bool) -> String {
+/// `cut`: the last of those lines had no newline at its end.
+fn list_refused(prefix: &str, seeded: bool, lines: u64, short: bool, cut: bool) -> String {
     if !seeded {
         let what = if short {
             format!("a list of more than {lines} lines, and this one has fewer")
@@ -673,6 +701,13 @@ fn list_refused(prefix: &str, seeded: bool, lines: u64, short: bool) -> String {
     }
     let what = if short {
         format!("a list of {lines} lines, and this one has fewer")
+    } else if cut {
+        // `>>` onto a list without a final newline goes on with its last line.
+        format!(
+            "another list: the first {lines} lines of this one differ (line {lines} had no \
+             newline at its end: text written right after it, as `>>` does, makes it another \
+             line; put that text on a line of its own)"
+        )
     } else {
         format!("another list: the first {lines} lines of this one differ")
     };

@@ -81,6 +81,13 @@ impl Input {
                     let mut line = Vec::new();
                     match reader.read_until(b'\n', &mut line) {
                         Ok(0) => break,
+                        // A file's end, reached mid-line: a line being written goes on
+                        // after it, and must not be read as two. (A terminal's end of input,
+                        // mid-line, may be followed by more lines.)
+                        Ok(_) if regular && !line.ends_with(b"\n") => {
+                            batch.push(line);
+                            break;
+                        }
                         Ok(_) => batch.push(line),
                         Err(e) => {
                             let _ = batches.send(Err(cannot_read(&path, e)));
@@ -104,6 +111,7 @@ impl Input {
             lines: Lines {
                 number: 0,
                 digest: Some(Sha256::new()),
+                last_cut: false,
             },
             received,
             pending: VecDeque::new(),
@@ -247,6 +255,11 @@ impl ListReader {
     pub fn digest(&self) -> String {
         self.lines.digest()
     }
+
+    /// Whether the last line read had no newline at its end.
+    pub fn last_line_cut(&self) -> bool {
+        self.lines.last_cut
+    }
 }
 
 /// Numbers lines as they are read (blank ones and comments included), keeps their digest
@@ -256,12 +269,15 @@ struct Lines {
     /// Lines read so far (the next line's number is one more).
     number: u64,
     digest: Option<Sha256>,
+    /// Whether the last line read had no newline at its end.
+    last_cut: bool,
 }
 
 impl Lines {
     /// Counts a line read (with its ending, if it has one).
     fn count(&mut self, raw: &[u8]) {
         self.number += 1;
+        self.last_cut = !raw.ends_with(b"\n");
         // The line without its ending, then one separator: a copy of the list with CRLF
         // endings, or without a final newline, has the same digest.
         if let Some(digest) = &mut self.digest {

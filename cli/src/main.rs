@@ -259,9 +259,13 @@ fn fetch(args: FetchArgs) -> Result<ExitCode, String> {
                 },
             ) => {
                 if !args.quiet {
+                    let not_urls = match lines {
+                        0 => String::new(),
+                        n => format!(" ({n} of them not URLs)"),
+                    };
                     eprintln!(
                         "downpour: added {requests} URLs to crawl {name}: lines {first} to \
-                         {last} of its list, written since it was seeded"
+                         {last} of its list{not_urls}, written since it was seeded"
                     );
                 }
                 invalid = lines;
@@ -292,6 +296,10 @@ fn fetch(args: FetchArgs) -> Result<ExitCode, String> {
                         "downpour: stopped while adding to crawl {name}; {}: run again with \
                          the same file to go on",
                         lines_stored(stored)
+                    ),
+                    Seeding::StoppedWaiting { adding: true } => format!(
+                        "downpour: stopped while waiting for another worker adding to crawl \
+                         {name}"
                     ),
                     _ => format!(
                         "downpour: stopped while waiting for another worker to seed crawl {name}"

@@ -1291,6 +1291,23 @@ fn redis_lines_written_at_the_end_of_a_seeded_crawls_list_are_added_to_it() {
         "{stderr}"
     );
 
+    // Piped in, a last line without a newline waits for it too.
+    let mut piped = worker(Path::new("-"))
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = piped.stdin.take().unwrap();
+    let cut = text.join("\n") + "\n" + &servers.url(1, "/page/9");
+    std::io::Write::write_all(&mut stdin, cut.as_bytes()).unwrap();
+    drop(stdin);
+    let piped = finish(piped, "the piped worker");
+    assert!(piped.status.success(), "{piped:?}");
+    let stderr = String::from_utf8_lossy(&piped.stderr);
+    assert!(
+        stderr.contains("line 17 of the list has no newline at its end: it is not added"),
+        "{stderr}"
+    );
+
     // Another list, or the crawl's cut short, is refused before anything is stored.
     let other = dir.join("other.txt");
     let mut changed = text.clone();
@@ -1314,6 +1331,27 @@ fn redis_lines_written_at_the_end_of_a_seeded_crawls_list_are_added_to_it() {
     assert_eq!(redis.unfinished("grow", 1), 0);
     assert_eq!(servers.hits("/page/").len(), 15);
     assert!(servers.hits("/other").is_empty());
+
+    // `>>` onto a list without a final newline goes on with its last line: refused, and
+    // told why.
+    let glued = dir.join("glued.txt");
+    std::fs::write(&glued, text[..2].join("\n")).unwrap();
+    let seeded = redis_worker(&redis, "glued", &glued, &["--delay", "0ms"])
+        .output()
+        .unwrap();
+    assert!(seeded.status.success(), "{seeded:?}");
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&glued)
+        .unwrap();
+    std::io::Write::write_all(&mut file, b"/more\n").unwrap();
+    let refused = redis_worker(&redis, "glued", &glued, &[]).output().unwrap();
+    assert_eq!(refused.status.code(), Some(2), "{refused:?}");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("line 2 had no newline at its end: text written right after it"),
+        "{stderr}"
+    );
 }
 
 /// A worker started while another adds lines to a seeded crawl waits for it rather than
