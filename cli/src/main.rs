@@ -175,6 +175,15 @@ fn fetch(args: FetchArgs) -> Result<ExitCode, String> {
         )?),
         None => None,
     };
+    if let (Some(warc), Some(path), false) = (&warc, &args.warc, args.quiet) {
+        if let Some((cut, end)) = warc.cut_off {
+            eprintln!(
+                "downpour: {} ended with a record cut short (a run stopped while writing it): \
+                 its last {cut} bytes are cut off, and this run's records follow byte {end}",
+                path.display()
+            );
+        }
+    }
 
     // With Redis: how many lines were not URLs, when this worker seeds the crawl or adds to it
     // (their records are written as the list is read).

@@ -14,7 +14,7 @@
 //! body is added. No `request` records: the drivers do not report the request head they sent.
 
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -44,7 +44,18 @@ pub struct Warc {
     file: Mutex<BufWriter<File>>,
     /// Every record flushed as it is written (with Redis).
     each: bool,
+    /// Appending to a file whose last record a killed run left cut short: the bytes cut off
+    /// from it, and where (so that this run's records follow whole ones).
+    pub cut_off: Option<(u64, u64)>,
 }
+
+/// The gzip header written before every record here (flate2's: no name, no time, level 6,
+/// unknown system): the last records of a `.warc.gz` are found from its end by it.
+const GZIP_MEMBER_START: [u8; 10] = [0x1f, 0x8b, 0x08, 0, 0, 0, 0, 0, 0, 0xff];
+/// The start of an uncompressed record written here.
+const RECORD_START: &[u8] = b"WARC/1.1\r\nWARC-Type: ";
+/// How much of a file's end is read to find its last whole record, at most.
+const TAIL_WINDOWS: [u64; 3] = [4 << 20, 64 << 20, 256 << 20];
 
 impl std::fmt::Debug for Warc {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -67,6 +78,10 @@ impl Warc {
     /// runs (each run adds its own `warcinfo` record), and every record is flushed as it is
     /// written: a URL is removed from Redis right after its records are written, so they
     /// must be out first (a crash loses neither).
+    ///
+    /// A record that a killed run left cut short at the file's end is cut off first
+    /// ([`Warc::cut_off`]): the records written whole before it stay, and this run's follow
+    /// them.
     pub fn open(path: &Path, info: &WarcInfo, redis: bool) -> Result<Self, String> {
         let file = open_for_records(path, redis)
             .map_err(|e| format!("cannot create WARC file {}: {e}", path.display()))?;
@@ -74,12 +89,31 @@ impl Warc {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
+        let gzip = filename.ends_with(".gz");
+        let mut cut_off = None;
+        if redis {
+            let cannot = |e: io::Error| format!("cannot read WARC file {}: {e}", path.display());
+            let len = file.metadata().map_err(cannot)?.len();
+            let end = File::open(path)
+                .and_then(|mut read| whole_records_end(&mut read, len, gzip))
+                .map_err(cannot)?;
+            if let Some(end) = end.filter(|&end| end < len) {
+                file.set_len(end).map_err(|e| {
+                    format!(
+                        "cannot cut a broken record off WARC file {}: {e}",
+                        path.display()
+                    )
+                })?;
+                cut_off = Some((len - end, end));
+            }
+        }
         let warc = Warc {
             path: path.to_path_buf(),
-            gzip: filename.ends_with(".gz"),
+            gzip,
             warcinfo_id: record_id(),
             file: Mutex::new(BufWriter::new(file)),
             each: redis,
+            cut_off,
         };
         let fields = format!(
             "software: {}\r\nformat: WARC File Format 1.1\r\n\
@@ -162,6 +196,93 @@ impl Warc {
     }
 }
 
+/// Where the whole records of a WARC file written here end, when what follows them is the
+/// start of a record cut short (a run killed while writing it); `None` when the file ends
+/// with a whole record, or its end is not recognised (then it is left as it is).
+///
+/// The last record is looked for from the end: a candidate start (a gzip member's header,
+/// or `WARC/1.1` and `WARC-Type`) counts only if a whole record follows it (for gzip, a
+/// member that decodes to one), and whole records are followed from there: to the file's
+/// end (nothing to cut), or to the start of a record cut short. Anything else means the
+/// candidate was within a block that holds such bytes, and an earlier one is tried.
+fn whole_records_end(file: &mut File, len: u64, gzip: bool) -> io::Result<Option<u64>> {
+    let marker: &[u8] = if gzip {
+        &GZIP_MEMBER_START
+    } else {
+        RECORD_START
+    };
+    for window in TAIL_WINDOWS {
+        let base = len.saturating_sub(window);
+        file.seek(SeekFrom::Start(base))?;
+        let mut tail = Vec::new();
+        file.take(len - base).read_to_end(&mut tail)?;
+        let mut at = tail.len();
+        while let Some(start) = find_last(&tail[..at], marker) {
+            at = start;
+            let mut end = start;
+            while let Some(size) = whole_record(&tail[end..], gzip) {
+                end += size;
+            }
+            if end == start {
+                continue;
+            }
+            if end == tail.len() {
+                return Ok(None);
+            }
+            // Whole records, then what starts as a record would: a record cut short.
+            let rest = &tail[end..];
+            let started = rest.len().min(marker.len());
+            if rest[..started] == marker[..started] {
+                return Ok(Some(base + end as u64));
+            }
+            // Else that candidate was within a record's block: an earlier one tells.
+        }
+        if base == 0 {
+            break;
+        }
+    }
+    Ok(None)
+}
+
+/// The last position of `needle` in `bytes`.
+fn find_last(bytes: &[u8], needle: &[u8]) -> Option<usize> {
+    bytes.windows(needle.len()).rposition(|w| w == needle)
+}
+
+/// The length of the whole record (a gzip member holding one, for `gzip`) that `bytes`
+/// begin with.
+fn whole_record(bytes: &[u8], gzip: bool) -> Option<usize> {
+    if !gzip {
+        return record_length(bytes);
+    }
+    if !bytes.starts_with(&GZIP_MEMBER_START) {
+        return None;
+    }
+    let mut member = flate2::bufread::GzDecoder::new(bytes);
+    let mut record = Vec::new();
+    member.read_to_end(&mut record).ok()?;
+    let rest = member.into_inner().len();
+    (record_length(&record) == Some(record.len())).then_some(bytes.len() - rest)
+}
+
+/// The length of the uncompressed WARC record that `bytes` begin with, if it is whole: its
+/// head, the `Content-Length` bytes of its block, then CRLF CRLF.
+fn record_length(bytes: &[u8]) -> Option<usize> {
+    if !bytes.starts_with(b"WARC/1.1\r\n") {
+        return None;
+    }
+    let head = bytes.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let length = std::str::from_utf8(&bytes[..head])
+        .ok()?
+        .split("\r\n")
+        .find_map(|line| line.strip_prefix("Content-Length: "))?
+        .trim()
+        .parse::<usize>()
+        .ok()?;
+    let end = (head + 4).checked_add(length)?.checked_add(4)?;
+    (bytes.get(end - 4..end)? == b"\r\n\r\n").then_some(end)
+}
+
 /// The HTTP response as stored: status line, headers, blank line, decoded body.
 fn http_message(response: &Response) -> Vec<u8> {
     let mut message = format!(
@@ -236,6 +357,92 @@ mod tests {
         assert_eq!(base32(b"f"), "MY======");
         assert_eq!(base32(b"foob"), "MZXW6YQ=");
         assert_eq!(base32(b"foobar"), "MZXW6YTBOI======");
+    }
+
+    const INFO: WarcInfo = WarcInfo {
+        software: "downpour test",
+        user_agent: "downpour",
+        robots: "obey",
+    };
+
+    /// Writes a run's records to `path` (appended to, as with Redis): its `warcinfo`, then
+    /// blocks of these sizes, the last one ending with bytes that look like a whole record.
+    /// Returns the file's length before its last record.
+    fn run(path: &Path, sizes: &[usize]) -> u64 {
+        let warc = Warc::open(path, &INFO, true).unwrap();
+        assert_eq!(warc.cut_off, None);
+        let mut before = 0;
+        for (i, &size) in sizes.iter().enumerate() {
+            let mut block: Vec<u8> = (0..size).map(|n| (n * 7 + i) as u8).collect();
+            block.extend_from_slice(
+                b"WARC/1.1\r\nWARC-Type: response\r\nContent-Length: 3\r\n\r\nabc\r\n\r\n",
+            );
+            block.extend_from_slice(&GZIP_MEMBER_START);
+            before = std::fs::metadata(path).unwrap().len();
+            let head = [
+                ("WARC-Type", "resource".to_string()),
+                ("WARC-Record-ID", record_id()),
+                ("WARC-Date", now()),
+            ];
+            warc.append(&head, &block).unwrap();
+        }
+        before
+    }
+
+    fn records(path: &Path) -> usize {
+        let file = File::open(path).unwrap();
+        let reader = std::io::BufReader::new(file);
+        let records: Result<Vec<_>, _> = if path.to_string_lossy().ends_with(".gz") {
+            warc::WarcReader::new(std::io::BufReader::new(
+                flate2::bufread::MultiGzDecoder::new(reader),
+            ))
+            .iter_records()
+            .collect()
+        } else {
+            warc::WarcReader::new(reader).iter_records().collect()
+        };
+        records
+            .unwrap_or_else(|e| panic!("{} is not valid: {e}", path.display()))
+            .len()
+    }
+
+    #[test]
+    fn a_record_cut_short_at_the_end_is_cut_off_before_appending() {
+        let dir = std::env::temp_dir().join(format!("downpour-warc-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for name in ["crawl.warc", "crawl.warc.gz"] {
+            let path = dir.join(name);
+            for cut in [1, 4, 9, 10, 11, 60, usize::MAX] {
+                let _ = std::fs::remove_file(&path);
+                let last = run(&path, &[100, 70_000, 5_000]);
+                let whole = std::fs::metadata(&path).unwrap().len();
+                // A run killed while writing its last record: `cut` bytes of it missing (all
+                // but its first byte for MAX).
+                let left = (whole - last).saturating_sub(cut as u64).max(1);
+                let file = File::options().write(true).open(&path).unwrap();
+                file.set_len(last + left).unwrap();
+                drop(file);
+                let again = Warc::open(&path, &INFO, true).unwrap();
+                assert_eq!(again.cut_off, Some((left, last)), "{name}, cut {cut}");
+                drop(again);
+                // Two warcinfo records and the first run's two whole records.
+                assert_eq!(records(&path), 4, "{name}, cut {cut}");
+            }
+            // A whole file is left as it is, even with record-like bytes in its last block.
+            let _ = std::fs::remove_file(&path);
+            run(&path, &[10, 20]);
+            run(&path, &[30]);
+            assert_eq!(records(&path), 5, "{name}");
+            // So is an end that does not start as a record does (not written here).
+            let mut file = File::options().append(true).open(&path).unwrap();
+            file.write_all(b"not a record").unwrap();
+            drop(file);
+            let len = std::fs::metadata(&path).unwrap().len();
+            let again = Warc::open(&path, &INFO, true).unwrap();
+            assert_eq!(again.cut_off, None, "{name}");
+            assert!(std::fs::metadata(&path).unwrap().len() > len);
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
