@@ -40,23 +40,19 @@ struct Chunk {
     by_partition: BTreeMap<u32, Vec<String>>,
     /// Requests in `by_partition`.
     len: usize,
-    /// Lines read so far (the line number of the last one), and their SHA-256.
-    lines: u64,
-    digest: String,
-    /// Whether the last of those lines had no newline at its end.
-    cut: bool,
-    /// Requests stored with this chunk, since the seeding began.
-    requests: u64,
+    /// The seeding's progress once this chunk is stored.
+    progress: Progress,
     /// The list ended: the crawl is seeded.
     last: bool,
 }
 
 /// How far the seeding of a crawl went (`{prefix}:seeding`).
+#[derive(Default)]
 struct Progress {
-    /// Lines of the list read, and their SHA-256.
+    /// Lines of the list read (the line number of the last one), and their SHA-256.
     lines: u64,
     digest: String,
-    /// Requests written.
+    /// Requests written since the seeding began.
     requests: u64,
     /// Whether the last line had no newline at its end.
     cut: bool,
@@ -357,6 +353,12 @@ impl Crawl {
             // being written.
             list.hold_back_cut_last_line();
         }
+        let interrupted = |stored| {
+            Ok(Seeding::Interrupted {
+                stored,
+                adding: seeded,
+            })
+        };
         let mut stored = progress.as_ref().map(|p| p.lines);
         let resumed_at = match &progress {
             Some(Progress {
@@ -371,10 +373,7 @@ impl Crawl {
                     std::thread::sleep(PIPE_END_GRACE);
                 }
                 if matches!(skipped, Skipped::Stopped) || stop.is_requested() {
-                    return Ok(Seeding::Interrupted {
-                        stored,
-                        adding: seeded,
-                    });
+                    return interrupted(stored);
                 }
                 if seeded && short && list.lines_read() == 0 {
                     // No list at all (`-` with nothing on stdin): nothing to check or add.
@@ -427,10 +426,7 @@ impl Crawl {
             let stopping = stop.is_requested();
             let nothing_new = list.lines_read() == stored.unwrap_or(0);
             if stopping && nothing_new {
-                return Ok(Seeding::Interrupted {
-                    stored,
-                    adding: seeded,
-                });
+                return interrupted(stored);
             }
             if seeded && ended && !quiet && list.has_cut_last_line() {
                 eprintln!(
@@ -446,33 +442,27 @@ impl Crawl {
                 return Ok(Seeding::Resumed);
             }
             requests += chunk.len as u64;
-            chunk.lines = list.lines_read();
-            chunk.digest = list.digest();
-            chunk.cut = list.last_line_cut();
-            chunk.requests = requests;
+            chunk.progress = Progress {
+                lines: list.lines_read(),
+                digest: list.digest(),
+                requests,
+                cut: list.last_line_cut(),
+            };
             chunk.last = ended && !stopping;
             match self.store_chunk(&chunk) {
-                Ok(()) => stored = Some(chunk.lines),
+                Ok(()) => stored = Some(chunk.progress.lines),
                 // Ctrl-C's handler let the lease go while the chunk was on its way.
-                Err(_) if stopping || stop.is_requested() => {
-                    return Ok(Seeding::Interrupted {
-                        stored,
-                        adding: seeded,
-                    })
-                }
+                Err(_) if stopping || stop.is_requested() => return interrupted(stored),
                 Err(e) => return Err(e),
             }
             if stopping {
-                return Ok(Seeding::Interrupted {
-                    stored,
-                    adding: seeded,
-                });
+                return interrupted(stored);
             }
             if ended && seeded {
                 return Ok(Seeding::Added {
                     invalid: invalid_lines,
                     requests: requests - before,
-                    lines: (resumed_at.unwrap_or(1), chunk.lines),
+                    lines: (resumed_at.unwrap_or(1), chunk.progress.lines),
                 });
             }
             if ended {
@@ -618,19 +608,20 @@ impl Crawl {
                 }
                 // The progress stays once the crawl is seeded: a worker started later checks
                 // its list against it, and adds the lines after.
+                let stored = &chunk.progress;
                 pipe.cmd("HSET")
                     .arg(&progress)
                     .arg("lines")
-                    .arg(chunk.lines)
+                    .arg(stored.lines)
                     .arg("digest")
-                    .arg(&chunk.digest)
+                    .arg(&stored.digest)
                     .arg("requests")
-                    .arg(chunk.requests)
+                    .arg(stored.requests)
                     .arg("cut")
-                    .arg(u8::from(chunk.cut))
+                    .arg(u8::from(stored.cut))
                     .ignore();
                 if chunk.last {
-                    pipe.cmd("SET").arg(&marker).arg(chunk.requests).ignore();
+                    pipe.cmd("SET").arg(&marker).arg(stored.requests).ignore();
                     pipe.cmd("DEL").arg(&lease).ignore();
                 } else {
                     pipe.cmd("PEXPIRE").arg(&lease).arg(lease_ms).ignore();
@@ -688,11 +679,12 @@ impl Crawl {
 /// that it lacks (`short`) or that differ.
 /// `cut`: the last of those lines had no newline at its end.
 fn list_refused(prefix: &str, seeded: bool, lines: u64, short: bool, cut: bool) -> String {
+    let differ = format!("another list: the first {lines} lines of this one differ");
     if !seeded {
         let what = if short {
             format!("a list of more than {lines} lines, and this one has fewer")
         } else {
-            format!("another list: the first {lines} lines of this one differ")
+            differ
         };
         return format!(
             "the crawl `{prefix}` is being seeded from {what}: give this worker the same list \
@@ -704,12 +696,11 @@ fn list_refused(prefix: &str, seeded: bool, lines: u64, short: bool, cut: bool) 
     } else if cut {
         // `>>` onto a list without a final newline goes on with its last line.
         format!(
-            "another list: the first {lines} lines of this one differ (line {lines} had no \
-             newline at its end: text written right after it, as `>>` does, makes it another \
-             line; put that text on a line of its own)"
+            "{differ} (line {lines} had no newline at its end: text written right after it, as \
+             `>>` does, makes it another line; put that text on a line of its own)"
         )
     } else {
-        format!("another list: the first {lines} lines of this one differ")
+        differ
     };
     format!(
         "the crawl `{prefix}` was seeded from {what}. Give this worker the crawl's list (lines \

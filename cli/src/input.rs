@@ -235,10 +235,9 @@ impl ListReader {
 
     /// Whether a last line without a newline, neither blank nor a comment, is held back.
     pub fn has_cut_last_line(&self) -> bool {
-        self.tail.as_deref().is_some_and(|line| {
-            let line = line.trim_ascii();
-            !line.is_empty() && !line.starts_with(b"#")
-        })
+        self.tail
+            .as_deref()
+            .is_some_and(|line| listed(&String::from_utf8_lossy(line)).is_some())
     }
 
     /// Whether the list is a regular file (not stdin, nor a pipe), whose end is its end.

@@ -205,7 +205,11 @@ fn fetch(args: FetchArgs) -> Result<ExitCode, String> {
                     std::thread::sleep(SEEDING_STOP_WAIT);
                     if asked.take() {
                         release();
-                        say(&stopped_seeding(&crawl_name, "what was stored stays"));
+                        say(&stopped_seeding(
+                            &crawl_name,
+                            false,
+                            "what was stored stays",
+                        ));
                         std::process::exit(130);
                     }
                 });
@@ -294,18 +298,9 @@ fn fetch(args: FetchArgs) -> Result<ExitCode, String> {
             }
             (_, stopped) => {
                 say(&match stopped {
-                    Seeding::Interrupted {
-                        stored,
-                        adding: false,
-                    } => stopped_seeding(name, &lines_stored(stored)),
-                    Seeding::Interrupted {
-                        stored,
-                        adding: true,
-                    } => format!(
-                        "downpour: stopped while adding to crawl {name}; {}: run again with \
-                         the same file to go on",
-                        lines_stored(stored)
-                    ),
+                    Seeding::Interrupted { stored, adding } => {
+                        stopped_seeding(name, adding, &lines_stored(stored))
+                    }
                     Seeding::StoppedWaiting { adding: true } => format!(
                         "downpour: stopped while waiting for another worker adding to crawl \
                          {name}"
@@ -493,10 +488,11 @@ fn lines_stored(stored: Option<u64>) -> String {
     }
 }
 
-/// What Ctrl-C while seeding says, with what is stored.
-fn stopped_seeding(name: &str, stored: &str) -> String {
+/// What Ctrl-C while seeding (or adding to a seeded crawl) says, with what is stored.
+fn stopped_seeding(name: &str, adding: bool, stored: &str) -> String {
+    let doing = if adding { "adding to" } else { "seeding" };
     format!(
-        "downpour: stopped while seeding crawl {name}; {stored}: run again with the same file \
+        "downpour: stopped while {doing} crawl {name}; {stored}: run again with the same file \
          to go on"
     )
 }

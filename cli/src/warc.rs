@@ -211,13 +211,19 @@ fn whole_records_end(file: &mut File, len: u64, gzip: bool) -> io::Result<Option
     } else {
         RECORD_START
     };
+    // Each window adds what lies before the last one, and looks only at the candidates
+    // that start there: those of the last window end within it, and were turned down.
+    let mut tail = Vec::new();
+    let mut scanned = len;
     for window in TAIL_WINDOWS {
         let base = len.saturating_sub(window);
         file.seek(SeekFrom::Start(base))?;
-        let mut tail = Vec::new();
-        file.take(len - base).read_to_end(&mut tail)?;
-        let mut at = tail.len();
-        while let Some(start) = find_last(&tail[..at], marker) {
+        let mut before = Vec::new();
+        file.take(scanned - base).read_to_end(&mut before)?;
+        tail.splice(0..0, before);
+        let mut at = (scanned - base) as usize + marker.len() - 1;
+        scanned = base;
+        while let Some(start) = find_last(&tail[..at.min(tail.len())], marker) {
             at = start;
             let mut end = start;
             while let Some(size) = whole_record(&tail[end..], gzip) {
@@ -428,6 +434,18 @@ mod tests {
                 // Two warcinfo records and the first run's two whole records.
                 assert_eq!(records(&path), 4, "{name}, cut {cut}");
             }
+            // A last record longer than the first window read from the end (4 MiB), the
+            // bytes it holds that look like a record the only ones within that window.
+            let _ = std::fs::remove_file(&path);
+            let last = run(&path, &[100, 5 << 20]);
+            let whole = std::fs::metadata(&path).unwrap().len();
+            let file = File::options().write(true).open(&path).unwrap();
+            file.set_len(whole - 10).unwrap();
+            drop(file);
+            let again = Warc::open(&path, &INFO, true).unwrap();
+            assert_eq!(again.cut_off, Some((whole - 10 - last, last)), "{name}");
+            drop(again);
+            assert_eq!(records(&path), 3, "{name}");
             // A whole file is left as it is, even with record-like bytes in its last block.
             let _ = std::fs::remove_file(&path);
             run(&path, &[10, 20]);

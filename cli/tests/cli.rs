@@ -1375,21 +1375,10 @@ fn redis_a_worker_killed_while_adding_lines_is_followed_by_the_next() {
 
     // A worker adds lines 4 and 5 from a pipe that then pauses: it holds the lease, and
     // stores what it read so far (a slow list is stored as it comes).
-    let mut adder = redis_worker(&redis, "grow-kill", Path::new("-"), &args)
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = adder.stdin.take().unwrap();
-    std::io::Write::write_all(&mut stdin, (urls[..5].join("\n") + "\n").as_bytes()).unwrap();
-    let mut connection = redis.connection().unwrap();
-    wait_for("lines 4 and 5 stored", || {
-        redis::cmd("HGET")
-            .arg("{grow-kill}:seeding")
-            .arg("lines")
-            .query::<u64>(&mut connection)
-            .unwrap()
-            == 5
-    });
+    let given = urls[..5].join("\n") + "\n";
+    let (mut adder, stdin, stored) =
+        seeding_from_stdin_until(&redis, "grow-kill", &given, &args, 5);
+    assert_eq!(stored, 5, "lines 4 and 5 stored");
     // The whole list, to a worker started now; then the adder dies.
     std::fs::write(&list, urls.join("\n") + "\n").unwrap();
     let next = redis_worker(&redis, "grow-kill", &list, &args)
@@ -1605,6 +1594,17 @@ fn seeding_from_stdin(
     list: &str,
     args: &[&str],
 ) -> (Child, std::process::ChildStdin, u64) {
+    seeding_from_stdin_until(redis, prefix, list, args, 0)
+}
+
+/// The same, once its progress reached line `lines` (of a crawl seeded before, for one).
+fn seeding_from_stdin_until(
+    redis: &RedisServer,
+    prefix: &str,
+    list: &str,
+    args: &[&str],
+    lines: u64,
+) -> (Child, std::process::ChildStdin, u64) {
     let mut worker = redis_worker(redis, prefix, Path::new("-"), args)
         .stdin(Stdio::piped())
         .spawn()
@@ -1619,7 +1619,7 @@ fn seeding_from_stdin(
             .arg("lines")
             .query::<Option<u64>>(&mut connection)
             .unwrap();
-        stored.is_some()
+        stored >= Some(lines)
     });
     (worker, stdin, stored.unwrap())
 }

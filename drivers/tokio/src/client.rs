@@ -231,9 +231,9 @@ struct Outgoing {
 /// A copy of a request, sent again when a reused connection drops it before a byte of an
 /// answer (see [`Carried::dropped_on_reuse`]; idempotent requests only), since a server may
 /// close an idle connection just as a request goes out on it (its keep-alive timeout ending
-/// then) and never see the request; or when an HTTP/2 server did not process its stream. At most [`MAX_RESENDS`] times, within the hop's timeout (the
-/// whole hop runs under it). The scheduler counts no retry, since the server answered
-/// nothing.
+/// then) and never see the request; or when an HTTP/2 server did not process its stream.
+/// At most [`MAX_RESENDS`] times, within the hop's timeout (the whole hop runs under it).
+/// The scheduler counts no retry, since the server answered nothing.
 struct Resend {
     client: Arc<HyperClient>,
     method: Method,
