@@ -18,7 +18,11 @@ so a gap measured here is never longer than the one the client left.
   weaker rule of Scrapy's DOWNLOAD_DELAY (start of a request to the start of the next) is
   counted too, as start_violations;
 - efficiency: the steady-state rate (requests - hosts) / (last start - first start),
-  every host's first request needing no wait, over the theoretical hosts / DELAY.
+  every host's first request needing no wait, over the theoretical hosts / DELAY;
+- where that span goes: how far apart the hosts' first requests started, and their last
+  ones, and each host's own efficiency, (its requests - 1) x DELAY over the time from its
+  first start to its last, summed over the hosts: what is lost between a host's requests,
+  where the span also counts what is lost before a host's first one.
 """
 
 import sys
@@ -83,7 +87,15 @@ def politeness(entries, delay_ms):
     steady_span = (max(starts) - min(starts)) / 1000 if starts else 0
     steady = (len(entries) - hosts) / steady_span if steady_span > 0 else 0.0
     theoretical = hosts / (delay_ms / 1000) if hosts else 0.0
+    firsts = [reqs[0][0] for reqs in by_host.values()]
+    lasts = [reqs[-1][0] for reqs in by_host.values()]
+    own_span = sum(reqs[-1][0] - reqs[0][0] for reqs in by_host.values())
+    own_waits = sum(len(reqs) - 1 for reqs in by_host.values()) * delay_ms
     return {
+        "span_ms": max(starts) - min(starts) if starts else 0,
+        "first_spread_ms": max(firsts) - min(firsts) if firsts else 0,
+        "last_spread_ms": max(lasts) - min(lasts) if lasts else 0,
+        "per_host_efficiency": own_waits / own_span if own_span > 0 else 0.0,
         "violations": violations,
         "start_violations": start_violations,
         "min_gap_ms": min_gap,
