@@ -84,15 +84,15 @@ def politeness(entries, delay_ms):
             previous_start = start
     hosts = len(by_host)
     starts = [e[1] for e in entries]
-    steady_span = (max(starts) - min(starts)) / 1000 if starts else 0
-    steady = (len(entries) - hosts) / steady_span if steady_span > 0 else 0.0
+    span_ms = max(starts) - min(starts) if starts else 0
+    steady = (len(entries) - hosts) / (span_ms / 1000) if span_ms > 0 else 0.0
     theoretical = hosts / (delay_ms / 1000) if hosts else 0.0
     firsts = [reqs[0][0] for reqs in by_host.values()]
     lasts = [reqs[-1][0] for reqs in by_host.values()]
     own_span = sum(reqs[-1][0] - reqs[0][0] for reqs in by_host.values())
     own_waits = sum(len(reqs) - 1 for reqs in by_host.values()) * delay_ms
     return {
-        "span_ms": max(starts) - min(starts) if starts else 0,
+        "span_ms": span_ms,
         "first_spread_ms": max(firsts) - min(firsts) if firsts else 0,
         "last_spread_ms": max(lasts) - min(lasts) if lasts else 0,
         "per_host_efficiency": own_waits / own_span if own_span > 0 else 0.0,
