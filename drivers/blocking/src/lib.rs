@@ -115,7 +115,7 @@ pub use downpour_common::proxy::Proxy;
 #[cfg(feature = "redis")]
 pub use downpour_common::store::{RedisOptions, StoreError};
 pub use downpour_common::HandleError;
-use downpour_common::{pass_on, OnHandOff};
+use downpour_common::{hop_ended, pass_on, OnHandOff};
 
 use http::HeaderValue;
 
@@ -717,13 +717,7 @@ impl<R: Request + Send + 'static> Fetcher<R> {
             Message::Hop(id, worker, result, ended) => {
                 self.pool.done(worker);
                 if self.hop_ids.remove(&id) {
-                    // A result that waited tells the present first: the hops it lets
-                    // start, start now (not at its end, which a millisecond cannot blur).
-                    let now = Instant::now();
-                    if now.saturating_duration_since(ended) > Duration::from_millis(1) {
-                        self.scheduler.handle_timeout(now);
-                    }
-                    let _ = self.scheduler.handle_fetch(ended, id, result);
+                    hop_ended(&mut self.scheduler, id, result, ended);
                 }
             }
             Message::Enqueue(request) => {

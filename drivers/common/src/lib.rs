@@ -18,9 +18,9 @@ pub mod redis_link;
 #[cfg(feature = "redis")]
 pub mod store;
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use downpour::{EnqueueError, HandOff, Request, Scheduler};
+use downpour::{EnqueueError, FetchId, HandOff, HopResult, Request, Scheduler};
 
 /// How many times, at most, a hop's request goes again when a reused connection drops it
 /// before a byte of an answer: a server may close all its idle connections to a client at
@@ -58,4 +58,22 @@ pub fn pass_on<R: Request>(
     if let Some(hand_off) = back {
         scheduler.handle_hand_off(Instant::now(), hand_off);
     }
+}
+
+/// Hands a hop's result to `scheduler` with the time the hop ended, which may be a while ago
+/// (the result waited on another thread, or behind other results): the host's delay counts
+/// from that end. A result that waited tells the present first, so that the hops it lets
+/// start are stamped now rather than at its end.
+pub fn hop_ended<R: Request>(
+    scheduler: &mut Scheduler<R>,
+    id: FetchId,
+    result: HopResult,
+    ended: Instant,
+) {
+    let now = Instant::now();
+    // Within a millisecond, the end stands for the present: a call saved.
+    if now.saturating_duration_since(ended) > Duration::from_millis(1) {
+        scheduler.handle_timeout(now);
+    }
+    let _ = scheduler.handle_fetch(ended, id, result);
 }

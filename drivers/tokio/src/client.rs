@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use downpour::{Fetch, HopResponse, HopResult, TransportError, TransportErrorKind, Url};
@@ -112,20 +112,23 @@ impl HttpClient {
         &mut self,
         fetch: Fetch,
         user_agent: &HeaderValue,
-    ) -> impl Future<Output = HopResult> + Send + 'static {
+    ) -> impl Future<Output = (HopResult, Instant)> + Send + 'static {
         let prepared = self.prepare(fetch, user_agent);
         async move {
             match prepared {
                 Ok((outgoing, limits)) => {
                     match tokio::time::timeout(limits.timeout, send(outgoing, limits)).await {
-                        Ok(result) => result,
-                        Err(_) => HopResult::Failed(TransportError::new(
-                            TransportErrorKind::Timeout,
-                            format!("no complete response within {:?}", limits.timeout),
-                        )),
+                        Ok((result, ended)) => (result, ended.unwrap_or_else(Instant::now)),
+                        Err(_) => (
+                            HopResult::Failed(TransportError::new(
+                                TransportErrorKind::Timeout,
+                                format!("no complete response within {:?}", limits.timeout),
+                            )),
+                            Instant::now(),
+                        ),
                     }
                 }
-                Err(e) => HopResult::Failed(e),
+                Err(e) => (HopResult::Failed(e), Instant::now()),
             }
         }
     }
@@ -259,21 +262,43 @@ impl Resend {
 }
 
 /// What a connection has carried: how many responses (one makes it a reused connection),
-/// and whether a byte came since a request last went out on it.
-#[derive(Clone, Default)]
+/// whether a byte came since a request last went out on it, and when the last bytes came.
+#[derive(Clone)]
 struct Carried(Arc<Traffic>);
 
-#[derive(Default)]
 struct Traffic {
     responses: AtomicU64,
     answered: AtomicBool,
+    opened: Instant,
+    /// Nanoseconds from `opened` to the end of the last read that brought bytes, plus one
+    /// (0: none yet).
+    last_read: AtomicU64,
 }
 
 impl Carried {
-    /// Counts a response that came on its connection.
-    fn count(response: &http::Response<hyper::body::Incoming>) {
-        if let Some(carried) = response.extensions().get::<Carried>() {
-            carried.0.responses.fetch_add(1, Ordering::Relaxed);
+    fn new() -> Self {
+        Carried(Arc::new(Traffic {
+            responses: AtomicU64::new(0),
+            answered: AtomicBool::new(false),
+            opened: Instant::now(),
+            last_read: AtomicU64::new(0),
+        }))
+    }
+
+    /// Counts a response that came on its connection, and returns the connection's record.
+    fn count(response: &http::Response<hyper::body::Incoming>) -> Option<Carried> {
+        let carried = response.extensions().get::<Carried>()?;
+        carried.0.responses.fetch_add(1, Ordering::Relaxed);
+        Some(carried.clone())
+    }
+
+    /// When the last bytes came on the connection: once a response's body is complete, the
+    /// time its last bytes came (or a later read's, on HTTP/2), never before the server sent
+    /// them.
+    fn last_read(&self) -> Option<Instant> {
+        match self.0.last_read.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(self.0.opened + Duration::from_nanos(n - 1)),
         }
     }
 
@@ -300,11 +325,14 @@ impl Carried {
         }
     }
 
-    /// A byte came.
+    /// Bytes came, now.
     fn read(&self) {
         if !self.0.answered.load(Ordering::Relaxed) {
             self.0.answered.store(true, Ordering::Relaxed);
         }
+        let since = self.0.opened.elapsed().as_nanos();
+        let since = u64::try_from(since).unwrap_or(u64::MAX - 1);
+        self.0.last_read.store(since + 1, Ordering::Relaxed);
     }
 }
 
@@ -315,7 +343,19 @@ struct Limits {
     max_header_size: usize,
 }
 
-async fn send(outgoing: Outgoing, limits: Limits) -> HopResult {
+/// Sends a hop and reads its response; returns the result and, for a response, when its
+/// last bytes came (the driver may get to it later, and the host's delay counts from then).
+async fn send(outgoing: Outgoing, limits: Limits) -> (HopResult, Option<Instant>) {
+    let mut carried = None;
+    let result = receive(outgoing, limits, &mut carried).await;
+    let ended = match result {
+        HopResult::Response(_) => carried.and_then(|c| c.last_read()),
+        HopResult::Failed(_) => None,
+    };
+    (result, ended)
+}
+
+async fn receive(outgoing: Outgoing, limits: Limits, carried: &mut Option<Carried>) -> HopResult {
     let mut sent = outgoing.response.await;
     let mut resends = 0;
     let response = loop {
@@ -342,7 +382,7 @@ async fn send(outgoing: Outgoing, limits: Limits) -> HopResult {
             }
         }
     };
-    Carried::count(&response);
+    *carried = Carried::count(&response);
     let (parts, mut incoming) = response.into_parts();
     let head = head_size(&parts.headers);
     if head > limits.max_header_size {
@@ -753,7 +793,7 @@ impl Conn {
         TokioIo::new(Conn {
             io: TokioIo::new(inner),
             proxied,
-            carried: Carried::default(),
+            carried: Carried::new(),
         })
     }
 }
@@ -843,6 +883,100 @@ mod tests {
         assert!(auth.is_sensitive());
         assert!(!redact(&url).contains("p%3Ass"));
         assert!(!format!("{:?}", auth).contains("Basic"));
+    }
+
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Page {
+        url: Url,
+    }
+
+    impl downpour::Request for Page {
+        fn url(&self) -> &Url {
+            &self.url
+        }
+    }
+
+    /// A response that came while nobody polled its hop (the run loop was busy with others)
+    /// ends when its bytes came, not when the hop was polled again: the host's delay counts
+    /// from then.
+    #[test]
+    fn a_hop_ends_when_its_response_came_not_when_it_was_polled() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (asked_tx, asked_rx) = tokio::sync::oneshot::channel();
+        let server = std::thread::spawn(move || {
+            let (mut socket, _) = listener.accept().unwrap();
+            let mut request = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !request.ends_with(b"\r\n\r\n") {
+                let n = socket.read(&mut buf).unwrap();
+                assert!(n > 0, "the request was cut");
+                request.extend_from_slice(&buf[..n]);
+            }
+            asked_tx.send(()).unwrap();
+            // The client is asleep by now, with the hop not polled.
+            std::thread::sleep(Duration::from_millis(30));
+            socket
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .unwrap();
+            let written = Instant::now();
+            // Held open until the client is done, so that no close is read after the body.
+            let _ = socket.read(&mut buf);
+            written
+        });
+
+        let url = Url::parse(&format!("http://127.0.0.1:{port}/")).unwrap();
+        let mut scheduler =
+            downpour::Scheduler::new(downpour::Config::default(), downpour::Fifo::new()).unwrap();
+        scheduler.enqueue(Instant::now(), Page { url }).unwrap();
+        let fetch = std::iter::from_fn(|| scheduler.poll_action())
+            .find_map(|a| match a {
+                downpour::Action::Fetch(f) => Some(f),
+                _ => None,
+            })
+            .expect("a fetch");
+        let options = ClientOptions {
+            proxy: Proxy::None,
+            ..ClientOptions::default()
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (result, ended, polled) = runtime.block_on(async {
+            let mut client = HttpClient::new(&options, 65_536).unwrap();
+            let mut hop = Box::pin(client.hop(fetch, &HeaderValue::from_static("test")));
+            // Polled until the request went out; the response comes 30 ms later.
+            tokio::select! {
+                biased;
+                asked = asked_rx => asked.unwrap(),
+                _ = &mut hop => panic!("the hop ended before its response was written"),
+            }
+            // Busy elsewhere: the connection's own task reads the response meanwhile.
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            let polled = Instant::now();
+            let (result, ended) = hop.await;
+            (result, ended, polled)
+        });
+        // Closes the pooled connection, which the server waits for.
+        drop(runtime);
+        let written = server.join().unwrap();
+        match result {
+            HopResult::Response(r) => assert_eq!(&r.body[..], b"ok"),
+            HopResult::Failed(e) => panic!("{e}"),
+        }
+        assert!(
+            ended >= written,
+            "ended {:?} before the server wrote",
+            written - ended
+        );
+        assert!(
+            ended < written + Duration::from_millis(200),
+            "ended {:?} after the server wrote, as late as the poll ({:?} after)",
+            ended - written,
+            polled - written
+        );
     }
 
     #[test]

@@ -74,6 +74,10 @@
 //! [`Scheduler::poll_timeout`] — one timer, reset only when that deadline changes. It
 //! returns when nothing is left (or, after a stop, nothing is in flight).
 //!
+//! A hop ends when its response's last bytes were read, by its connection's task: in a
+//! burst of responses that is before the loop gets to the later ones, and a host's delay
+//! counts from then ([`Scheduler::handle_fetch`]), not from when the loop was free.
+//!
 //! The timer is precise: on Linux a timerfd on tokio's reactor, which wakes the loop
 //! within tens of microseconds of the deadline, where tokio's own sleep (used elsewhere)
 //! rounds up to the next millisecond. tokio's paused test clock therefore does not apply
@@ -122,7 +126,7 @@ pub use downpour_common::proxy::Proxy;
 #[cfg(feature = "redis")]
 pub use downpour_common::store::{RedisOptions, StoreError};
 pub use downpour_common::HandleError;
-use downpour_common::{pass_on, OnHandOff};
+use downpour_common::{hop_ended, pass_on, OnHandOff};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use futures_util::FutureExt;
@@ -305,10 +309,10 @@ impl<R> fmt::Debug for Fetcher<R> {
     }
 }
 
-type HopFuture = Pin<Box<dyn Future<Output = (FetchId, HopResult)> + Send>>;
+type HopFuture = Pin<Box<dyn Future<Output = (FetchId, HopResult, Instant)> + Send>>;
 
 enum Event {
-    Hop(FetchId, HopResult),
+    Hop(FetchId, HopResult, Instant),
     Command,
     Timer,
     #[cfg(feature = "redis")]
@@ -574,7 +578,9 @@ impl<R: Request + Send + 'static> Fetcher<R> {
             }
             let event = tokio::select! {
                 biased;
-                Some((id, result)) = self.hops.next(), if !self.hops.is_empty() => Event::Hop(id, result),
+                Some((id, result, ended)) = self.hops.next(), if !self.hops.is_empty() => {
+                    Event::Hop(id, result, ended)
+                }
                 Some(command) = self.rx.recv() => {
                     self.command(command);
                     Event::Command
@@ -583,7 +589,7 @@ impl<R: Request + Send + 'static> Fetcher<R> {
                 () = timer.fired(), if armed.is_some() => Event::Timer,
             };
             match event {
-                Event::Hop(id, result) => self.hop_done(id, result),
+                Event::Hop(id, result, ended) => self.hop_done(id, result, ended),
                 Event::Command => {}
                 Event::Timer => {
                     // Fired: the next deadline re-arms it, even if it is the same instant.
@@ -668,9 +674,12 @@ impl<R: Request + Send + 'static> Fetcher<R> {
         }
     }
 
-    fn hop_done(&mut self, id: FetchId, result: HopResult) {
+    /// A hop's result, and when its response's last bytes came: in a burst of responses the
+    /// loop gets to the later ones after the callbacks of the first, and the host's delay
+    /// counts from the response's end, not from then.
+    fn hop_done(&mut self, id: FetchId, result: HopResult, ended: Instant) {
         if self.hop_ids.remove(&id) {
-            let _ = self.scheduler.handle_fetch(Instant::now(), id, result);
+            hop_ended(&mut self.scheduler, id, result, ended);
         }
     }
 
@@ -682,13 +691,14 @@ impl<R: Request + Send + 'static> Fetcher<R> {
                     let hop = AssertUnwindSafe(self.client.hop(fetch, &self.user_agent))
                         .catch_unwind()
                         .map(move |r| {
-                            let result = r.unwrap_or_else(|_| {
-                                HopResult::Failed(TransportError::new(
+                            let (result, ended) = r.unwrap_or_else(|_| {
+                                let panicked = TransportError::new(
                                     TransportErrorKind::Other,
                                     "the hop failed unexpectedly (panic in the HTTP stack)",
-                                ))
+                                );
+                                (HopResult::Failed(panicked), Instant::now())
                             });
-                            (id, result)
+                            (id, result, ended)
                         });
                     self.hops.push(Box::pin(hop));
                     self.hop_ids.insert(id);
