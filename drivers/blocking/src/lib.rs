@@ -115,7 +115,7 @@ pub use downpour_common::proxy::Proxy;
 #[cfg(feature = "redis")]
 pub use downpour_common::store::{RedisOptions, StoreError};
 pub use downpour_common::HandleError;
-use downpour_common::{hop_ended, pass_on, OnHandOff};
+use downpour_common::{carry_out, hop_ended, Outlets};
 
 use http::HeaderValue;
 
@@ -272,8 +272,6 @@ impl<R: Request> Handle<R> {
     }
 }
 
-type OnFinished<R> = Box<dyn FnMut(R) + Send>;
-
 /// One hop for a worker, and where to send its result.
 struct Job<R> {
     fetch: Fetch,
@@ -395,8 +393,7 @@ pub struct Fetcher<R> {
     hop_ids: FxHashSet<FetchId>,
     tx: mpsc::Sender<Message<R>>,
     rx: mpsc::Receiver<Message<R>>,
-    on_finished: Option<OnFinished<R>>,
-    on_hand_off: Option<OnHandOff<R>>,
+    outlets: Outlets<R>,
     redis: Option<RedisLink<R>>,
 }
 
@@ -453,8 +450,7 @@ impl<R: Request + Send + 'static> Fetcher<R> {
             hop_ids: FxHashSet::default(),
             tx,
             rx,
-            on_finished: None,
-            on_hand_off: None,
+            outlets: Outlets::default(),
             redis: None,
         })
     }
@@ -519,7 +515,7 @@ impl<R: Request + Send + 'static> Fetcher<R> {
     /// Calls `f` with every request once it is finished (after its `on_done`), so you get
     /// your requests back. Without it, finished requests are dropped.
     pub fn on_finished(&mut self, f: impl FnMut(R) + Send + 'static) -> &mut Self {
-        self.on_finished = Some(Box::new(f));
+        self.outlets.on_finished = Some(Box::new(f));
         self
     }
 
@@ -557,7 +553,7 @@ impl<R: Request + Send + 'static> Fetcher<R> {
         &mut self,
         f: impl FnMut(HandOff<R>) -> Result<(), HandOff<R>> + Send + 'static,
     ) -> &mut Self {
-        self.on_hand_off = Some(Box::new(f));
+        self.outlets.on_hand_off = Some(Box::new(f));
         self
     }
 
@@ -762,48 +758,16 @@ impl<R: Request + Send + 'static> Fetcher<R> {
             if !matches!(action, Action::Fetch(_)) && !burst.is_empty() {
                 self.pool.submit(&mut burst);
             }
-            match action {
-                Action::Fetch(fetch) => {
-                    self.hop_ids.insert(fetch.id);
-                    burst.push(Job {
-                        fetch,
-                        results: self.tx.clone(),
-                    });
-                }
-                Action::Callback(callbacks) => {
-                    // `run` traps a panic in each callback.
-                    #[allow(unused_mut)]
-                    let mut report = callbacks.run();
-                    #[cfg(feature = "redis")]
-                    if let Some(link) = &mut self.redis {
-                        link.store.route_follow_ups(&mut report);
-                    }
-                    if let Ok(Some(request)) =
-                        self.scheduler.handle_callback(Instant::now(), report)
-                    {
-                        if let Some(f) = &mut self.on_finished {
-                            let _ = catch_unwind(AssertUnwindSafe(|| f(request)));
-                        }
-                    }
-                }
-                #[cfg(feature = "redis")]
-                Action::Persist(persist) => {
-                    if let Some(link) = &mut self.redis {
-                        link.store.handle_persist(persist, &self.scheduler);
-                    }
-                }
-                // Without Redis nothing asks for persistence.
-                #[cfg(not(feature = "redis"))]
-                Action::Persist(_) => {}
-                Action::HandOff(hand_off) => {
-                    #[cfg(feature = "redis")]
-                    if let Some(link) = &mut self.redis {
-                        link.store
-                            .handle_hand_off(Instant::now(), hand_off, &mut self.scheduler);
-                        continue;
-                    }
-                    pass_on(&mut self.on_hand_off, &mut self.scheduler, hand_off);
-                }
+            #[cfg(feature = "redis")]
+            let store = self.redis.as_mut().map(|link| &mut link.store);
+            #[cfg(not(feature = "redis"))]
+            let store = None;
+            if let Some(fetch) = carry_out(action, &mut self.scheduler, store, &mut self.outlets) {
+                self.hop_ids.insert(fetch.id);
+                burst.push(Job {
+                    fetch,
+                    results: self.tx.clone(),
+                });
             }
         }
         if !burst.is_empty() {

@@ -18,9 +18,10 @@ pub mod redis_link;
 #[cfg(feature = "redis")]
 pub mod store;
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
-use downpour::{EnqueueError, FetchId, HandOff, HopResult, Request, Scheduler};
+use downpour::{Action, EnqueueError, Fetch, FetchId, HandOff, HopResult, Request, Scheduler};
 
 /// How many times, at most, a hop's request goes again when a reused connection drops it
 /// before a byte of an answer: a server may close all its idle connections to a client at
@@ -39,10 +40,90 @@ pub enum HandleError<R> {
     Closed(R),
 }
 
+/// What a fetcher calls with every request once it is finished (after its `on_done`).
+pub type OnFinished<R> = Box<dyn FnMut(R) + Send>;
+
 /// Where a fetcher sends the requests its scheduler hands to another partition
 /// ([`downpour::Action::HandOff`]): usually the owner's `Handle::hand_off`. One it gives back
 /// (the owner is gone) is fetched by this fetcher after all.
 pub type OnHandOff<R> = Box<dyn FnMut(HandOff<R>) -> Result<(), HandOff<R>> + Send>;
+
+/// Where a fetcher hands requests out: each finished one, and those its scheduler hands to
+/// another partition. Without them, finished requests are dropped and hand-offs are fetched
+/// here.
+pub struct Outlets<R> {
+    /// Called with every request once it is finished (after its `on_done`).
+    pub on_finished: Option<OnFinished<R>>,
+    /// Passes a hand-off to the fetcher that owns its partition (see [`pass_on`]).
+    pub on_hand_off: Option<OnHandOff<R>>,
+}
+
+impl<R> Default for Outlets<R> {
+    fn default() -> Self {
+        Outlets {
+            on_finished: None,
+            on_hand_off: None,
+        }
+    }
+}
+
+/// The crawl's store in Redis, when a fetcher has one.
+#[cfg(feature = "redis")]
+pub type StoreRef<'a, R> = Option<&'a mut store::Store<R>>;
+/// Without the `redis` feature there is never a store.
+#[cfg(not(feature = "redis"))]
+pub type StoreRef<'a, R> = Option<&'a mut std::marker::PhantomData<R>>;
+
+/// Carries out an action as every driver does, but a fetch, which is handed back for the
+/// driver to start:
+/// - callbacks run (each one's panic is trapped), their follow-ups go through the store
+///   with Redis, and the finished request goes to its outlet (a panic there is trapped
+///   too);
+/// - persistence goes to the store (without one, nothing asks for it);
+/// - a hand-off goes to the store, which writes it to its partition's inbox, or else to its
+///   owner through its outlet (see [`pass_on`]).
+pub fn carry_out<R: Request>(
+    action: Action<R>,
+    scheduler: &mut Scheduler<R>,
+    store: StoreRef<'_, R>,
+    outlets: &mut Outlets<R>,
+) -> Option<Fetch> {
+    #[cfg(not(feature = "redis"))]
+    let _ = store;
+    match action {
+        Action::Fetch(fetch) => return Some(fetch),
+        Action::Callback(callbacks) => {
+            #[allow(unused_mut)]
+            let mut report = callbacks.run();
+            #[cfg(feature = "redis")]
+            if let Some(store) = store {
+                store.route_follow_ups(&mut report);
+            }
+            if let Ok(Some(request)) = scheduler.handle_callback(Instant::now(), report) {
+                if let Some(f) = &mut outlets.on_finished {
+                    let _ = catch_unwind(AssertUnwindSafe(|| f(request)));
+                }
+            }
+        }
+        Action::Persist(persist) => {
+            #[cfg(feature = "redis")]
+            if let Some(store) = store {
+                store.handle_persist(persist, scheduler);
+            }
+            #[cfg(not(feature = "redis"))]
+            let _ = persist;
+        }
+        Action::HandOff(hand_off) => {
+            #[cfg(feature = "redis")]
+            if let Some(store) = store {
+                store.handle_hand_off(Instant::now(), hand_off, scheduler);
+                return None;
+            }
+            pass_on(&mut outlets.on_hand_off, scheduler, hand_off);
+        }
+    }
+    None
+}
 
 /// Carries out a [`downpour::Action::HandOff`]: to its owner through `sink`, or back into
 /// `scheduler` when there is no sink or the owner is gone, so that the request is never lost.

@@ -95,7 +95,7 @@ use downpour_common::proxy;
 use rustc_hash::FxHashSet;
 use std::fmt;
 use std::future::Future;
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -105,7 +105,7 @@ pub use downpour_common::proxy::Proxy;
 #[cfg(feature = "redis")]
 pub use downpour_common::store::{RedisOptions, StoreError};
 pub use downpour_common::HandleError;
-use downpour_common::{pass_on, OnHandOff};
+use downpour_common::{carry_out, Outlets};
 
 use futures_lite::{FutureExt, StreamExt};
 use futures_util::stream::FuturesUnordered;
@@ -269,8 +269,6 @@ impl<R: Request> Handle<R> {
     }
 }
 
-type OnFinished<R> = Box<dyn FnMut(R) + Send>;
-
 /// Fetches requests with a [`Scheduler`] on smol (or any executor). See the [crate docs](crate).
 pub struct Fetcher<R> {
     scheduler: Scheduler<R>,
@@ -282,8 +280,7 @@ pub struct Fetcher<R> {
     tx: async_channel::Sender<Command<R>>,
     /// Boxed: a receiver waiting for a message must not move.
     rx: Pin<Box<async_channel::Receiver<Command<R>>>>,
-    on_finished: Option<OnFinished<R>>,
-    on_hand_off: Option<OnHandOff<R>>,
+    outlets: Outlets<R>,
     redis: Option<RedisLink<R>>,
 }
 
@@ -344,8 +341,7 @@ impl<R: Request + Send + 'static> Fetcher<R> {
             hop_ids: FxHashSet::default(),
             tx,
             rx: Box::pin(rx),
-            on_finished: None,
-            on_hand_off: None,
+            outlets: Outlets::default(),
             redis: None,
         })
     }
@@ -408,7 +404,7 @@ impl<R: Request + Send + 'static> Fetcher<R> {
     /// Calls `f` with every request once it is finished (after its `on_done`), so you get
     /// your requests back. Without it, finished requests are dropped.
     pub fn on_finished(&mut self, f: impl FnMut(R) + Send + 'static) -> &mut Self {
-        self.on_finished = Some(Box::new(f));
+        self.outlets.on_finished = Some(Box::new(f));
         self
     }
 
@@ -446,7 +442,7 @@ impl<R: Request + Send + 'static> Fetcher<R> {
         &mut self,
         f: impl FnMut(HandOff<R>) -> Result<(), HandOff<R>> + Send + 'static,
     ) -> &mut Self {
-        self.on_hand_off = Some(Box::new(f));
+        self.outlets.on_hand_off = Some(Box::new(f));
         self
     }
 
@@ -666,55 +662,24 @@ impl<R: Request + Send + 'static> Fetcher<R> {
 
     fn drain_actions(&mut self) {
         while let Some(action) = self.scheduler.poll_action() {
-            match action {
-                Action::Fetch(fetch) => {
-                    let id = fetch.id;
-                    let hop = AssertUnwindSafe(self.client.hop(fetch)).catch_unwind();
-                    let hop = async move {
-                        let result = hop.await.unwrap_or_else(|_| {
-                            HopResult::Failed(TransportError::new(
-                                TransportErrorKind::Other,
-                                "the hop failed unexpectedly (panic in the HTTP stack)",
-                            ))
-                        });
-                        (id, result)
-                    };
-                    self.hops.push(Box::pin(hop));
-                    self.hop_ids.insert(id);
-                }
-                Action::Callback(callbacks) => {
-                    // `run` traps a panic in each callback.
-                    #[allow(unused_mut)]
-                    let mut report = callbacks.run();
-                    #[cfg(feature = "redis")]
-                    if let Some(link) = &mut self.redis {
-                        link.store.route_follow_ups(&mut report);
-                    }
-                    if let Ok(Some(request)) =
-                        self.scheduler.handle_callback(Instant::now(), report)
-                    {
-                        if let Some(f) = &mut self.on_finished {
-                            let _ = catch_unwind(AssertUnwindSafe(|| f(request)));
-                        }
-                    }
-                }
-                #[cfg(feature = "redis")]
-                Action::Persist(persist) => {
-                    if let Some(link) = &mut self.redis {
-                        link.store.handle_persist(persist, &self.scheduler);
-                    }
-                }
-                #[cfg(not(feature = "redis"))]
-                Action::Persist(_) => {}
-                Action::HandOff(hand_off) => {
-                    #[cfg(feature = "redis")]
-                    if let Some(link) = &mut self.redis {
-                        link.store
-                            .handle_hand_off(Instant::now(), hand_off, &mut self.scheduler);
-                        continue;
-                    }
-                    pass_on(&mut self.on_hand_off, &mut self.scheduler, hand_off);
-                }
+            #[cfg(feature = "redis")]
+            let store = self.redis.as_mut().map(|link| &mut link.store);
+            #[cfg(not(feature = "redis"))]
+            let store = None;
+            if let Some(fetch) = carry_out(action, &mut self.scheduler, store, &mut self.outlets) {
+                let id = fetch.id;
+                let hop = AssertUnwindSafe(self.client.hop(fetch)).catch_unwind();
+                let hop = async move {
+                    let result = hop.await.unwrap_or_else(|_| {
+                        HopResult::Failed(TransportError::new(
+                            TransportErrorKind::Other,
+                            "the hop failed unexpectedly (panic in the HTTP stack)",
+                        ))
+                    });
+                    (id, result)
+                };
+                self.hops.push(Box::pin(hop));
+                self.hop_ids.insert(id);
             }
         }
     }
