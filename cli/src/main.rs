@@ -79,6 +79,15 @@ fn fetch(args: FetchArgs) -> Result<ExitCode, String> {
     if let Some(dir) = &args.save_bodies {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create directory {}: {e}", dir.display()))?;
+        let removed = record::remove_stale_parts(dir)
+            .map_err(|e| format!("cannot read directory {}: {e}", dir.display()))?;
+        if removed > 0 && !args.quiet {
+            eprintln!(
+                "downpour: removed {removed} unfinished body file(s) from {}, left by a run \
+                 stopped while writing them",
+                dir.display()
+            );
+        }
     }
     let threads = args.threads as usize;
     // Each thread has its share of the concurrency, and fetches its own hosts: without Redis

@@ -216,6 +216,45 @@ fn save_body(path: &Path, body: &[u8]) -> std::io::Result<()> {
     saved
 }
 
+/// How old a body's part file must be before a run takes it for one that a killed run left
+/// behind. A body is written in one call and renamed at once; an hour also leaves room for
+/// the clocks of machines that share the directory.
+const STALE_PART_AGE: Duration = Duration::from_secs(3600);
+
+/// Removes from `dir` the part files of [`save_body`] (`.<sha256>.<pid>.<n>.part`) that are
+/// older than [`STALE_PART_AGE`]: a run killed between writing a body and renaming it leaves
+/// one. Other files are left alone. Returns how many were removed.
+pub fn remove_stale_parts(dir: &Path) -> std::io::Result<usize> {
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let is_part = entry.file_name().to_str().is_some_and(is_part_name);
+        let stale = || {
+            let modified = entry.metadata().and_then(|m| m.modified()).ok();
+            modified.is_some_and(|t| t.elapsed().is_ok_and(|age| age > STALE_PART_AGE))
+        };
+        if is_part && stale() && std::fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// Whether `name` is that of a part file of [`save_body`]: `.<64 hex digits>.<pid>.<n>.part`.
+fn is_part_name(name: &str) -> bool {
+    let Some(middle) = name.strip_prefix('.').and_then(|n| n.strip_suffix(".part")) else {
+        return false;
+    };
+    let fields: Vec<&str> = middle.split('.').collect();
+    let digits = |f: &str, hex: bool| {
+        !f.is_empty()
+            && f.bytes()
+                .all(|b| b.is_ascii_digit() || (hex && matches!(b, b'a'..=b'f')))
+    };
+    matches!(fields[..], [digest, pid, n]
+        if digest.len() == 64 && digits(digest, true) && digits(pid, false) && digits(n, false))
+}
+
 /// Lowercase hexadecimal.
 pub fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";

@@ -225,6 +225,26 @@ fn saves_bodies_by_digest_and_writes_to_a_file() {
         2,
         "no part left"
     );
+
+    // Part files that a killed run left (over an hour old) are removed; a recent one may be
+    // another run's, writing now, and files not named as parts are not ours.
+    let digest = "ab".repeat(32);
+    let aged = |name: &str, hours: u64| {
+        let path = bodies.join(name);
+        std::fs::write(&path, "part").unwrap();
+        let file = std::fs::File::options().write(true).open(&path).unwrap();
+        let then = std::time::SystemTime::now() - Duration::from_secs(hours * 3600);
+        file.set_modified(then).unwrap();
+        path
+    };
+    let stale = aged(&format!(".{digest}.4242.7.part"), 2);
+    let recent = aged(&format!(".{digest}.4243.0.part"), 0);
+    let foreign = aged(".notes.1.2.part", 2);
+    let out = run();
+    assert!(out.status.success(), "{out:?}");
+    assert!(!stale.exists(), "a stale part file was left");
+    assert!(recent.exists(), "a recent part file was removed");
+    assert!(foreign.exists(), "a file not named as a part was removed");
 }
 
 #[test]
