@@ -79,14 +79,18 @@ fn fetch(args: FetchArgs) -> Result<ExitCode, String> {
     if let Some(dir) = &args.save_bodies {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create directory {}: {e}", dir.display()))?;
-        let removed = record::remove_stale_parts(dir)
-            .map_err(|e| format!("cannot read directory {}: {e}", dir.display()))?;
-        if removed > 0 && !args.quiet {
-            eprintln!(
+        // A directory that may be written to but not listed still takes bodies.
+        match (record::remove_stale_parts(dir), args.quiet) {
+            (Ok(0), _) | (_, true) => {}
+            (Ok(removed), false) => eprintln!(
                 "downpour: removed {removed} unfinished body file(s) from {}, left by a run \
                  stopped while writing them",
                 dir.display()
-            );
+            ),
+            (Err(e), false) => eprintln!(
+                "downpour: cannot look for unfinished body files in {}: {e}",
+                dir.display()
+            ),
         }
     }
     let threads = args.threads as usize;

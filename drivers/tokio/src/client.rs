@@ -292,9 +292,9 @@ impl Carried {
         Some(carried.clone())
     }
 
-    /// When the last bytes came on the connection: once a response's body is complete, the
-    /// time its last bytes came (or a later read's, on HTTP/2), never before the server sent
-    /// them.
+    /// When the last read on the connection brought bytes or its end: once a response's body
+    /// is complete, the time its last bytes (or the close that ended it) came, or a later
+    /// read's on HTTP/2; never before the server sent them.
     fn last_read(&self) -> Option<Instant> {
         match self.0.last_read.load(Ordering::Relaxed) {
             0 => None,
@@ -325,9 +325,9 @@ impl Carried {
         }
     }
 
-    /// Bytes came, now.
-    fn read(&self) {
-        if !self.0.answered.load(Ordering::Relaxed) {
+    /// A read ended now: with bytes, or with the end of the stream (`bytes` false).
+    fn read(&self, bytes: bool) {
+        if bytes && !self.0.answered.load(Ordering::Relaxed) {
             self.0.answered.store(true, Ordering::Relaxed);
         }
         let since = self.0.opened.elapsed().as_nanos();
@@ -343,14 +343,16 @@ struct Limits {
     max_header_size: usize,
 }
 
-/// Sends a hop and reads its response; returns the result and, for a response, when its
-/// last bytes came (the driver may get to it later, and the host's delay counts from then).
+/// Sends a hop and reads its response; returns the result and, for a whole response, when
+/// its last bytes (or the close that ended it) came: the driver may get to it later, and the
+/// host's delay counts from then. A body cut at its limit ends now, when its connection was
+/// closed: the server was sending until then.
 async fn send(outgoing: Outgoing, limits: Limits) -> (HopResult, Option<Instant>) {
     let mut carried = None;
     let result = receive(outgoing, limits, &mut carried).await;
-    let ended = match result {
-        HopResult::Response(_) => carried.and_then(|c| c.last_read()),
-        HopResult::Failed(_) => None,
+    let ended = match &result {
+        HopResult::Response(r) if !r.truncated => carried.and_then(|c| c.last_read()),
+        HopResult::Response(_) | HopResult::Failed(_) => None,
     };
     (result, ended)
 }
@@ -780,8 +782,8 @@ impl StdError for ProxyConnectError {}
 
 /// A connection, marked as going to a proxy when requests on it must use absolute form. Its
 /// bytes pass in tokio's terms, where a read shows how much it read, and are noted in its
-/// [`Carried`]: a write clears `answered`, a read of any byte sets it. hyper sees it through
-/// a [`TokioIo`].
+/// [`Carried`]: a write clears `answered`, a read of any byte sets it, and every read that
+/// brings bytes or the stream's end is timed. hyper sees it through a [`TokioIo`].
 struct Conn {
     io: TokioIo<Stream>,
     proxied: bool,
@@ -819,10 +821,14 @@ impl tokio::io::AsyncRead for Conn {
         cx: &mut Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
+        let (before, room) = (buf.filled().len(), buf.remaining() > 0);
         let polled = Pin::new(&mut self.io).poll_read(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.carried.read();
+        if matches!(polled, Poll::Ready(Ok(()))) {
+            let bytes = buf.filled().len() > before;
+            // Nothing read into room for something: the stream ended, which may end a body.
+            if bytes || room {
+                self.carried.read(bytes);
+            }
         }
         polled
     }
@@ -896,11 +902,18 @@ mod tests {
         }
     }
 
-    /// A response that came while nobody polled its hop (the run loop was busy with others)
-    /// ends when its bytes came, not when the hop was polled again: the host's delay counts
-    /// from then.
-    #[test]
-    fn a_hop_ends_when_its_response_came_not_when_it_was_polled() {
+    /// When a hop ended, and when the server began and finished sending its response, and when
+    /// the hop was polled again: the response (head, then 30 ms later its 2-byte body) comes
+    /// while nobody polls the hop, as when the run loop is busy with others.
+    struct Late {
+        result: HopResult,
+        ended: Instant,
+        head_written: Instant,
+        body_written: Instant,
+        polled: Instant,
+    }
+
+    fn hop_polled_late(max_body_size: u64) -> Late {
         use std::io::{Read, Write};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -917,25 +930,30 @@ mod tests {
             asked_tx.send(()).unwrap();
             // The client is asleep by now, with the hop not polled.
             std::thread::sleep(Duration::from_millis(30));
+            let head_written = Instant::now();
             socket
-                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
                 .unwrap();
-            let written = Instant::now();
+            std::thread::sleep(Duration::from_millis(30));
+            // Before the write: the client cannot read the body earlier.
+            let body_written = Instant::now();
+            socket.write_all(b"ok").unwrap();
             // Held open until the client is done, so that no close is read after the body.
             let _ = socket.read(&mut buf);
-            written
+            (head_written, body_written)
         });
 
         let url = Url::parse(&format!("http://127.0.0.1:{port}/")).unwrap();
         let mut scheduler =
             downpour::Scheduler::new(downpour::Config::default(), downpour::Fifo::new()).unwrap();
         scheduler.enqueue(Instant::now(), Page { url }).unwrap();
-        let fetch = std::iter::from_fn(|| scheduler.poll_action())
+        let mut fetch = std::iter::from_fn(|| scheduler.poll_action())
             .find_map(|a| match a {
                 downpour::Action::Fetch(f) => Some(f),
                 _ => None,
             })
             .expect("a fetch");
+        fetch.max_body_size = max_body_size;
         let options = ClientOptions {
             proxy: Proxy::None,
             ..ClientOptions::default()
@@ -961,21 +979,53 @@ mod tests {
         });
         // Closes the pooled connection, which the server waits for.
         drop(runtime);
-        let written = server.join().unwrap();
-        match result {
+        let (head_written, body_written) = server.join().unwrap();
+        Late {
+            result,
+            ended,
+            head_written,
+            body_written,
+            polled,
+        }
+    }
+
+    /// A whole response ends when its last bytes came, not when its hop was polled again: the
+    /// host's delay counts from then.
+    #[test]
+    fn a_hop_ends_when_its_last_bytes_came_not_when_it_was_polled() {
+        let late = hop_polled_late(1024);
+        match &late.result {
             HopResult::Response(r) => assert_eq!(&r.body[..], b"ok"),
             HopResult::Failed(e) => panic!("{e}"),
         }
+        let (ended, written) = (late.ended, late.body_written);
         assert!(
             ended >= written,
-            "ended {:?} before the server wrote",
-            written - ended
+            "ended {:?} before the body was written ({:?} after the head)",
+            written - ended,
+            ended.saturating_duration_since(late.head_written)
         );
         assert!(
             ended < written + Duration::from_millis(200),
-            "ended {:?} after the server wrote, as late as the poll ({:?} after)",
+            "ended {:?} after the body was written, as late as the poll ({:?} after)",
             ended - written,
-            polled - written
+            late.polled - written
+        );
+    }
+
+    /// A body cut at its limit ends when the hop gave up on it and closed its connection (the
+    /// server was still sending), not when its first bytes came.
+    #[test]
+    fn a_body_cut_at_its_limit_ends_when_the_hop_gave_up_on_it() {
+        let late = hop_polled_late(1);
+        match &late.result {
+            HopResult::Response(r) => assert!(r.truncated && &r.body[..] == b"o"),
+            HopResult::Failed(e) => panic!("{e}"),
+        }
+        assert!(
+            late.ended >= late.polled,
+            "ended {:?} before the hop was polled and gave up",
+            late.polled - late.ended
         );
     }
 
