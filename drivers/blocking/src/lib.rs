@@ -201,6 +201,7 @@ enum Message<R> {
     HandOff(HandOff<R>),
     Stop,
     StopNow,
+    Close,
     /// A hop's result, from this worker, and when the hop ended there: the run loop may
     /// get to it later (it shares the cores with every worker), and the host's delay counts
     /// from the end of the response.
@@ -269,6 +270,13 @@ impl<R: Request> Handle<R> {
     /// and the result is dropped.)
     pub fn stop_now(&self) {
         let _ = self.tx.send(Message::StopNow);
+    }
+
+    /// Says that no more requests will come through the handles: a fetcher in
+    /// [`run_until_closed`](Fetcher::run_until_closed) returns once it has nothing left to
+    /// do. A request enqueued after it is still fetched.
+    pub fn close(&self) {
+        let _ = self.tx.send(Message::Close);
     }
 }
 
@@ -394,6 +402,8 @@ pub struct Fetcher<R> {
     tx: mpsc::Sender<Message<R>>,
     rx: mpsc::Receiver<Message<R>>,
     outlets: Outlets<R>,
+    /// A handle said that no more requests will come ([`Handle::close`]).
+    closed: bool,
     redis: Option<RedisLink<R>>,
 }
 
@@ -451,6 +461,7 @@ impl<R: Request + Send + 'static> Fetcher<R> {
             tx,
             rx,
             outlets: Outlets::default(),
+            closed: false,
             redis: None,
         })
     }
@@ -641,6 +652,45 @@ impl<R: Request + Send + 'static> Fetcher<R> {
     /// then returns the counters. Blocks the calling thread, where the callbacks run. Call
     /// it again after enqueueing more.
     pub fn run(&mut self) -> Stats {
+        self.run_while(false)
+    }
+
+    /// Fetches like [`run`](Fetcher::run), but with nothing left to do it waits for more from
+    /// the [`Handle`]s instead of returning, until one of them calls [`Handle::close`] (or
+    /// stops the fetcher): for requests that a producer finds as it goes, on other
+    /// threads.
+    ///
+    /// With Redis the crawl's end is Redis's, as with `run`: the run returns once Redis holds
+    /// nothing more (a request enqueued after that is stored by the next run); a producer can
+    /// enqueue from anywhere, through a fetcher of its own.
+    ///
+    /// ```no_run
+    /// # use downpour_blocking::{Config, Fetcher, Polite, Url};
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Page { url: Url }
+    /// # impl downpour_blocking::Request for Page { fn url(&self) -> &Url { &self.url } }
+    /// # fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut fetcher: Fetcher<Page> = Fetcher::new(Config::default(), Polite::new())?;
+    /// let handle = fetcher.handle();
+    /// let producer = std::thread::spawn(move || {
+    ///     for line in std::io::stdin().lines().map_while(Result::ok) {
+    ///         if let Ok(url) = downpour_blocking::parse_url(&line) {
+    ///             let _ = handle.enqueue(Page { url });
+    ///         }
+    ///     }
+    ///     handle.close();
+    /// });
+    /// let stats = fetcher.run_until_closed();
+    /// producer.join().unwrap();
+    /// # let _ = stats; Ok(()) }
+    /// ```
+    pub fn run_until_closed(&mut self) -> Stats {
+        let stats = self.run_while(true);
+        self.closed = false;
+        stats
+    }
+
+    /// With `until_closed`, the loop of [`run_until_closed`](Fetcher::run_until_closed).
+    fn run_while(&mut self, until_closed: bool) -> Stats {
         loop {
             // Everything that already arrived, then the actions it led to, in one batch.
             while let Ok(message) = self.rx.try_recv() {
@@ -664,6 +714,7 @@ impl<R: Request + Send + 'static> Fetcher<R> {
                         self.message(message);
                         continue;
                     }
+                    Err(_) if self.waits_for_handles(until_closed) => {}
                     Err(_) => break,
                 }
             }
@@ -682,6 +733,11 @@ impl<R: Request + Send + 'static> Fetcher<R> {
             }
         }
         self.scheduler.stats()
+    }
+
+    /// Whether a run with nothing left to do waits for more from the handles.
+    fn waits_for_handles(&self, until_closed: bool) -> bool {
+        until_closed && !self.closed && !self.scheduler.is_stopped()
     }
 
     /// The earlier of the scheduler's deadline and the store's (with Redis).
@@ -724,6 +780,7 @@ impl<R: Request + Send + 'static> Fetcher<R> {
                 self.scheduler.handle_hand_off(Instant::now(), hand_off);
             }
             Message::Stop => self.stop(),
+            Message::Close => self.closed = true,
             Message::StopNow => {
                 self.stop();
                 // With Redis, the aborted requests stay stored for the next run.

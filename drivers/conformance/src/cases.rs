@@ -555,6 +555,35 @@ pub fn requests_enqueued_after_the_run_are_taken_back<D: Driver>(driver: &D) {
     assert!(s.hits("/late").is_empty(), "a late request was fetched");
 }
 
+/// Requests fed through a handle from another thread while the fetcher runs, with pauses in
+/// which it has nothing left to do, are all fetched by `run_until_closed`, which returns once
+/// the handle is closed and they are done (`run` would return in the first pause).
+pub fn requests_fed_until_the_handle_closes_are_all_fetched<D: Driver>(driver: &D) {
+    const COUNT: u64 = 6;
+    let s = Servers::start(2);
+    let mut fed = fifo(test_config(), Vec::new());
+    fed.options.fed_until_closed = (0..COUNT)
+        .map(|i| Probe::new(&s.url(i as usize % 2, &format!("/fed?i={i}")), i))
+        .collect();
+    let started = Instant::now();
+    let out = run(driver, fed);
+    let took = started.elapsed();
+    assert!(
+        out.refused.is_empty() && out.unfinished.is_empty(),
+        "{out:?}"
+    );
+    let done = by_tag(out.finished);
+    assert_eq!(done.len(), COUNT as usize, "fetched: {:?}", done.keys());
+    for p in done.values() {
+        assert!(p.result().ok, "{}: {:?}", p.url, p.result());
+    }
+    assert_eq!(s.hits("/fed").len(), COUNT as usize, "each fetched once");
+    assert!(
+        took >= crate::FED_EVERY * COUNT as u32,
+        "returned after {took:?}, before the producer was done"
+    );
+}
+
 /// A request enqueued through a handle after a run that ended with nothing left to do is
 /// taken back too, not started: the fetcher is not stopped, yet a request in flight could
 /// not be handed back.

@@ -67,7 +67,14 @@ pub struct Options {
     /// Feed the requests as the crawl goes: only this many are enqueued before the run, and
     /// each one that finishes lets the next in, through a handle from `on_finished`.
     pub backlog: Option<usize>,
+    /// Enqueue these from another thread through a handle as the run goes, one every
+    /// [`FED_EVERY`], then close the handle; the run is `run_until_closed`.
+    pub fed_until_closed: Vec<Probe>,
 }
+
+/// The pause before each request of [`Options::fed_until_closed`]: longer than a fetch on
+/// loopback, so that the fetcher has nothing left to do in between.
+pub const FED_EVERY: Duration = Duration::from_millis(60);
 
 /// Proxy rules, in the form of the environment variables.
 #[derive(Debug, Clone, Default)]
@@ -271,19 +278,29 @@ pub fn test_config() -> Config {
 
 /// The whole suite for a driver crate with the common `Fetcher` API, in one line: it writes
 /// the [`Driver`] adapter (proxy rules, client options, finished requests collected, a stop
-/// after `stop_after` or `stop_now_after` of them) and expands [`suite!`]. The drivers differ only in how `run`
-/// is driven, given last as `|fetcher| …`; a setup such as a runtime may come before it.
+/// after `stop_after` or `stop_now_after` of them, a producer thread for
+/// `fed_until_closed`) and expands [`suite!`]. The drivers differ only in how `run` and
+/// `run_until_closed` are driven, given last as `|fetcher| …`; a setup such as a runtime may
+/// come before them.
 ///
 /// ```ignore
-/// downpour_conformance::driver_suite!(Blocking, downpour_blocking, |fetcher| fetcher.run());
-/// downpour_conformance::driver_suite!(Smol, downpour_smol, |fetcher| smol::block_on(fetcher.run()));
+/// downpour_conformance::driver_suite!(Blocking, downpour_blocking,
+///     |fetcher| fetcher.run(),
+///     until_closed: |fetcher| fetcher.run_until_closed());
 /// downpour_conformance::driver_suite!(Tokio, downpour_tokio,
 ///     let runtime = tokio::runtime::Runtime::new().unwrap();
-///     |fetcher| runtime.block_on(fetcher.run()));
+///     |fetcher| runtime.block_on(fetcher.run()),
+///     until_closed: |fetcher| runtime.block_on(fetcher.run_until_closed()));
 /// ```
 #[macro_export]
 macro_rules! driver_suite {
-    ($name:ident, $krate:ident, $(let $setup:ident = $setup_expr:expr;)? |$fetcher:ident| $run:expr) => {
+    (
+        $name:ident,
+        $krate:ident,
+        $(let $setup:ident = $setup_expr:expr;)?
+        |$fetcher:ident| $run:expr,
+        until_closed: |$closing:ident| $run_until_closed:expr
+    ) => {
         #[derive(Clone)]
         struct $name;
 
@@ -349,9 +366,28 @@ macro_rules! driver_suite {
                 });
                 let mut refused: Vec<($crate::Probe, String)> =
                     fetcher.extend(first).into_iter().map(refusal).collect();
-                let stats = {
-                    let $fetcher = &mut fetcher;
-                    $run
+                let fed = run.options.fed_until_closed;
+                let producer = (!fed.is_empty()).then(|| {
+                    let handle = fetcher.handle();
+                    ::std::thread::spawn(move || {
+                        for probe in fed {
+                            ::std::thread::sleep($crate::FED_EVERY);
+                            handle.enqueue(probe).expect("a valid request, a live fetcher");
+                        }
+                        handle.close();
+                    })
+                });
+                let stats = match producer {
+                    None => {
+                        let $fetcher = &mut fetcher;
+                        $run
+                    }
+                    Some(producer) => {
+                        let $closing = &mut fetcher;
+                        let stats = $run_until_closed;
+                        producer.join().expect("the producer");
+                        stats
+                    }
                 };
                 for probe in late {
                     late_handle.enqueue(probe).expect("a valid request, a live fetcher");
@@ -404,6 +440,7 @@ macro_rules! suite {
             graceful_stop_keeps_the_rest_queued,
             requests_enqueued_after_the_run_are_taken_back,
             requests_enqueued_after_an_idle_run_are_taken_back,
+            requests_fed_until_the_handle_closes_are_all_fetched,
             a_list_fed_as_requests_finish_stays_within_its_backlog,
             stop_now_aborts_the_hops_in_flight,
             connections_are_reused,

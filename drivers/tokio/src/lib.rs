@@ -214,6 +214,7 @@ enum Command<R> {
     HandOff(HandOff<R>),
     Stop,
     StopNow,
+    Close,
 }
 
 /// Controls a running [`Fetcher`] from other tasks or threads. Cheap to clone.
@@ -275,6 +276,13 @@ impl<R: Request> Handle<R> {
     pub fn stop_now(&self) {
         let _ = self.tx.send(Command::StopNow);
     }
+
+    /// Says that no more requests will come through the handles: a fetcher in
+    /// [`run_until_closed`](Fetcher::run_until_closed) returns once it has nothing left to
+    /// do. A request enqueued after it is still fetched.
+    pub fn close(&self) {
+        let _ = self.tx.send(Command::Close);
+    }
 }
 
 /// Fetches requests with a [`Scheduler`] on tokio. See the [crate docs](crate).
@@ -289,6 +297,8 @@ pub struct Fetcher<R> {
     tx: mpsc::UnboundedSender<Command<R>>,
     rx: mpsc::UnboundedReceiver<Command<R>>,
     outlets: Outlets<R>,
+    /// A handle said that no more requests will come ([`Handle::close`]).
+    closed: bool,
     redis: Option<RedisLink<R>>,
 }
 
@@ -351,6 +361,7 @@ impl<R: Request + Send + 'static> Fetcher<R> {
             tx,
             rx,
             outlets: Outlets::default(),
+            closed: false,
             redis: None,
         })
     }
@@ -538,6 +549,45 @@ impl<R: Request + Send + 'static> Fetcher<R> {
     /// Fetches until nothing is left to do (or, after a stop, until nothing is in flight),
     /// then returns the counters. Call it again after enqueueing more.
     pub async fn run(&mut self) -> Stats {
+        self.run_while(false).await
+    }
+
+    /// Fetches like [`run`](Fetcher::run), but with nothing left to do it waits for more from
+    /// the [`Handle`]s instead of returning, until one of them calls [`Handle::close`] (or
+    /// stops the fetcher): for requests that a producer finds as it goes, on other
+    /// tasks or threads.
+    ///
+    /// With Redis the crawl's end is Redis's, as with `run`: the run returns once Redis holds
+    /// nothing more (a request enqueued after that is stored by the next run); a producer can
+    /// enqueue from anywhere, through a fetcher of its own.
+    ///
+    /// ```no_run
+    /// # use downpour_tokio::{Config, Fetcher, Polite, Url};
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Page { url: Url }
+    /// # impl downpour_tokio::Request for Page { fn url(&self) -> &Url { &self.url } }
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut fetcher: Fetcher<Page> = Fetcher::new(Config::default(), Polite::new())?;
+    /// let handle = fetcher.handle();
+    /// let producer = std::thread::spawn(move || {
+    ///     for line in std::io::stdin().lines().map_while(Result::ok) {
+    ///         if let Ok(url) = downpour_tokio::parse_url(&line) {
+    ///             let _ = handle.enqueue(Page { url });
+    ///         }
+    ///     }
+    ///     handle.close();
+    /// });
+    /// let stats = fetcher.run_until_closed().await;
+    /// producer.join().unwrap();
+    /// # let _ = stats; Ok(()) }
+    /// ```
+    pub async fn run_until_closed(&mut self) -> Stats {
+        let stats = self.run_while(true).await;
+        self.closed = false;
+        stats
+    }
+
+    /// With `until_closed`, the loop of [`run_until_closed`](Fetcher::run_until_closed).
+    async fn run_while(&mut self, until_closed: bool) -> Stats {
         let mut timer = Timer::new();
         let mut armed: Option<Instant> = None;
         loop {
@@ -562,6 +612,7 @@ impl<R: Request + Send + 'static> Fetcher<R> {
                         self.command(command);
                         continue;
                     }
+                    Err(_) if self.waits_for_handles(until_closed) => {}
                     Err(_) => break,
                 }
             }
@@ -602,6 +653,11 @@ impl<R: Request + Send + 'static> Fetcher<R> {
             }
         }
         self.scheduler.stats()
+    }
+
+    /// Whether a run with nothing left to do waits for more from the handles.
+    fn waits_for_handles(&self, until_closed: bool) -> bool {
+        until_closed && !self.closed && !self.scheduler.is_stopped()
     }
 
     fn deadline(&mut self) -> Option<Instant> {
@@ -647,6 +703,7 @@ impl<R: Request + Send + 'static> Fetcher<R> {
                 self.scheduler.handle_hand_off(Instant::now(), hand_off);
             }
             Command::Stop => self.stop(),
+            Command::Close => self.closed = true,
             Command::StopNow => {
                 self.stop();
                 // With Redis, the aborted requests stay stored for the next run.

@@ -8,5 +8,6 @@ downpour_conformance::driver_suite!(
         .enable_all()
         .build()
         .expect("runtime");
-    |fetcher| runtime.block_on(fetcher.run())
+    |fetcher| runtime.block_on(fetcher.run()),
+    until_closed: |fetcher| runtime.block_on(fetcher.run_until_closed())
 );
