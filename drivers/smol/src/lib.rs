@@ -271,7 +271,8 @@ impl<R: Request> Handle<R> {
 
     /// Says that no more requests will come through the handles: a fetcher in
     /// [`run_until_closed`](Fetcher::run_until_closed) returns once it has nothing left to
-    /// do. A request enqueued after it is still fetched.
+    /// do, the requests enqueued before the close included. The close holds until a
+    /// `run_until_closed` has returned because of it (not because of a stop).
     pub fn close(&self) {
         let _ = self.tx.try_send(Command::Close);
     }
@@ -544,10 +545,11 @@ impl<R: Request + Send + 'static> Fetcher<R> {
     }
 
     /// Fetches like [`run`](Fetcher::run), but with nothing left to do it waits for more from
-    /// the [`Handle`]s instead of returning, until one of them calls [`Handle::close`] (or
-    /// stops the fetcher): for requests that a producer finds as it goes, on other
+    /// the [`Handle`]s instead of returning, until one of them calls [`Handle::close`]: for
+    /// requests that a producer finds as it goes, on other
     /// tasks or threads.
     ///
+    /// After a stop it returns as `run` does, once nothing is in flight, the rest queued.
     /// With Redis the crawl's end is Redis's, as with `run`: the run returns once Redis holds
     /// nothing more (a request enqueued after that is stored by the next run); a producer can
     /// enqueue from anywhere, through a fetcher of its own.
@@ -573,7 +575,10 @@ impl<R: Request + Send + 'static> Fetcher<R> {
     /// ```
     pub async fn run_until_closed(&mut self) -> Stats {
         let stats = self.run_while(true).await;
-        self.closed = false;
+        // After a stop, a close that came stays for the run that finishes the rest.
+        if !self.scheduler.is_stopped() {
+            self.closed = false;
+        }
         stats
     }
 
