@@ -115,7 +115,7 @@ pub use downpour_common::proxy::Proxy;
 #[cfg(feature = "redis")]
 pub use downpour_common::store::{RedisOptions, StoreError};
 pub use downpour_common::HandleError;
-use downpour_common::{carry_out, hop_ended, Outlets};
+use downpour_common::{carry_out, hop_ended, Closing, Outlets};
 
 use http::HeaderValue;
 
@@ -403,8 +403,8 @@ pub struct Fetcher<R> {
     tx: mpsc::Sender<Message<R>>,
     rx: mpsc::Receiver<Message<R>>,
     outlets: Outlets<R>,
-    /// A handle said that no more requests will come ([`Handle::close`]).
-    closed: bool,
+    /// Whether a handle said that no more requests will come ([`Handle::close`]).
+    closing: Closing,
     redis: Option<RedisLink<R>>,
 }
 
@@ -462,7 +462,7 @@ impl<R: Request + Send + 'static> Fetcher<R> {
             tx,
             rx,
             outlets: Outlets::default(),
-            closed: false,
+            closing: Closing::default(),
             redis: None,
         })
     }
@@ -658,8 +658,7 @@ impl<R: Request + Send + 'static> Fetcher<R> {
 
     /// Fetches like [`run`](Fetcher::run), but with nothing left to do it waits for more from
     /// the [`Handle`]s instead of returning, until one of them calls [`Handle::close`]: for
-    /// requests that a producer finds as it goes, on other
-    /// threads.
+    /// requests that a producer finds as it goes, on other threads.
     ///
     /// After a stop it returns as `run` does, once nothing is in flight, the rest queued.
     /// With Redis the crawl's end is Redis's, as with `run`: the run returns once Redis holds
@@ -687,10 +686,7 @@ impl<R: Request + Send + 'static> Fetcher<R> {
     /// ```
     pub fn run_until_closed(&mut self) -> Stats {
         let stats = self.run_while(true);
-        // After a stop, a close that came stays for the run that finishes the rest.
-        if !self.scheduler.is_stopped() {
-            self.closed = false;
-        }
+        self.closing.returned(&self.scheduler);
         stats
     }
 
@@ -719,7 +715,7 @@ impl<R: Request + Send + 'static> Fetcher<R> {
                         self.message(message);
                         continue;
                     }
-                    Err(_) if self.waits_for_handles(until_closed) => {}
+                    Err(_) if self.closing.waits(until_closed, &self.scheduler) => {}
                     Err(_) => break,
                 }
             }
@@ -738,11 +734,6 @@ impl<R: Request + Send + 'static> Fetcher<R> {
             }
         }
         self.scheduler.stats()
-    }
-
-    /// Whether a run with nothing left to do waits for more from the handles.
-    fn waits_for_handles(&self, until_closed: bool) -> bool {
-        until_closed && !self.closed && !self.scheduler.is_stopped()
     }
 
     /// The earlier of the scheduler's deadline and the store's (with Redis).
@@ -785,7 +776,7 @@ impl<R: Request + Send + 'static> Fetcher<R> {
                 self.scheduler.handle_hand_off(Instant::now(), hand_off);
             }
             Message::Stop => self.stop(),
-            Message::Close => self.closed = true,
+            Message::Close => self.closing.close(),
             Message::StopNow => {
                 self.stop();
                 // With Redis, the aborted requests stay stored for the next run.

@@ -67,6 +67,34 @@ impl<R> Default for Outlets<R> {
     }
 }
 
+/// Whether a fetcher's handles said that no more requests will come (`Handle::close`), and
+/// what that means for its `run_until_closed`: the same rule on every driver.
+#[derive(Debug, Default)]
+pub struct Closing {
+    closed: bool,
+}
+
+impl Closing {
+    /// A handle closed.
+    pub fn close(&mut self) {
+        self.closed = true;
+    }
+
+    /// Whether a run with nothing left to do waits for more from the handles: in
+    /// `run_until_closed` (`until_closed`), until a close or a stop.
+    pub fn waits<R: Request>(&self, until_closed: bool, scheduler: &Scheduler<R>) -> bool {
+        until_closed && !self.closed && !scheduler.is_stopped()
+    }
+
+    /// A `run_until_closed` returned: the close that ended it is used up. After a stop, one
+    /// that came stays for the run that finishes the rest.
+    pub fn returned<R: Request>(&mut self, scheduler: &Scheduler<R>) {
+        if !scheduler.is_stopped() {
+            self.closed = false;
+        }
+    }
+}
+
 /// The crawl's store in Redis, when a fetcher has one.
 #[cfg(feature = "redis")]
 pub type StoreRef<'a, R> = Option<&'a mut store::Store<R>>;
