@@ -194,6 +194,12 @@ impl<R: Request> Scheduler<R> {
         &self.config
     }
 
+    /// Whether the policy paces hosts ([`Policy::paces`]): whether a driver needs to know
+    /// exactly when each response ended.
+    pub fn paces(&self) -> bool {
+        self.policy.paces()
+    }
+
     /// Unfinished requests (queued, waiting, in flight, or with callbacks pending).
     pub fn len(&self) -> usize {
         self.unfinished

@@ -30,6 +30,11 @@ impl Fifo {
 }
 
 impl Policy for Fifo {
+    /// Never: a host's requests go as soon as there is room.
+    fn paces(&self) -> bool {
+        false
+    }
+
     fn push(&mut self, _now: Instant, item: Queued) {
         match self.queue.back() {
             Some(last) if order(&item, last) == Ordering::Less => {
@@ -88,6 +93,25 @@ mod tests {
             priority,
             seq: u64::from(index),
         }
+    }
+
+    /// Only a policy that paces hosts costs drivers the exact end of every response; a boxed
+    /// one says what the policy it holds says.
+    #[test]
+    fn fifo_does_not_pace_and_polite_does() {
+        use crate::{Config, Polite, Scheduler};
+        #[derive(serde::Serialize, serde::Deserialize)]
+        struct Page(url::Url);
+        impl crate::Request for Page {
+            fn url(&self) -> &url::Url {
+                &self.0
+            }
+        }
+        let fifo = Scheduler::<Page>::new(Config::default(), Fifo::new()).unwrap();
+        let polite = Scheduler::<Page>::new(Config::default(), Polite::new()).unwrap();
+        let boxed: Box<dyn Policy> = Box::new(Fifo::new());
+        let boxed = Scheduler::<Page>::with_policy(Config::default(), boxed).unwrap();
+        assert!(!fifo.paces() && polite.paces() && !boxed.paces());
     }
 
     #[test]

@@ -125,6 +125,14 @@ pub trait Policy: Send {
         false
     }
 
+    /// Whether a host's next request may wait on the clock after its last one ended (a delay,
+    /// a rate). Then a driver makes sure of when each response ended (on Linux, the kernel's
+    /// receive timestamp of its last bytes, at a small cost per read); a policy that only
+    /// orders its requests says `false` and saves that cost. `true` unless overridden.
+    fn paces(&self) -> bool {
+        true
+    }
+
     /// A hop is ready to be fetched.
     fn push(&mut self, now: Instant, item: Queued);
 
@@ -189,6 +197,9 @@ impl<P: Policy + ?Sized> Policy for Box<P> {
     }
     fn obeys_robots(&self) -> bool {
         (**self).obeys_robots()
+    }
+    fn paces(&self) -> bool {
+        (**self).paces()
     }
     fn push(&mut self, now: Instant, item: Queued) {
         (**self).push(now, item)

@@ -23,13 +23,13 @@ use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::client::proxy::matcher::Matcher;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::TcpStream;
 use tower_service::Service;
 
+use crate::arrival::TimedTcp;
 use crate::decode::{headers_to_send, Body, Coding};
 use crate::{ClientOptions, Error, Proxy};
 
-type Stream = MaybeHttpsStream<TokioIo<TcpStream>>;
+type Stream = MaybeHttpsStream<TokioIo<TimedTcp>>;
 type BoxError = Box<dyn StdError + Send + Sync>;
 type HyperClient = Client<Connector, Full<Bytes>>;
 
@@ -50,6 +50,7 @@ struct Built {
     max_header_size: usize,
     pool_idle_timeout: Duration,
     pool_max_idle_per_host: usize,
+    stamp_arrivals: bool,
 }
 
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -59,7 +60,13 @@ struct ProxyKey {
 }
 
 impl HttpClient {
-    pub(crate) fn new(options: &ClientOptions, max_header_size: usize) -> Result<Self, Error> {
+    /// A client; with `stamp_arrivals`, its connections note when their bytes arrived (the
+    /// policy paces hosts, see [`TimedTcp`]).
+    pub(crate) fn new(
+        options: &ClientOptions,
+        max_header_size: usize,
+        stamp_arrivals: bool,
+    ) -> Result<Self, Error> {
         // The crypto provider is chosen here, explicitly, so that nothing depends on a
         // process-wide default being installed (or on which providers happen to be linked).
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -96,6 +103,7 @@ impl HttpClient {
             max_header_size,
             pool_idle_timeout: options.pool_idle_timeout,
             pool_max_idle_per_host: options.pool_max_idle_per_host,
+            stamp_arrivals,
         });
         let direct = Arc::new(build_client(&built, None));
         Ok(HttpClient {
@@ -325,12 +333,12 @@ impl Carried {
         }
     }
 
-    /// A read ended now: with bytes, or with the end of the stream (`bytes` false).
-    fn read(&self, bytes: bool) {
+    /// A read brought bytes that arrived `at`, or the end of the stream (`bytes` false).
+    fn read(&self, bytes: bool, at: Instant) {
         if bytes && !self.0.answered.load(Ordering::Relaxed) {
             self.0.answered.store(true, Ordering::Relaxed);
         }
-        let since = self.0.opened.elapsed().as_nanos();
+        let since = at.saturating_duration_since(self.0.opened).as_nanos();
         let since = u64::try_from(since).unwrap_or(u64::MAX - 1);
         self.0.last_read.store(since + 1, Ordering::Relaxed);
     }
@@ -668,6 +676,10 @@ fn build_client(options: &Built, proxy: Option<&ProxyTarget>) -> HyperClient {
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(options.connect_timeout));
+    let http = TimedConnector {
+        tcp: http,
+        stamp: options.stamp_arrivals,
+    };
     let https = |inner| {
         let b = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(options.tls.clone())
@@ -711,8 +723,8 @@ fn build_client(options: &Built, proxy: Option<&ProxyTarget>) -> HyperClient {
 
 fn https_tunnel(
     options: &Built,
-    tunnel: Tunnel<HttpConnector>,
-) -> HttpsConnector<Tunnel<HttpConnector>> {
+    tunnel: Tunnel<TimedConnector>,
+) -> HttpsConnector<Tunnel<TimedConnector>> {
     let b = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(options.tls.clone())
         .https_or_http()
@@ -727,12 +739,39 @@ fn https_tunnel(
 /// Connects directly, or through a proxy: CONNECT for `https`, absolute-form for `http`.
 #[derive(Clone)]
 enum Connector {
-    Direct(HttpsConnector<HttpConnector>),
+    Direct(HttpsConnector<TimedConnector>),
     Proxy {
-        plain: HttpConnector,
+        plain: TimedConnector,
         proxy: Uri,
-        tunnel: Box<HttpsConnector<Tunnel<HttpConnector>>>,
+        tunnel: Box<HttpsConnector<Tunnel<TimedConnector>>>,
     },
+}
+
+/// hyper's TCP connector, with streams that know when their bytes arrived ([`TimedTcp`]) if
+/// `stamp`.
+#[derive(Clone)]
+struct TimedConnector {
+    tcp: HttpConnector,
+    stamp: bool,
+}
+
+impl Service<Uri> for TimedConnector {
+    type Response = TokioIo<TimedTcp>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<TokioIo<TimedTcp>, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.tcp.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, dst: Uri) -> Self::Future {
+        let connecting = self.tcp.call(dst);
+        let stamp = self.stamp;
+        Box::pin(async move {
+            let tcp = connecting.await?.into_inner();
+            Ok(TokioIo::new(TimedTcp::new(tcp, stamp)))
+        })
+    }
 }
 
 impl Service<Uri> for Connector {
@@ -798,6 +837,15 @@ impl Conn {
             carried: Carried::new(),
         })
     }
+
+    /// When the bytes of the last read arrived at the socket (under TLS: the last TCP read's
+    /// bytes, no earlier than the plaintext's), if the kernel said.
+    fn arrived(&self) -> Option<Instant> {
+        match self.io.inner() {
+            MaybeHttpsStream::Http(tcp) => tcp.inner().arrived(),
+            MaybeHttpsStream::Https(tls) => tls.inner().get_ref().0.inner().inner().arrived(),
+        }
+    }
 }
 
 impl Connection for Conn {
@@ -827,7 +875,9 @@ impl tokio::io::AsyncRead for Conn {
             let bytes = buf.filled().len() > before;
             // Nothing read into room for something: the stream ended, which may end a body.
             if bytes || room {
-                self.carried.read(bytes);
+                let arrived = if bytes { self.arrived() } else { None };
+                self.carried
+                    .read(bytes, arrived.unwrap_or_else(Instant::now));
             }
         }
         polled
@@ -904,7 +954,9 @@ mod tests {
 
     /// When a hop ended, and when the server began and finished sending its response, and when
     /// the hop was polled again: the response (head, then 30 ms later its 2-byte body) comes
-    /// while nobody polls the hop, as when the run loop is busy with others.
+    /// while nobody polls the hop, as when the run loop is busy with others; with
+    /// `runtime_blocked`, while nothing at all runs on the runtime (its connection's task
+    /// cannot read either), as when the one thread is busy connecting to a thousand hosts.
     struct Late {
         result: HopResult,
         ended: Instant,
@@ -913,7 +965,7 @@ mod tests {
         polled: Instant,
     }
 
-    fn hop_polled_late(max_body_size: u64) -> Late {
+    fn hop_polled_late(max_body_size: u64, runtime_blocked: bool) -> Late {
         use std::io::{Read, Write};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -963,7 +1015,7 @@ mod tests {
             .build()
             .unwrap();
         let (result, ended, polled) = runtime.block_on(async {
-            let mut client = HttpClient::new(&options, 65_536).unwrap();
+            let mut client = HttpClient::new(&options, 65_536, true).unwrap();
             let mut hop = Box::pin(client.hop(fetch, &HeaderValue::from_static("test")));
             // Polled until the request went out; the response comes 30 ms later.
             tokio::select! {
@@ -971,8 +1023,12 @@ mod tests {
                 asked = asked_rx => asked.unwrap(),
                 _ = &mut hop => panic!("the hop ended before its response was written"),
             }
-            // Busy elsewhere: the connection's own task reads the response meanwhile.
-            tokio::time::sleep(Duration::from_millis(400)).await;
+            if runtime_blocked {
+                std::thread::sleep(Duration::from_millis(400));
+            } else {
+                // Busy elsewhere: the connection's own task reads the response meanwhile.
+                tokio::time::sleep(Duration::from_millis(400)).await;
+            }
             let polled = Instant::now();
             let (result, ended) = hop.await;
             (result, ended, polled)
@@ -993,7 +1049,7 @@ mod tests {
     /// host's delay counts from then.
     #[test]
     fn a_hop_ends_when_its_last_bytes_came_not_when_it_was_polled() {
-        let late = hop_polled_late(1024);
+        let late = hop_polled_late(1024, false);
         match &late.result {
             HopResult::Response(r) => assert_eq!(&r.body[..], b"ok"),
             HopResult::Failed(e) => panic!("{e}"),
@@ -1017,7 +1073,7 @@ mod tests {
     /// server was still sending), not when its first bytes came.
     #[test]
     fn a_body_cut_at_its_limit_ends_when_the_hop_gave_up_on_it() {
-        let late = hop_polled_late(1);
+        let late = hop_polled_late(1, false);
         match &late.result {
             HopResult::Response(r) => assert!(r.truncated && &r.body[..] == b"o"),
             HopResult::Failed(e) => panic!("{e}"),
@@ -1026,6 +1082,31 @@ mod tests {
             late.ended >= late.polled,
             "ended {:?} before the hop was polled and gave up",
             late.polled - late.ended
+        );
+    }
+
+    /// On Linux a response ends when the kernel received its last bytes, even when nothing
+    /// read them until much later.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_hop_ends_when_its_last_bytes_arrived_even_if_nothing_read_them_then() {
+        let late = hop_polled_late(1024, true);
+        match &late.result {
+            HopResult::Response(r) => assert_eq!(&r.body[..], b"ok"),
+            HopResult::Failed(e) => panic!("{e}"),
+        }
+        let (ended, written) = (late.ended, late.body_written);
+        assert!(
+            ended >= written,
+            "ended {:?} before the body was written",
+            written - ended
+        );
+        assert!(
+            ended < written + Duration::from_millis(100),
+            "ended {:?} after the body was written, when the runtime was free to read it \
+             ({:?} after)",
+            ended - written,
+            late.polled - written
         );
     }
 

@@ -74,9 +74,15 @@
 //! [`Scheduler::poll_timeout`] — one timer, reset only when that deadline changes. It
 //! returns when nothing is left (or, after a stop, nothing is in flight).
 //!
-//! A hop ends when its response's last bytes were read, by its connection's task: in a
-//! burst of responses that is before the loop gets to the later ones, and a host's delay
-//! counts from then ([`Scheduler::handle_fetch`]), not from when the loop was free.
+//! A hop ends when its response's last bytes arrived, and a host's delay counts from then
+//! ([`Scheduler::handle_fetch`]), not from when the loop was free. On Linux, when the
+//! policy paces hosts ([`Policy::paces`]: not fifo), that is when
+//! the kernel received them (its receive timestamp, `SO_TIMESTAMPNS`, on every connection):
+//! when a thousand hosts connect at once, the first responses come back while the thread
+//! is still connecting to the others, and are read milliseconds later. Elsewhere it is
+//! when the connection's task read them, which in a burst is still before the loop, busy
+//! with the callbacks of the first responses, gets to the later ones. Either way it is
+//! never before the bytes came: a step of the wall clock cannot shorten a delay.
 //!
 //! The timer is precise: on Linux a timerfd on tokio's reactor, which wakes the loop
 //! within tens of microseconds of the deadline, where tokio's own sleep (used elsewhere)
@@ -109,6 +115,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod arrival;
 mod client;
 mod timer;
 use downpour_common::decode;
@@ -351,7 +358,7 @@ impl<R: Request + Send + 'static> Fetcher<R> {
             .map_err(|_| ConfigError::BadUserAgent(config.user_agent.clone()))?;
         // Twice the concurrency: idle connections are kept for reuse.
         descriptors::reserve(config.concurrency.saturating_mul(2));
-        let client = HttpClient::new(&options, config.max_header_size)?;
+        let client = HttpClient::new(&options, config.max_header_size, scheduler.paces())?;
         let (tx, rx) = mpsc::unbounded_channel();
         Ok(Fetcher {
             scheduler,
