@@ -128,7 +128,8 @@ pub trait Policy: Send {
     /// Whether a host's next request may wait on the clock after its last one ended (a delay,
     /// a rate). Then a driver makes sure of when each response ended (on Linux, the kernel's
     /// receive timestamp of its last bytes, at a small cost per read); a policy that only
-    /// orders its requests says `false` and saves that cost. `true` unless overridden.
+    /// orders its requests says `false` and saves that cost (a `Retry-After` still holds,
+    /// counted from when the driver got the response). `true` unless overridden.
     fn paces(&self) -> bool {
         true
     }

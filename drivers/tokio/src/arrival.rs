@@ -10,9 +10,15 @@
 //!
 //! The kernel stamps in wall-clock time. The stamp's age (wall clock now minus the stamp) is
 //! taken from the monotonic clock's now, and the result is held between the last time a read
-//! found the socket empty (the bytes came after it) and now: a step of the wall clock can
-//! never move an arrival before its bytes came, so never shorten a delay. Elsewhere, or
-//! without a stamp, a read's bytes arrived when it read them.
+//! found the socket empty (the bytes came after it) and now. Both clocks are read at that
+//! time too: if they have not advanced alike since (a step of the wall clock, or a suspend,
+//! which only the wall clock counts), the stamp's age means nothing and the bytes arrived
+//! when they were read. Elsewhere, or without a stamp, likewise.
+//!
+//! A stamp is the arrival of the last segment a read returned. When a segment was lost and
+//! the next one came first, the end is when that later segment (holding the response's last
+//! bytes) came, before the retransmission completed it: still after the server sent its
+//! last bytes, so the delay still counts from no earlier than the response's end.
 
 use std::io;
 use std::pin::Pin;
@@ -31,8 +37,8 @@ pub(crate) struct TimedTcp {
     stamped: bool,
     /// When a read last found nothing to read: whatever it reads next came after this.
     #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
-    empty_at: Instant,
-    /// When the bytes of the last read that brought any arrived, if the kernel said.
+    empty: Seen,
+    /// When the bytes of the last read that brought any arrived, when stamps are on.
     arrived: Option<Instant>,
     /// Room for the timestamp that comes with a read.
     #[cfg(target_os = "linux")]
@@ -54,7 +60,7 @@ impl TimedTcp {
         TimedTcp {
             stream,
             stamped,
-            empty_at: Instant::now(),
+            empty: Seen::now(),
             arrived: None,
             #[cfg(target_os = "linux")]
             control: if stamped {
@@ -65,8 +71,8 @@ impl TimedTcp {
         }
     }
 
-    /// When the bytes of the last read that brought any arrived: `None` when the kernel did
-    /// not say (then they arrived when they were read).
+    /// When the bytes of the last read that brought any arrived: `None` when stamps are off
+    /// (then they arrived when they were read).
     pub(crate) fn arrived(&self) -> Option<Instant> {
         self.arrived
     }
@@ -85,7 +91,9 @@ impl TimedTcp {
         loop {
             std::task::ready!(self.stream.poll_read_ready(cx))?;
             let fd = self.stream.as_raw_fd();
-            let into = buf.initialize_unfilled();
+            // Zeroed first (the kernel writes only into initialised bytes), so a read takes
+            // at most 16 KiB rather than zeroing the whole of hyper's buffer every time.
+            let into = buf.initialize_unfilled_to(buf.remaining().min(16 << 10));
             let control = &mut self.control;
             match self.stream.try_io(Interest::READABLE, || {
                 linux::recv_stamped(fd, into, control)
@@ -93,17 +101,35 @@ impl TimedTcp {
                 Ok((n, stamp)) => {
                     buf.advance(n);
                     if n > 0 {
-                        self.arrived = Some(linux::instant_of(stamp, self.empty_at));
+                        self.arrived = Some(linux::instant_of(stamp, &self.empty));
                     }
                     return Poll::Ready(Ok(()));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    // Readiness is cleared; anything read from now on came after now.
-                    self.empty_at = Instant::now();
+                    // Readiness is cleared; anything read from now on came after this read
+                    // found the socket empty.
+                    self.empty = Seen::now();
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Poll::Ready(Err(e)),
             }
+        }
+    }
+}
+
+/// A moment by both clocks: the monotonic one, and the wall clock the kernel stamps with.
+#[derive(Clone, Copy)]
+struct Seen {
+    mono: Instant,
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    wall: std::time::SystemTime,
+}
+
+impl Seen {
+    fn now() -> Seen {
+        Seen {
+            mono: Instant::now(),
+            wall: std::time::SystemTime::now(),
         }
     }
 }
@@ -166,6 +192,8 @@ mod linux {
     use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
     use nix::sys::socket::{self, sockopt, ControlMessageOwned, MsgFlags};
+
+    use super::Seen;
     use tokio::net::TcpStream;
 
     pub(super) fn enable_stamps(stream: &TcpStream) -> io::Result<()> {
@@ -199,17 +227,27 @@ mod linux {
         Ok((msg.bytes, stamp))
     }
 
-    /// The instant of a wall-clock stamp, no earlier than `empty_at` and no later than now.
-    pub(super) fn instant_of(stamp: Option<SystemTime>, empty_at: Instant) -> Instant {
+    /// The instant of a wall-clock stamp, no earlier than when the socket was last seen
+    /// `empty` and no later than now; now if the two clocks have not advanced alike since.
+    pub(super) fn instant_of(stamp: Option<SystemTime>, empty: &Seen) -> Instant {
         // The wall clock first: its now is then the earlier one, the age comes out a little
         // short, and the arrival a little late rather than early.
         let wall = SystemTime::now();
         let now = Instant::now();
+        let elapsed = now.saturating_duration_since(empty.mono);
+        // Within a millisecond, and what NTP's slewing (at most 0.05%) can account for.
+        let slack = Duration::from_millis(1) + elapsed / 1000;
+        let alike = wall
+            .duration_since(empty.wall)
+            .is_ok_and(|on_the_wall| on_the_wall.abs_diff(elapsed) <= slack);
+        if !alike {
+            return now;
+        }
         let arrived = stamp
             .and_then(|s| wall.duration_since(s).ok())
             .and_then(|age| now.checked_sub(age))
             .unwrap_or(now);
-        arrived.max(empty_at).min(now)
+        arrived.max(empty.mono).min(now)
     }
 }
 
@@ -220,22 +258,45 @@ mod tests {
 
     #[test]
     fn a_stamp_becomes_an_instant_within_its_bounds() {
-        let empty_at = Instant::now() - Duration::from_millis(50);
+        let fifty_ms = Duration::from_millis(50);
+        let empty = Seen {
+            mono: Instant::now() - fifty_ms,
+            wall: SystemTime::now() - fifty_ms,
+        };
         let ten_ms_ago = SystemTime::now() - Duration::from_millis(10);
-        let at = linux::instant_of(Some(ten_ms_ago), empty_at);
+        let at = linux::instant_of(Some(ten_ms_ago), &empty);
         let age = Instant::now() - at;
         assert!(
-            age >= Duration::from_millis(10) && age < Duration::from_millis(15),
+            age >= Duration::from_millis(10) && age < fifty_ms,
             "{age:?}"
         );
-        // A stamp from before the socket was last empty (the wall clock stepped forward
-        // since): the arrival is the moment it was empty, never earlier.
+        // A stamp from before the socket was last seen empty: then, never earlier.
         let an_hour_ago = SystemTime::now() - Duration::from_secs(3600);
-        assert_eq!(linux::instant_of(Some(an_hour_ago), empty_at), empty_at);
-        // A stamp in the future (the wall clock stepped back), or none: now.
+        assert_eq!(linux::instant_of(Some(an_hour_ago), &empty), empty.mono);
+        // A stamp in the future, or none: now.
         let before = Instant::now();
         let future = SystemTime::now() + Duration::from_secs(3600);
-        assert!(linux::instant_of(Some(future), empty_at) >= before);
-        assert!(linux::instant_of(None, empty_at) >= before);
+        assert!(linux::instant_of(Some(future), &empty) >= before);
+        assert!(linux::instant_of(None, &empty) >= before);
+    }
+
+    /// When the wall clock stepped (or the machine slept) since the socket was seen empty, a
+    /// stamp's age says nothing: the bytes arrived when they were read.
+    #[test]
+    fn a_stamp_is_not_trusted_across_a_step_of_the_wall_clock() {
+        let fifty_ms = Duration::from_millis(50);
+        let ten_ms_ago = SystemTime::now() - Duration::from_millis(10);
+        for wall in [
+            SystemTime::now() - fifty_ms - Duration::from_secs(2),
+            SystemTime::now() - fifty_ms + Duration::from_secs(2),
+            SystemTime::now() + Duration::from_secs(3600),
+        ] {
+            let empty = Seen {
+                mono: Instant::now() - fifty_ms,
+                wall,
+            };
+            let before = Instant::now();
+            assert!(linux::instant_of(Some(ten_ms_ago), &empty) >= before);
+        }
     }
 }

@@ -839,7 +839,7 @@ impl Conn {
     }
 
     /// When the bytes of the last read arrived at the socket (under TLS: the last TCP read's
-    /// bytes, no earlier than the plaintext's), if the kernel said.
+    /// bytes, no earlier than the plaintext's); `None` when stamps are off.
     fn arrived(&self) -> Option<Instant> {
         match self.io.inner() {
             MaybeHttpsStream::Http(tcp) => tcp.inner().arrived(),

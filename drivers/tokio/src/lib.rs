@@ -82,7 +82,8 @@
 //! is still connecting to the others, and are read milliseconds later. Elsewhere it is
 //! when the connection's task read them, which in a burst is still before the loop, busy
 //! with the callbacks of the first responses, gets to the later ones. Either way it is
-//! never before the bytes came: a step of the wall clock cannot shorten a delay.
+//! never before the server sent them: when the wall clock steps (or the machine sleeps)
+//! while a response comes, its end is when it was read.
 //!
 //! The timer is precise: on Linux a timerfd on tokio's reactor, which wakes the loop
 //! within tens of microseconds of the deadline, where tokio's own sleep (used elsewhere)
