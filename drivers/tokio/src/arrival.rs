@@ -5,8 +5,8 @@
 //! the first responses come back) that is milliseconds after the bytes came, and every one
 //! of them delays the host's next request. On Linux each read of a [`TimedTcp`] also gets
 //! the time the kernel received the last bytes it read (`SO_TIMESTAMPNS`), and that time is
-//! kept instead. It costs a little per read (`recvmsg` rather than `read`, and the buffer
-//! zeroed), so only a client whose policy paces hosts asks for it.
+//! kept instead. It costs a little per read (`recvmsg` rather than `read`, and what it reads
+//! into zeroed first), so only a client whose policy paces hosts asks for it.
 //!
 //! The kernel stamps in wall-clock time. The stamp's age (wall clock now minus the stamp) is
 //! taken from the monotonic clock's now, and the result is held between the last time a read
@@ -43,7 +43,20 @@ pub(crate) struct TimedTcp {
     /// Room for the timestamp that comes with a read.
     #[cfg(target_os = "linux")]
     control: Vec<u8>,
+    /// How much of the reader's buffer a stamped read zeroes and reads into: see
+    /// [`FIRST_WINDOW`].
+    #[cfg(target_os = "linux")]
+    window: usize,
 }
+
+/// A stamped read zeroes what it reads into first (the kernel writes only into initialised
+/// bytes): a page to begin with, doubled each time a read fills it, up to [`MAX_WINDOW`]. A
+/// small response then costs a page of zeroing rather than the 8 KiB or more that hyper's
+/// buffer has free, and a large body is read [`MAX_WINDOW`] at a time.
+#[cfg(target_os = "linux")]
+const FIRST_WINDOW: usize = 4 << 10;
+#[cfg(target_os = "linux")]
+const MAX_WINDOW: usize = 16 << 10;
 
 impl TimedTcp {
     /// Wraps a connected stream; with `stamp`, asks the kernel to stamp what it receives (if
@@ -68,6 +81,8 @@ impl TimedTcp {
             } else {
                 Vec::new()
             },
+            #[cfg(target_os = "linux")]
+            window: FIRST_WINDOW,
         }
     }
 
@@ -91,28 +106,46 @@ impl TimedTcp {
         loop {
             std::task::ready!(self.stream.poll_read_ready(cx))?;
             let fd = self.stream.as_raw_fd();
-            // Zeroed first (the kernel writes only into initialised bytes), so a read takes
-            // at most 16 KiB rather than zeroing the whole of hyper's buffer every time.
-            let into = buf.initialize_unfilled_to(buf.remaining().min(16 << 10));
+            let into = buf.initialize_unfilled_to(buf.remaining().min(self.window));
+            let asked = into.len();
             let control = &mut self.control;
-            match self.stream.try_io(Interest::READABLE, || {
-                linux::recv_stamped(fd, into, control)
-            }) {
-                Ok((n, stamp)) => {
-                    buf.advance(n);
-                    if n > 0 {
-                        self.arrived = Some(linux::instant_of(stamp, &self.empty));
-                    }
-                    return Poll::Ready(Ok(()));
+            let mut short = None;
+            let read = self.stream.try_io(Interest::READABLE, || {
+                let (n, stamp) = linux::recv_stamped(fd, into, control)?;
+                if n > 0 && n < asked {
+                    // Fewer bytes than asked for: the socket is empty. Told to tokio as
+                    // WouldBlock, so that it clears the readiness (as its own streams do
+                    // after a short read) and the next read waits for the reactor rather
+                    // than finding out with a syscall.
+                    short = Some((n, stamp));
+                    return Err(io::ErrorKind::WouldBlock.into());
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                Ok((n, stamp))
+            });
+            let (n, stamp) = match (read, short) {
+                (_, Some(short)) => short,
+                (Ok(read), None) => read,
+                (Err(e), None) if e.kind() == io::ErrorKind::WouldBlock => {
                     // Readiness is cleared; anything read from now on came after this read
                     // found the socket empty.
                     self.empty = Seen::now();
+                    continue;
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Poll::Ready(Err(e)),
+                (Err(e), None) if e.kind() == io::ErrorKind::Interrupted => continue,
+                (Err(e), None) => return Poll::Ready(Err(e)),
+            };
+            buf.advance(n);
+            if n > 0 {
+                // Bounded by the last time the socket was seen empty, before this read.
+                self.arrived = Some(linux::instant_of(stamp, &self.empty));
+                if n == asked {
+                    self.window = (self.window * 2).min(MAX_WINDOW);
+                }
             }
+            if short.is_some() {
+                self.empty = Seen::now();
+            }
+            return Poll::Ready(Ok(()));
         }
     }
 }
@@ -136,7 +169,9 @@ impl Seen {
 
 impl Connection for TimedTcp {
     fn connected(&self) -> Connected {
-        self.stream.connected()
+        // Without the addresses, which hyper-util asks the kernel for (two syscalls on every
+        // connection) and nothing here reads.
+        Connected::new()
     }
 }
 
@@ -278,6 +313,92 @@ mod tests {
         let future = SystemTime::now() + Duration::from_secs(3600);
         assert!(linux::instant_of(Some(future), &empty) >= before);
         assert!(linux::instant_of(None, &empty) >= before);
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    /// A stamped stream over loopback, and the server's end of it.
+    async fn pair() -> (TimedTcp, tokio::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let timed = TimedTcp::new(client, true);
+        assert!(timed.stamped, "the kernel refused SO_TIMESTAMPNS");
+        (timed, server)
+    }
+
+    /// A body that is all there reads a page first, then twice as much each time a read
+    /// fills what it asked for, up to 16 KiB; every byte comes, stamped.
+    #[test]
+    fn a_stamped_read_takes_a_page_first_and_doubles_up_to_16_kib() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        runtime().block_on(async {
+            let (mut timed, mut server) = pair().await;
+            let body: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+            server.write_all(&body).await.unwrap();
+            drop(server);
+            let mut got = Vec::new();
+            let mut sizes = Vec::new();
+            let mut buf = vec![0u8; 64 << 10];
+            loop {
+                let n = timed.read(&mut buf).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+                sizes.push(n);
+                assert!(timed.arrived().is_some());
+            }
+            assert_eq!(got, body);
+            assert_eq!(&sizes[..3], &[4 << 10, 8 << 10, 16 << 10], "{sizes:?}");
+            assert!(sizes.iter().all(|&n| n <= 16 << 10), "{sizes:?}");
+        });
+    }
+
+    /// A read that empties the socket clears tokio's readiness without another syscall:
+    /// bytes that come after it must still wake the reader, and arrive no earlier than it.
+    #[test]
+    fn bytes_after_a_short_read_wake_the_reader() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        runtime().block_on(async {
+            let (mut timed, mut server) = pair().await;
+            let mut buf = [0u8; 1024];
+            for round in 0..5u8 {
+                server.write_all(&[round; 3]).await.unwrap();
+                let n = tokio::time::timeout(Duration::from_secs(5), timed.read(&mut buf))
+                    .await
+                    .expect("bytes after a short read woke nobody")
+                    .unwrap();
+                assert_eq!(&buf[..n], &[round; 3]);
+                let after_the_read = Instant::now();
+                // Nothing more is there: the next read waits, and the bytes written while it
+                // waits end it, stamped after the short read.
+                let written = tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    server.write_all(b"next").await.unwrap();
+                    server
+                });
+                let n = tokio::time::timeout(Duration::from_secs(5), timed.read(&mut buf))
+                    .await
+                    .expect("bytes after a short read woke nobody")
+                    .unwrap();
+                assert_eq!(&buf[..n], b"next");
+                let arrived = timed.arrived().unwrap();
+                assert!(
+                    arrived >= after_the_read + Duration::from_millis(15),
+                    "arrived {:?} after the short read",
+                    arrived - after_the_read
+                );
+                server = written.await.unwrap();
+            }
+        });
     }
 
     /// When the wall clock stepped (or the machine slept) since the socket was seen empty, a
