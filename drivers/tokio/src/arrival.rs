@@ -317,13 +317,6 @@ mod tests {
         assert!(linux::instant_of(None, &empty) >= before);
     }
 
-    fn runtime() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-    }
-
     /// A stamped stream over loopback, and the server's end of it.
     async fn pair() -> (TimedTcp, tokio::net::TcpStream) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -338,73 +331,69 @@ mod tests {
 
     /// A body that is all there reads a page first, then twice as much each time a read
     /// fills what it asked for, up to 16 KiB; every byte comes.
-    #[test]
-    fn a_stamped_read_takes_a_page_first_and_doubles_up_to_16_kib() {
+    #[tokio::test]
+    async fn a_stamped_read_takes_a_page_first_and_doubles_up_to_16_kib() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        runtime().block_on(async {
-            let (mut timed, mut server) = pair().await;
-            let body: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
-            let sent = body.clone();
-            // Written by a task of its own: a small send buffer cannot then hang the test.
-            let writer = tokio::spawn(async move {
-                server.write_all(&sent).await.unwrap();
-            });
-            let mut got = Vec::new();
-            let mut sizes = Vec::new();
-            let mut buf = vec![0u8; 64 << 10];
-            loop {
-                let n = timed.read(&mut buf).await.unwrap();
-                if n == 0 {
-                    break;
-                }
-                got.extend_from_slice(&buf[..n]);
-                sizes.push(n);
-                assert!(timed.arrived().is_some());
-            }
-            writer.await.unwrap();
-            assert_eq!(got, body);
-            assert_eq!(&sizes[..3], &[4 << 10, 8 << 10, 16 << 10], "{sizes:?}");
-            assert!(sizes.iter().all(|&n| n <= 16 << 10), "{sizes:?}");
+        let (mut timed, mut server) = pair().await;
+        let body: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let sent = body.clone();
+        // Written by a task of its own: a small send buffer cannot then hang the test.
+        let writer = tokio::spawn(async move {
+            server.write_all(&sent).await.unwrap();
         });
+        let mut got = Vec::new();
+        let mut sizes = Vec::new();
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            let n = timed.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+            sizes.push(n);
+            assert!(timed.arrived().is_some());
+        }
+        writer.await.unwrap();
+        assert_eq!(got, body);
+        assert_eq!(&sizes[..3], &[4 << 10, 8 << 10, 16 << 10], "{sizes:?}");
+        assert!(sizes.iter().all(|&n| n <= 16 << 10), "{sizes:?}");
     }
 
     /// A read that empties the socket clears tokio's readiness without another syscall:
     /// bytes that come after it must still wake the reader, and arrive no earlier than it.
-    #[test]
-    fn bytes_after_a_short_read_wake_the_reader() {
+    #[tokio::test]
+    async fn bytes_after_a_short_read_wake_the_reader() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        runtime().block_on(async {
-            let (mut timed, mut server) = pair().await;
-            let mut buf = [0u8; 1024];
-            for round in 0..5u8 {
-                server.write_all(&[round; 3]).await.unwrap();
-                let n = tokio::time::timeout(Duration::from_secs(5), timed.read(&mut buf))
-                    .await
-                    .expect("bytes after a short read woke nobody")
-                    .unwrap();
-                assert_eq!(&buf[..n], &[round; 3]);
-                let after_the_read = Instant::now();
-                // Nothing more is there: the next read waits, and the bytes written while it
-                // waits end it, stamped after the short read.
-                let written = tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    server.write_all(b"next").await.unwrap();
-                    server
-                });
-                let n = tokio::time::timeout(Duration::from_secs(5), timed.read(&mut buf))
-                    .await
-                    .expect("bytes after a short read woke nobody")
-                    .unwrap();
-                assert_eq!(&buf[..n], b"next");
-                let arrived = timed.arrived().unwrap();
-                assert!(
-                    arrived >= after_the_read + Duration::from_millis(15),
-                    "arrived {:?} after the short read",
-                    arrived - after_the_read
-                );
-                server = written.await.unwrap();
-            }
-        });
+        let (mut timed, mut server) = pair().await;
+        let mut buf = [0u8; 1024];
+        for round in 0..5u8 {
+            server.write_all(&[round; 3]).await.unwrap();
+            let n = tokio::time::timeout(Duration::from_secs(5), timed.read(&mut buf))
+                .await
+                .expect("bytes after a short read woke nobody")
+                .unwrap();
+            assert_eq!(&buf[..n], &[round; 3]);
+            let after_the_read = Instant::now();
+            // Nothing more is there: the next read waits, and the bytes written while it
+            // waits end it, stamped after the short read.
+            let written = tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                server.write_all(b"next").await.unwrap();
+                server
+            });
+            let n = tokio::time::timeout(Duration::from_secs(5), timed.read(&mut buf))
+                .await
+                .expect("bytes after a short read woke nobody")
+                .unwrap();
+            assert_eq!(&buf[..n], b"next");
+            let arrived = timed.arrived().unwrap();
+            assert!(
+                arrived >= after_the_read + Duration::from_millis(15),
+                "arrived {:?} after the short read",
+                arrived - after_the_read
+            );
+            server = written.await.unwrap();
+        }
     }
 
     /// When the wall clock stepped (or the machine slept) since the socket was seen empty, a
