@@ -12,14 +12,17 @@ use std::fmt;
 
 use http::uri::Scheme;
 use ureq::unversioned::transport::{
-    Buffers, ConnectionDetails, Connector, Either, NextTimeout, TcpConnector, Transport,
+    Buffers, ConnectionDetails, Connector, Either, NextTimeout, Transport,
 };
 
 use crate::proxy::base64;
+use crate::tcp::Tcp;
 
-/// Connects `http` requests that have a proxy to that proxy, in absolute form.
-#[derive(Debug, Default)]
-pub(crate) struct HttpProxyConnector;
+/// Connects `http` requests that have a proxy to that proxy, in absolute form, over `tcp`.
+#[derive(Debug)]
+pub(crate) struct HttpProxyConnector {
+    pub(crate) tcp: Tcp,
+}
 
 impl<In: Transport> Connector<In> for HttpProxyConnector {
     type Out = Either<In, Box<dyn Transport>>;
@@ -57,7 +60,7 @@ impl<In: Transport> Connector<In> for HttpProxyConnector {
             run_connector: details.run_connector.clone(),
             register_shutdown: details.register_shutdown.clone(),
         };
-        let tcp = Connector::<()>::connect(&TcpConnector::default(), &proxy_details, None)?;
+        let tcp = Connector::<()>::connect(&self.tcp, &proxy_details, None)?;
         let Some(Either::B(tcp)) = tcp else {
             return Ok(None);
         };

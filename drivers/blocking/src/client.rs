@@ -13,12 +13,13 @@ use http::Uri;
 use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
 use ureq::unversioned::transport::{
     Buffers, ConnectProxyConnector, ConnectionDetails, Connector, NextTimeout, RustlsConnector,
-    TcpConnector, Transport,
+    Transport,
 };
 use ureq::Agent;
 
 use crate::absolute::HttpProxyConnector;
 use crate::resolver::CachingResolver;
+use crate::tcp::{self, Tcp};
 
 use crate::decode::{headers_to_send, Body, Coding};
 use crate::proxy::{Rules, Target};
@@ -58,6 +59,7 @@ impl HttpClient {
         timeout: Duration,
         max_header_size: usize,
         user_agent: HeaderValue,
+        stamp_arrivals: bool,
     ) -> Result<Self, Error> {
         // The crypto provider is chosen here, explicitly: ring, and nothing process-wide.
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -113,11 +115,16 @@ impl HttpClient {
             .map(|_| {
                 // ureq's default chain, with plain HTTP through a proxy taken first.
                 // Framed by `Opened` and `Watch`, which note what a hop did with its connection.
+                // Plain TCP is ours (`tcp`): buffers that grow, reads that know when their
+                // bytes arrived.
+                let tcp = Tcp {
+                    stamp: stamp_arrivals,
+                };
                 let connector =
                     ().chain(Opened)
-                        .chain(HttpProxyConnector)
+                        .chain(HttpProxyConnector { tcp })
                         .chain(ConnectProxyConnector::default())
-                        .chain(TcpConnector::default())
+                        .chain(tcp)
                         .chain(RustlsConnector::default())
                         .chain(Watch);
                 Agent::with_parts(config.clone(), connector, CachingResolver::default())
@@ -139,8 +146,21 @@ impl HttpClient {
         })
     }
 
-    /// Fetches one hop, blocking until it is done, failed or timed out.
-    pub(crate) fn hop(&self, fetch: Fetch) -> HopResult {
+    /// Fetches one hop, blocking until it is done, failed or timed out. Returns the result
+    /// and when the hop ended: for a whole response, when its last bytes (or the close that
+    /// ended it) arrived, since the host's delay counts from then; otherwise now (a body cut
+    /// at its limit ends when its connection is closed: the server was sending until then).
+    pub(crate) fn hop(&self, fetch: Fetch) -> (HopResult, Instant) {
+        tcp::forget_last_read();
+        let result = self.hop_result(fetch);
+        let ended = match &result {
+            HopResult::Response(r) if !r.truncated => tcp::last_read(),
+            HopResult::Response(_) | HopResult::Failed(_) => None,
+        };
+        (result, ended.unwrap_or_else(Instant::now))
+    }
+
+    fn hop_result(&self, fetch: Fetch) -> HopResult {
         let proxy = match &fetch.proxy {
             Some(url) => Some(Target::from_url(url)),
             None => self

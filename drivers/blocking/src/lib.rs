@@ -59,10 +59,18 @@
 //!   [`ClientOptions::connect_timeout`]. Bodies are read up to `max_body_size` (decoded:
 //!   gzip, deflate and brotli are decoded with the same cap, so a decompression bomb stops
 //!   there); response heads larger than `max_header_size` fail the hop. Each pooled
-//!   connection reads through a buffer of `max_header_size` + 4 KiB and writes through
-//!   one of 32 KiB (over TLS, twice: the TLS layer has a pair of its own): a request line
-//!   or header longer than that (through an HTTP proxy, a whole request head) fails its
-//!   hop with that reason.
+//!   connection reads through a buffer that starts at 4 KiB and doubles when a read fills
+//!   it, up to `max_header_size` + 4 KiB, and writes through one of 32 KiB (over TLS, the
+//!   TLS layer has a pair of its own, at their full sizes): a request line or header longer
+//!   than that (through an HTTP proxy, a whole request head) fails its hop with that
+//!   reason.
+//! - A hop ends when its response's last bytes arrived, and a host's delay counts from then
+//!   ([`Scheduler::handle_fetch`]), not from when its worker was free to read them. On
+//!   Linux, when the policy paces hosts ([`Policy::paces`]: not fifo), that is when the
+//!   kernel received them (its receive timestamp, `SO_TIMESTAMPNS`): when a thousand hosts
+//!   connect at once, the first responses come back while a thousand threads are still
+//!   connecting, and are read milliseconds later. Elsewhere it is when they were read.
+//!   Either way it is never before the request went out.
 //! - Redirects are not followed here and every status is a response: the scheduler
 //!   schedules each hop through its policy, so politeness holds for every host a request
 //!   visits.
@@ -95,6 +103,7 @@
 #![warn(missing_docs)]
 
 mod absolute;
+mod buffers;
 mod client;
 use downpour_common::decode;
 use downpour_common::descriptors;
@@ -102,6 +111,7 @@ use downpour_common::proxy;
 #[cfg(feature = "redis")]
 mod persist;
 mod resolver;
+mod tcp;
 
 use rustc_hash::FxHashSet;
 use std::fmt;
@@ -380,16 +390,15 @@ fn worker<R>(index: usize, jobs: &mpsc::Receiver<Job<R>>, client: &HttpClient) {
     // Ends when the fetcher (and with it the sending side) is gone.
     while let Ok(job) = jobs.recv() {
         let id = job.fetch.id;
-        let result =
-            catch_unwind(AssertUnwindSafe(|| client.hop(job.fetch))).unwrap_or_else(|_| {
-                HopResult::Failed(TransportError::new(
+        let (result, ended) = catch_unwind(AssertUnwindSafe(|| client.hop(job.fetch)))
+            .unwrap_or_else(|_| {
+                let failed = TransportError::new(
                     TransportErrorKind::Other,
                     "the hop failed unexpectedly (panic in the HTTP stack)",
-                ))
+                );
+                (HopResult::Failed(failed), Instant::now())
             });
-        let _ = job
-            .results
-            .send(Message::Hop(id, index, result, Instant::now()));
+        let _ = job.results.send(Message::Hop(id, index, result, ended));
     }
 }
 
@@ -453,6 +462,7 @@ impl<R: Request + Send + 'static> Fetcher<R> {
             config.timeout,
             config.max_header_size,
             user_agent,
+            scheduler.paces(),
         )?;
         let (tx, rx) = mpsc::channel();
         Ok(Fetcher {

@@ -6,10 +6,15 @@
 //! With the `redis` feature, [`store`] holds the durable queues in Redis: the layout,
 //! scripts and replies, as a state machine each driver runs on its own connection.
 //!
+//! On Linux, [`arrival`] tells when a connection's bytes arrived (the kernel's receive
+//! timestamps), for the drivers whose client gives them the socket.
+//!
 //! The drivers re-export the core; this crate is an implementation detail of theirs.
 
 #![forbid(unsafe_code)]
 
+#[cfg(target_os = "linux")]
+pub mod arrival;
 pub mod decode;
 pub mod descriptors;
 pub mod proxy;

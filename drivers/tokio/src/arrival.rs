@@ -5,26 +5,17 @@
 //! the first responses come back) that is milliseconds after the bytes came, and every one
 //! of them delays the host's next request. On Linux each read of a [`TimedTcp`] also gets
 //! the time the kernel received the last bytes it read (`SO_TIMESTAMPNS`), and that time is
-//! kept instead. It costs a little per read (`recvmsg` rather than `read`, and what it reads
-//! into zeroed first), so only a client whose policy paces hosts asks for it.
-//!
-//! The kernel stamps in wall-clock time. The stamp's age (wall clock now minus the stamp) is
-//! taken from the monotonic clock's now, and the result is held between the last time a read
-//! found the socket empty (the bytes came after it) and now. Both clocks are read at that
-//! time too: if they have not advanced alike since (a step of the wall clock, or a suspend,
-//! which only the wall clock counts), the stamp's age means nothing and the bytes arrived
-//! when they were read. Elsewhere, or without a stamp, likewise.
-//!
-//! A stamp is the arrival of the last segment a read returned. When a segment was lost and
-//! the next one came first, the end is when that later segment (holding the response's last
-//! bytes) came, before the retransmission completed it: still after the server sent its
-//! last bytes, so the delay still counts from no earlier than the response's end.
+//! kept instead (see `downpour_common::arrival` for how a stamp becomes an instant). It costs
+//! a little per read (`recvmsg` rather than `read`, and what it reads into zeroed first), so
+//! only a client whose policy paces hosts asks for it.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+#[cfg(target_os = "linux")]
+use downpour_common::arrival::{self as linux, Seen};
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -36,7 +27,7 @@ pub(crate) struct TimedTcp {
     #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     stamped: bool,
     /// When a read last found nothing to read: whatever it reads next came after this.
-    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    #[cfg(target_os = "linux")]
     empty: Seen,
     /// When the bytes of the last read that brought any arrived, when stamps are on.
     arrived: Option<Instant>,
@@ -74,11 +65,12 @@ impl TimedTcp {
         TimedTcp {
             stream,
             stamped,
+            #[cfg(target_os = "linux")]
             empty: Seen::now(),
             arrived: None,
             #[cfg(target_os = "linux")]
             control: if stamped {
-                nix::cmsg_space!(nix::sys::time::TimeSpec)
+                linux::control_buffer()
             } else {
                 Vec::new()
             },
@@ -112,7 +104,7 @@ impl TimedTcp {
             let control = &mut self.control;
             let mut short = None;
             let read = self.stream.try_io(Interest::READABLE, || {
-                let (n, stamp) = linux::recv_stamped(fd, into, control)?;
+                let (n, stamp) = linux::recv_stamped(&fd, into, control)?;
                 if n > 0 && n < asked {
                     // Fewer bytes than asked for: the read drained the socket (bytes that
                     // come later raise a new edge). Told to tokio as WouldBlock, so that it
@@ -148,23 +140,6 @@ impl TimedTcp {
                 self.empty = Seen::now();
             }
             return Poll::Ready(Ok(()));
-        }
-    }
-}
-
-/// A moment by both clocks: the monotonic one, and the wall clock the kernel stamps with.
-#[derive(Clone, Copy)]
-struct Seen {
-    mono: Instant,
-    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
-    wall: std::time::SystemTime,
-}
-
-impl Seen {
-    fn now() -> Seen {
-        Seen {
-            mono: Instant::now(),
-            wall: std::time::SystemTime::now(),
         }
     }
 }
@@ -222,100 +197,10 @@ impl AsyncWrite for TimedTcp {
     }
 }
 
-#[cfg(target_os = "linux")]
-mod linux {
-    use std::io::{self, IoSliceMut};
-    use std::os::fd::RawFd;
-    use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-    use nix::sys::socket::{self, sockopt, ControlMessageOwned, MsgFlags};
-
-    use super::Seen;
-    use tokio::net::TcpStream;
-
-    pub(super) fn enable_stamps(stream: &TcpStream) -> io::Result<()> {
-        socket::setsockopt(stream, sockopt::ReceiveTimestampns, &true).map_err(io::Error::from)
-    }
-
-    /// Reads into `buf`; returns how many bytes, and when the kernel received the last of
-    /// them (wall clock), if it said.
-    pub(super) fn recv_stamped(
-        fd: RawFd,
-        buf: &mut [u8],
-        control: &mut [u8],
-    ) -> io::Result<(usize, Option<SystemTime>)> {
-        let mut iov = [IoSliceMut::new(buf)];
-        let msg = socket::recvmsg::<()>(fd, &mut iov, Some(control), MsgFlags::empty())
-            .map_err(io::Error::from)?;
-        let stamp = msg.cmsgs().ok().and_then(|mut messages| {
-            messages.find_map(|m| match m {
-                ControlMessageOwned::ScmTimestampns(ts) => {
-                    let secs = u64::try_from(ts.tv_sec()).ok()?;
-                    let nanos = u32::try_from(ts.tv_nsec()).ok()?;
-                    // No stamp comes as zero (bytes that came before stamps were asked for).
-                    if (secs, nanos) == (0, 0) || nanos >= 1_000_000_000 {
-                        return None;
-                    }
-                    UNIX_EPOCH.checked_add(Duration::new(secs, nanos))
-                }
-                _ => None,
-            })
-        });
-        Ok((msg.bytes, stamp))
-    }
-
-    /// The instant of a wall-clock stamp, no earlier than when the socket was last seen
-    /// `empty` and no later than now; now if the two clocks have not advanced alike since.
-    pub(super) fn instant_of(stamp: Option<SystemTime>, empty: &Seen) -> Instant {
-        // The wall clock first: its now is then the earlier one, the age comes out a little
-        // short, and the arrival a little late rather than early.
-        let wall = SystemTime::now();
-        let now = Instant::now();
-        let elapsed = now.saturating_duration_since(empty.mono);
-        // Within a millisecond, and what NTP's slewing (at most 0.05%) can account for.
-        let slack = Duration::from_millis(1) + elapsed / 1000;
-        let alike = wall
-            .duration_since(empty.wall)
-            .is_ok_and(|on_the_wall| on_the_wall.abs_diff(elapsed) <= slack);
-        if !alike {
-            return now;
-        }
-        let arrived = stamp
-            .and_then(|s| wall.duration_since(s).ok())
-            .and_then(|age| now.checked_sub(age))
-            .unwrap_or(now);
-        arrived.max(empty.mono).min(now)
-    }
-}
-
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
-    use std::time::{Duration, SystemTime};
-
-    #[test]
-    fn a_stamp_becomes_an_instant_within_its_bounds() {
-        let fifty_ms = Duration::from_millis(50);
-        let empty = Seen {
-            mono: Instant::now() - fifty_ms,
-            wall: SystemTime::now() - fifty_ms,
-        };
-        let ten_ms_ago = SystemTime::now() - Duration::from_millis(10);
-        let at = linux::instant_of(Some(ten_ms_ago), &empty);
-        let age = Instant::now() - at;
-        assert!(
-            age >= Duration::from_millis(10) && age < fifty_ms,
-            "{age:?}"
-        );
-        // A stamp from before the socket was last seen empty: then, never earlier.
-        let an_hour_ago = SystemTime::now() - Duration::from_secs(3600);
-        assert_eq!(linux::instant_of(Some(an_hour_ago), &empty), empty.mono);
-        // A stamp in the future, or none: now.
-        let before = Instant::now();
-        let future = SystemTime::now() + Duration::from_secs(3600);
-        assert!(linux::instant_of(Some(future), &empty) >= before);
-        assert!(linux::instant_of(None, &empty) >= before);
-    }
+    use std::time::Duration;
 
     /// A stamped stream over loopback, and the server's end of it.
     async fn pair() -> (TimedTcp, tokio::net::TcpStream) {
@@ -393,26 +278,6 @@ mod tests {
                 arrived - after_the_read
             );
             server = written.await.unwrap();
-        }
-    }
-
-    /// When the wall clock stepped (or the machine slept) since the socket was seen empty, a
-    /// stamp's age says nothing: the bytes arrived when they were read.
-    #[test]
-    fn a_stamp_is_not_trusted_across_a_step_of_the_wall_clock() {
-        let fifty_ms = Duration::from_millis(50);
-        let ten_ms_ago = SystemTime::now() - Duration::from_millis(10);
-        for wall in [
-            SystemTime::now() - fifty_ms - Duration::from_secs(2),
-            SystemTime::now() - fifty_ms + Duration::from_secs(2),
-            SystemTime::now() + Duration::from_secs(3600),
-        ] {
-            let empty = Seen {
-                mono: Instant::now() - fifty_ms,
-                wall,
-            };
-            let before = Instant::now();
-            assert!(linux::instant_of(Some(ten_ms_ago), &empty) >= before);
         }
     }
 }
