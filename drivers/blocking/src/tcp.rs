@@ -374,7 +374,36 @@ mod tests {
         )
     }
 
-    /// Sends `request` through the connection and reads what the server answered with
+    const REQUEST: &[u8] = b"GET / HTTP/1.1\r\n\r\n";
+
+    /// Writes [`REQUEST`] through the connection, and forgets the reads before it.
+    fn send_request(conn: &mut TcpConn) {
+        conn.buffers().output()[..REQUEST.len()].copy_from_slice(REQUEST);
+        conn.transmit_output(REQUEST.len(), five_seconds()).unwrap();
+        forget_last_read();
+    }
+
+    /// Reads from the connection until `len` bytes came, consuming them.
+    fn read_answer(conn: &mut TcpConn, len: usize) -> Vec<u8> {
+        let mut read = Vec::new();
+        while read.len() < len {
+            assert!(conn.await_input(five_seconds()).unwrap());
+            let input = conn.buffers().input();
+            read.extend_from_slice(input);
+            let n = input.len();
+            conn.buffers().input_consume(n);
+        }
+        read
+    }
+
+    /// Reads [`REQUEST`] on the server's end.
+    fn receive_request(server: &mut TcpStream) {
+        let mut got = [0u8; REQUEST.len()];
+        server.read_exact(&mut got).unwrap();
+        assert_eq!(got, REQUEST);
+    }
+
+    /// Sends a request through the connection and reads what the server answered with
     /// `answer`, `late` after it came; returns what was read, and how long before the end
     /// of the read its bytes arrived, by the connection's account.
     fn exchange(
@@ -383,23 +412,11 @@ mod tests {
         answer: &[u8],
         late: Duration,
     ) -> (Vec<u8>, Duration) {
-        let request = b"GET / HTTP/1.1\r\n\r\n";
-        conn.buffers().output()[..request.len()].copy_from_slice(request);
-        conn.transmit_output(request.len(), five_seconds()).unwrap();
-        let mut got = [0u8; 18];
-        server.read_exact(&mut got).unwrap();
-        assert_eq!(&got, request);
+        send_request(conn);
+        receive_request(server);
         server.write_all(answer).unwrap();
         std::thread::sleep(late);
-        forget_last_read();
-        let mut read = Vec::new();
-        while read.len() < answer.len() {
-            assert!(conn.await_input(five_seconds()).unwrap());
-            let input = conn.buffers().input();
-            read.extend_from_slice(input);
-            let n = input.len();
-            conn.buffers().input_consume(n);
-        }
+        let read = read_answer(conn, answer.len());
         let age = Instant::now() - last_read().expect("a read noted no time");
         (read, age)
     }
@@ -443,24 +460,13 @@ mod tests {
             let mut server = server.try_clone().unwrap();
             let answer = answer.clone();
             move || {
-                let mut got = [0u8; 18];
-                server.read_exact(&mut got).unwrap();
+                receive_request(&mut server);
                 server.write_all(&answer).unwrap();
             }
         });
         let before = Instant::now();
-        let request = b"GET / HTTP/1.1\r\n\r\n";
-        conn.buffers().output()[..request.len()].copy_from_slice(request);
-        conn.transmit_output(request.len(), five_seconds()).unwrap();
-        forget_last_read();
-        let mut read = Vec::new();
-        while read.len() < answer.len() {
-            assert!(conn.await_input(five_seconds()).unwrap());
-            let input = conn.buffers().input();
-            read.extend_from_slice(input);
-            let n = input.len();
-            conn.buffers().input_consume(n);
-        }
+        send_request(&mut conn);
+        let read = read_answer(&mut conn, answer.len());
         writer.join().unwrap();
         assert_eq!(read, answer);
         assert!(last_read().unwrap() >= before);
