@@ -619,9 +619,25 @@ impl<R: Request + Send + 'static> Fetcher<R> {
         }
     }
 
-    /// Starts fetching again after a stop.
+    /// Starts fetching again after a stop. With Redis the store resumes: it takes a
+    /// partition again and restores what is stored (the next [`run`](Fetcher::run) fetches).
     pub fn resume(&mut self) {
+        #[cfg(feature = "redis")]
+        if let Some(link) = &mut self.redis {
+            link.store.resume();
+            return;
+        }
         self.scheduler.resume(Instant::now());
+    }
+
+    /// Whether the application stopped this fetcher and has not resumed it. With Redis the
+    /// store keeps that: it also stops the scheduler whenever it holds no partition.
+    fn stopped(&self) -> bool {
+        #[cfg(feature = "redis")]
+        if let Some(link) = &self.redis {
+            return link.store.is_stopped();
+        }
+        self.scheduler.is_stopped()
     }
 
     /// Takes back the requests that did not start (after a stop), in order of acceptance,
@@ -661,7 +677,8 @@ impl<R: Request + Send + 'static> Fetcher<R> {
 
     /// Fetches until nothing is left to do (or, after a stop, until nothing is in flight),
     /// then returns the counters. Blocks the calling thread, where the callbacks run. Call
-    /// it again after enqueueing more.
+    /// it again after enqueueing more. With Redis, nothing left means nothing left in Redis,
+    /// for any worker of the crawl; each run looks again.
     pub fn run(&mut self) -> Stats {
         self.run_while(false)
     }
@@ -671,9 +688,10 @@ impl<R: Request + Send + 'static> Fetcher<R> {
     /// requests that a producer finds as it goes, on other threads.
     ///
     /// After a stop it returns as `run` does, once nothing is in flight, the rest queued.
-    /// With Redis the crawl's end is Redis's, as with `run`: the run returns once Redis holds
-    /// nothing more (a request enqueued after that is stored by the next run); a producer can
-    /// enqueue from anywhere, through a fetcher of its own.
+    /// With Redis it waits alike: once Redis holds nothing more, a request from a handle
+    /// starts the crawl over (the worker takes a partition again). The other workers of the
+    /// crawl do not wait for this one's handles: they return when Redis holds nothing, and
+    /// this one then fetches what its handles bring, in whichever partition it falls.
     ///
     /// ```no_run
     /// # use downpour_blocking::{Config, Fetcher, Polite, Url};
@@ -696,12 +714,16 @@ impl<R: Request + Send + 'static> Fetcher<R> {
     /// ```
     pub fn run_until_closed(&mut self) -> Stats {
         let stats = self.run_while(true);
-        self.closing.returned(&self.scheduler);
+        self.closing.returned(self.stopped());
         stats
     }
 
     /// With `until_closed`, the loop of [`run_until_closed`](Fetcher::run_until_closed).
     fn run_while(&mut self, until_closed: bool) -> Stats {
+        #[cfg(feature = "redis")]
+        if let Some(link) = &mut self.redis {
+            link.store.begin_run();
+        }
         loop {
             // Everything that already arrived, then the actions it led to, in one batch.
             while let Ok(message) = self.rx.try_recv() {
@@ -715,7 +737,12 @@ impl<R: Request + Send + 'static> Fetcher<R> {
                 // Starting a pipeline may have resumed the scheduler, or restored requests.
                 self.drain_actions();
                 let link = self.redis.as_ref().expect("checked");
-                if link.store.is_finished(&self.scheduler) && self.hop_ids.is_empty() {
+                // Waiting for the handles, it waits for their requests: an enqueue starts
+                // the store over.
+                if link.store.is_finished(&self.scheduler)
+                    && self.hop_ids.is_empty()
+                    && !self.closing.waits(until_closed, link.store.is_stopped())
+                {
                     break;
                 }
             }
@@ -725,7 +752,10 @@ impl<R: Request + Send + 'static> Fetcher<R> {
                         self.message(message);
                         continue;
                     }
-                    Err(_) if self.closing.waits(until_closed, &self.scheduler) => {}
+                    Err(_)
+                        if self
+                            .closing
+                            .waits(until_closed, self.scheduler.is_stopped()) => {}
                     Err(_) => break,
                 }
             }

@@ -86,15 +86,17 @@ impl Closing {
     }
 
     /// Whether a run with nothing left to do waits for more from the handles: in
-    /// `run_until_closed` (`until_closed`), until a close or a stop.
-    pub fn waits<R: Request>(&self, until_closed: bool, scheduler: &Scheduler<R>) -> bool {
-        until_closed && !self.closed && !scheduler.is_stopped()
+    /// `run_until_closed` (`until_closed`), until a close or the application's stop
+    /// (`stopped`; with Redis, the store's record of it: the store also stops the scheduler
+    /// whenever it holds no partition).
+    pub fn waits(&self, until_closed: bool, stopped: bool) -> bool {
+        until_closed && !self.closed && !stopped
     }
 
     /// A `run_until_closed` returned: the close that ended it is used up. After a stop, one
     /// that came stays for the run that finishes the rest.
-    pub fn returned<R: Request>(&mut self, scheduler: &Scheduler<R>) {
-        if !scheduler.is_stopped() {
+    pub fn returned(&mut self, stopped: bool) {
+        if !stopped {
             self.closed = false;
         }
     }

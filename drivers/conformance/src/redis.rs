@@ -220,14 +220,43 @@ pub struct RedisRun {
     pub redis: RedisOptions,
     /// Called with every finished request, as it finishes.
     pub on_finished: Box<dyn FnMut(&Probe) + Send>,
+    /// What else the fetcher is asked to do, around its first run.
+    pub script: Script,
+}
+
+/// What a [`RedisRun`] does besides enqueueing its requests and running once.
+#[derive(Debug, Default)]
+pub struct Script {
+    /// Stop (through a handle) once this many requests are finished.
+    pub stop_after: Option<usize>,
+    /// Enqueue these from another thread through a handle as the run goes, one every
+    /// [`FED_EVERY`](crate::FED_EVERY), then close the handle; the run is `run_until_closed`.
+    pub fed_until_closed: Vec<Probe>,
+    /// Once the run returned, on the same fetcher.
+    pub then: Then,
+}
+
+/// What a fetcher does once its first run returned.
+#[derive(Debug, Default)]
+pub enum Then {
+    /// Nothing.
+    #[default]
+    Nothing,
+    /// Enqueue these (the first through the fetcher, the rest through a handle), then run
+    /// again.
+    Enqueue(Vec<Probe>),
+    /// Resume (after a stop), then run again.
+    Resume,
 }
 
 /// What a run with Redis gave back.
 #[derive(Debug)]
 pub struct RedisOutcome {
-    /// Finished requests, in order.
+    /// Finished requests, in order, over every run.
     pub finished: Vec<Probe>,
-    /// The counters.
+    /// The counters at the end of the first run.
+    pub first_stats: Stats,
+    /// The counters at the end.
     pub stats: Stats,
     /// Why the run ended early, if it did.
     pub error: Option<String>,
@@ -292,6 +321,7 @@ pub fn worker_entry<D: RedisDriver>(driver: &D) {
             ..RedisOptions::default()
         },
         // One write per line: a SIGKILL never leaves half a line.
+        script: Script::default(),
         on_finished: Box::new(move |probe| {
             let ok = probe.result().ok;
             done.write_all(
@@ -333,9 +363,7 @@ fn read_done(path: &Path) -> Vec<(u64, bool)> {
 }
 
 fn probes(s: &Servers, hosts: usize, count: usize) -> Vec<Probe> {
-    (0..count)
-        .map(|i| Probe::new(&s.url(i % hosts, &format!("/page/{i}")), i as u64))
-        .collect()
+    more_probes(s, hosts, "page", count, 0)
 }
 
 fn prefix(case: &str) -> String {
@@ -373,6 +401,7 @@ fn stopping_redis_at_a_quarter(
         policy: Box::new(Polite::new().delay(delay).allow_all(true)),
         requests: probes(s, 20, count),
         redis,
+        script: Script::default(),
         on_finished: Box::new(move |_| {
             finished += 1;
             if finished == count / 4 {
@@ -391,6 +420,7 @@ fn resuming(redis: RedisOptions) -> RedisRun {
         policy: fast_polite(),
         requests: Vec::new(),
         redis,
+        script: Script::default(),
         on_finished: Box::new(|_| {}),
     }
 }
@@ -416,6 +446,7 @@ pub fn redis_crawl_finishes_and_leaves_nothing<D: RedisDriver>(driver: &D) {
             policy: fast_polite(),
             requests,
             redis: redis_options(&redis, &prefix),
+            script: Script::default(),
             on_finished: Box::new(|_| {}),
         })
         .expect("run");
@@ -787,6 +818,7 @@ pub fn redis_a_redirect_to_another_partitions_host_is_fetched_by_its_worker<D: R
                     policy: Box::new(Polite::new().delay(delay).allow_all(true)),
                     requests: Vec::new(),
                     redis: options,
+                    script: Script::default(),
                     on_finished: Box::new(|_| {}),
                 })
             })
@@ -828,6 +860,158 @@ pub fn redis_a_redirect_to_another_partitions_host_is_fetched_by_its_worker<D: R
     assert_eq!(redis.unfinished(&prefix, 2), 0, "Redis holds nothing more");
 }
 
+/// A polite policy that a stop interrupts: one request at a time per host, 20 ms apart.
+fn slow_polite() -> Box<dyn Policy> {
+    Box::new(Polite::new().delay(SLOW_DELAY).per_host(1).allow_all(true))
+}
+
+const SLOW_DELAY: Duration = Duration::from_millis(20);
+
+/// Probes of paths `/{path}/{i}` over `hosts` hosts, tagged from `first_tag`.
+fn more_probes(s: &Servers, hosts: usize, path: &str, count: usize, first_tag: u64) -> Vec<Probe> {
+    (0..count)
+        .map(|i| {
+            Probe::new(
+                &s.url(i % hosts, &format!("/{path}/{i}")),
+                first_tag + i as u64,
+            )
+        })
+        .collect()
+}
+
+/// Servers on 4 hosts and a crawl in a Redis of its own, for the cases that run one fetcher
+/// several times.
+struct Crawl {
+    servers: Servers,
+    redis: RedisServer,
+    prefix: String,
+}
+
+impl Crawl {
+    fn start(case: &str) -> Crawl {
+        Crawl {
+            servers: Servers::start(4),
+            redis: RedisServer::start(),
+            prefix: prefix(case),
+        }
+    }
+
+    /// `count` probes over the 4 hosts, at `/{path}/{i}`, tagged from `first_tag`.
+    fn probes(&self, path: &str, count: usize, first_tag: u64) -> Vec<Probe> {
+        more_probes(&self.servers, 4, path, count, first_tag)
+    }
+
+    /// One run of a fetcher, which must end without a Redis error.
+    fn run<D: RedisDriver>(
+        &self,
+        driver: &D,
+        policy: Box<dyn Policy>,
+        requests: Vec<Probe>,
+        script: Script,
+    ) -> RedisOutcome {
+        let out = driver
+            .run_redis(RedisRun {
+                config: test_config(),
+                policy,
+                requests,
+                redis: redis_options(&self.redis, &self.prefix),
+                script,
+                on_finished: Box::new(|_| {}),
+            })
+            .expect("run");
+        assert!(out.error.is_none(), "{:?}", out.error);
+        out
+    }
+
+    /// Every request of `expected` finished once and was fetched once, the hosts' delay
+    /// kept, and Redis holds nothing.
+    fn each_once<'a>(
+        &self,
+        finished: impl IntoIterator<Item = &'a Probe>,
+        expected: impl IntoIterator<Item = u64>,
+        delay: Duration,
+    ) {
+        let mut tags: Vec<u64> = finished.into_iter().map(|p| p.tag).collect();
+        tags.sort_unstable();
+        let expected: Vec<u64> = expected.into_iter().collect();
+        assert_eq!(tags, expected, "each request finished once");
+        let log = self.servers.log();
+        assert_eq!(log.len(), expected.len(), "each request fetched once");
+        assert_eq!(crate::server::violations(&log, delay), Vec::<String>::new());
+        assert_eq!(
+            self.redis.unfinished(&self.prefix, 1),
+            0,
+            "Redis holds nothing more"
+        );
+    }
+}
+
+/// A run ends when Redis holds nothing; the same fetcher runs again: the requests enqueued
+/// in between (through the fetcher and through a handle) are stored and fetched, once.
+pub fn redis_requests_enqueued_after_a_finished_run_are_fetched_by_the_next<D: RedisDriver>(
+    driver: &D,
+) {
+    let c = Crawl::start("again");
+    let script = Script {
+        then: Then::Enqueue(c.probes("later", 10, 100)),
+        ..Script::default()
+    };
+    let out = c.run(driver, fast_polite(), c.probes("page", 20, 0), script);
+    assert_eq!(out.first_stats.finished, 20, "{:?}", out.first_stats);
+    c.each_once(&out.finished, (0..20).chain(100..110), Duration::ZERO);
+}
+
+/// A run stopped halfway returns with the rest stored; after `resume` the next run takes
+/// the partition again and fetches the rest, each request once, the hosts' delay kept.
+pub fn redis_a_stopped_run_resumes_and_fetches_the_rest_once<D: RedisDriver>(driver: &D) {
+    let c = Crawl::start("resume");
+    let script = Script {
+        stop_after: Some(8),
+        then: Then::Resume,
+        ..Script::default()
+    };
+    let out = c.run(driver, slow_polite(), c.probes("page", 40, 0), script);
+    assert!(out.first_stats.finished < 40, "{:?}", out.first_stats);
+    c.each_once(&out.finished, 0..40, SLOW_DELAY);
+}
+
+/// Requests enqueued after a stopped run (the fetcher not resumed) are written to Redis by
+/// the next run, which fetches nothing; a worker started later fetches them with the rest.
+pub fn redis_requests_enqueued_while_stopped_are_stored<D: RedisDriver>(driver: &D) {
+    let c = Crawl::start("stopped");
+    let script = Script {
+        stop_after: Some(8),
+        then: Then::Enqueue(c.probes("later", 10, 100)),
+        ..Script::default()
+    };
+    let first = c.run(driver, slow_polite(), c.probes("page", 40, 0), script);
+    assert_eq!(
+        first.stats.finished, first.first_stats.finished,
+        "the run after the stop fetched something"
+    );
+    let left = 50 - first.finished.len();
+    assert!(left > 10, "the stop left nothing: {:?}", first.first_stats);
+    let stored = c.redis.unfinished(&c.prefix, 1);
+    assert_eq!(stored, left, "the rest and the later requests are stored");
+    // A new worker knows nothing of the last one's fetches: no delay is checked across them.
+    let rest = c.run(driver, fast_polite(), Vec::new(), Script::default());
+    let finished = first.finished.iter().chain(&rest.finished);
+    c.each_once(finished, (0..40).chain(100..110), Duration::ZERO);
+}
+
+/// `run_until_closed` with Redis waits for the handles as it does without: Redis empties
+/// between the requests a producer sends, and each one starts the crawl over, until the
+/// handle closes.
+pub fn redis_run_until_closed_waits_for_the_handles<D: RedisDriver>(driver: &D) {
+    let c = Crawl::start("fed");
+    let script = Script {
+        fed_until_closed: c.probes("fed", 5, 100),
+        ..Script::default()
+    };
+    let out = c.run(driver, fast_polite(), c.probes("page", 4, 0), script);
+    c.each_once(&out.finished, (0..4).chain(100..105), Duration::ZERO);
+}
+
 /// Writes a driver's [`RedisDriver`] adapter and one `#[test]` per Redis case, plus the
 /// `redis_worker` entry the process cases start. Same form as [`driver_suite!`](crate::driver_suite).
 #[macro_export]
@@ -835,7 +1019,8 @@ macro_rules! redis_suite {
     (
         $name:ident, $krate:ident, $(let $setup:ident = $setup_expr:expr;)?
         connect: |$config:ident, $policy:ident, $options:ident, $redis:ident| $connect:expr,
-        run: |$fetcher:ident| $run:expr $(,)?
+        run: |$fetcher:ident| $run:expr,
+        until_closed: |$closing:ident| $run_until_closed:expr $(,)?
     ) => {
         #[derive(Clone)]
         struct $name;
@@ -857,21 +1042,71 @@ macro_rules! redis_suite {
                 let finished = ::std::sync::Arc::new(::std::sync::Mutex::new(Vec::new()));
                 let sink = finished.clone();
                 let mut on_finished = run.on_finished;
+                let script = run.script;
+                let stopper = $fetcher.handle();
                 $fetcher.on_finished(move |probe: $crate::Probe| {
                     on_finished(&probe);
-                    sink.lock().unwrap().push(probe);
+                    let mut finished = sink.lock().unwrap();
+                    finished.push(probe);
+                    if script.stop_after == Some(finished.len()) {
+                        stopper.stop();
+                    }
                 });
                 for request in run.requests {
                     $fetcher.enqueue(request).map_err(|e| e.to_string())?;
                 }
-                let stats = {
+                let fed = script.fed_until_closed;
+                let producer = (!fed.is_empty()).then(|| {
+                    let handle = $fetcher.handle();
+                    ::std::thread::spawn(move || {
+                        for probe in fed {
+                            ::std::thread::sleep($crate::FED_EVERY);
+                            handle.enqueue(probe).expect("a valid request, a live fetcher");
+                        }
+                        handle.close();
+                    })
+                });
+                let first_stats = match producer {
+                    None => {
+                        let $fetcher = &mut $fetcher;
+                        $run
+                    }
+                    Some(producer) => {
+                        let $closing = &mut $fetcher;
+                        let stats = $run_until_closed;
+                        producer.join().expect("the producer");
+                        stats
+                    }
+                };
+                let again = match script.then {
+                    $crate::redis::Then::Nothing => false,
+                    $crate::redis::Then::Enqueue(probes) => {
+                        let mut probes = probes.into_iter();
+                        if let Some(first) = probes.next() {
+                            $fetcher.enqueue(first).map_err(|e| e.to_string())?;
+                        }
+                        let handle = $fetcher.handle();
+                        for probe in probes {
+                            handle.enqueue(probe).expect("a valid request, a live fetcher");
+                        }
+                        true
+                    }
+                    $crate::redis::Then::Resume => {
+                        $fetcher.resume();
+                        true
+                    }
+                };
+                let stats = if again {
                     let $fetcher = &mut $fetcher;
                     $run
+                } else {
+                    first_stats.clone()
                 };
                 let error = $fetcher.redis_error().map(|e| e.to_string());
                 let finished = ::std::mem::take(&mut *finished.lock().unwrap());
                 Ok($crate::redis::RedisOutcome {
                     finished,
+                    first_stats,
                     stats,
                     error,
                 })
@@ -891,6 +1126,10 @@ macro_rules! redis_suite {
             redis_worker_killed_with_sigkill_loses_nothing,
             redis_three_workers_share_a_crawl_politely,
             redis_a_redirect_to_another_partitions_host_is_fetched_by_its_worker,
+            redis_requests_enqueued_after_a_finished_run_are_fetched_by_the_next,
+            redis_a_stopped_run_resumes_and_fetches_the_rest_once,
+            redis_requests_enqueued_while_stopped_are_stored,
+            redis_run_until_closed_waits_for_the_handles,
         );
     };
     (@cases $driver:expr; $($case:ident,)*) => {

@@ -515,9 +515,25 @@ impl<R: Request + Send + 'static> Fetcher<R> {
         }
     }
 
-    /// Starts fetching again after a stop.
+    /// Starts fetching again after a stop. With Redis the store resumes: it takes a
+    /// partition again and restores what is stored (the next [`run`](Fetcher::run) fetches).
     pub fn resume(&mut self) {
+        #[cfg(feature = "redis")]
+        if let Some(link) = &mut self.redis {
+            link.store.resume();
+            return;
+        }
         self.scheduler.resume(Instant::now());
+    }
+
+    /// Whether the application stopped this fetcher and has not resumed it. With Redis the
+    /// store keeps that: it also stops the scheduler whenever it holds no partition.
+    fn stopped(&self) -> bool {
+        #[cfg(feature = "redis")]
+        if let Some(link) = &self.redis {
+            return link.store.is_stopped();
+        }
+        self.scheduler.is_stopped()
     }
 
     /// Takes back the requests that did not start (after a stop), in order of acceptance,
@@ -556,7 +572,8 @@ impl<R: Request + Send + 'static> Fetcher<R> {
     }
 
     /// Fetches until nothing is left to do (or, after a stop, until nothing is in flight),
-    /// then returns the counters. Call it again after enqueueing more.
+    /// then returns the counters. Call it again after enqueueing more. With Redis, nothing
+    /// left means nothing left in Redis, for any worker of the crawl; each run looks again.
     pub async fn run(&mut self) -> Stats {
         self.run_while(false).await
     }
@@ -566,9 +583,10 @@ impl<R: Request + Send + 'static> Fetcher<R> {
     /// requests that a producer finds as it goes, on other tasks or threads.
     ///
     /// After a stop it returns as `run` does, once nothing is in flight, the rest queued.
-    /// With Redis the crawl's end is Redis's, as with `run`: the run returns once Redis holds
-    /// nothing more (a request enqueued after that is stored by the next run); a producer can
-    /// enqueue from anywhere, through a fetcher of its own.
+    /// With Redis it waits alike: once Redis holds nothing more, a request from a handle
+    /// starts the crawl over (the worker takes a partition again). The other workers of the
+    /// crawl do not wait for this one's handles: they return when Redis holds nothing, and
+    /// this one then fetches what its handles bring, in whichever partition it falls.
     ///
     /// ```no_run
     /// # use downpour_tokio::{Config, Fetcher, Polite, Url};
@@ -591,7 +609,7 @@ impl<R: Request + Send + 'static> Fetcher<R> {
     /// ```
     pub async fn run_until_closed(&mut self) -> Stats {
         let stats = self.run_while(true).await;
-        self.closing.returned(&self.scheduler);
+        self.closing.returned(self.stopped());
         stats
     }
 
@@ -599,6 +617,10 @@ impl<R: Request + Send + 'static> Fetcher<R> {
     async fn run_while(&mut self, until_closed: bool) -> Stats {
         let mut timer = Timer::new();
         let mut armed: Option<Instant> = None;
+        #[cfg(feature = "redis")]
+        if let Some(link) = &mut self.redis {
+            link.store.begin_run();
+        }
         loop {
             while let Ok(command) = self.rx.try_recv() {
                 self.command(command);
@@ -610,8 +632,13 @@ impl<R: Request + Send + 'static> Fetcher<R> {
                 link.start(now, &mut self.scheduler);
                 // Starting a pipeline may have resumed the scheduler, or restored requests.
                 self.drain_actions();
-                let link = self.redis.as_mut().expect("checked");
-                if link.store.is_finished(&self.scheduler) && self.hops.is_empty() {
+                let link = self.redis.as_ref().expect("checked");
+                // Waiting for the handles, it waits for their requests: an enqueue starts
+                // the store over.
+                if link.store.is_finished(&self.scheduler)
+                    && self.hops.is_empty()
+                    && !self.closing.waits(until_closed, link.store.is_stopped())
+                {
                     break;
                 }
             }
@@ -621,7 +648,10 @@ impl<R: Request + Send + 'static> Fetcher<R> {
                         self.command(command);
                         continue;
                     }
-                    Err(_) if self.closing.waits(until_closed, &self.scheduler) => {}
+                    Err(_)
+                        if self
+                            .closing
+                            .waits(until_closed, self.scheduler.is_stopped()) => {}
                     Err(_) => break,
                 }
             }

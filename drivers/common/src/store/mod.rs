@@ -32,6 +32,10 @@
 //!   [`StoreError::Unreachable`], everything unfinished still in Redis.
 //! - When a worker's partition is done it helps: it takes over a partition whose worker
 //!   died. It finishes once no partition holds work.
+//! - A finished store is not spent: requests enqueued after the end are written to their
+//!   inboxes before a run returns, and the next run ([`begin_run`](Store::begin_run)), or
+//!   an enqueue while a run waits for more, starts the crawl over. After the application's
+//!   stop it only writes them, until it [`resume`](Store::resume)s.
 
 mod keys;
 mod scripts;
@@ -287,7 +291,13 @@ pub struct Store<R> {
     next_renew: Option<Instant>,
     next_poll: Option<Instant>,
     status_due: bool,
+    /// Fetching ends: the application stopped, or the whole crawl is done.
     stopped: bool,
+    /// The application stopped (until it resumes); a run whose crawl was done starts over.
+    stopped_by_application: bool,
+    /// Started over: what the scheduler still holds is stored, and is dropped from memory
+    /// before anything is fetched (the partition's worker restores it).
+    forget_in_memory: bool,
     /// The lease ran out by this worker's clock: fetching is paused until it is renewed.
     paused: bool,
     /// Requests that end are not removed (their fetches were aborted).
@@ -332,6 +342,8 @@ impl<R: Request> Store<R> {
             next_poll: None,
             status_due: false,
             stopped: false,
+            stopped_by_application: false,
+            forget_in_memory: false,
             paused: false,
             keep_finished: false,
             inbox_has_more: true,
@@ -373,7 +385,8 @@ impl<R: Request> Store<R> {
     /// every write is acknowledged, or Redis stayed away too long and nothing is in flight.
     pub fn is_finished(&self, scheduler: &Scheduler<R>) -> bool {
         match self.phase {
-            Phase::Done => true,
+            // Requests enqueued after the end are written before a run returns.
+            Phase::Done => self.pending_writes() == 0,
             Phase::Failed => scheduler.in_flight() == 0,
             _ => false,
         }
@@ -401,6 +414,10 @@ impl<R: Request> Store<R> {
             .keys
             .partition_of(request.url().host_str().unwrap_or(""));
         self.writes.push_back(Write::Inbox { partition, json });
+        // A crawl that was done has work again; one the application stopped only stores it.
+        if self.phase == Phase::Done && !self.stopped_by_application {
+            self.start_over();
+        }
         Ok(())
     }
 
@@ -486,16 +503,51 @@ impl<R: Request> Store<R> {
     }
 
     /// The application stops: fetching ends, writes are flushed, the lease is given back.
+    /// Requests enqueued while it is stopped are stored (by the next run, if this one has
+    /// returned) and fetched once it resumes.
     pub fn stop(&mut self) {
         self.stopped = true;
+        self.stopped_by_application = true;
     }
 
     /// The application stops at once, aborting the fetches in flight: like
     /// [`stop`](Store::stop), and the requests that end from now on (the aborted ones) stay
     /// stored, for the next run to fetch.
     pub fn stop_now(&mut self) {
-        self.stopped = true;
+        self.stop();
         self.keep_finished = true;
+    }
+
+    /// Whether the application stopped (and has not resumed).
+    pub fn is_stopped(&self) -> bool {
+        self.stopped_by_application
+    }
+
+    /// The application resumes after a stop: the store takes a partition and fetches again.
+    /// The requests the stop left in the scheduler are dropped from memory: they are stored,
+    /// and the worker of their partition (this one again, most often) restores them.
+    pub fn resume(&mut self) {
+        if !self.stopped_by_application {
+            return;
+        }
+        self.stopped_by_application = false;
+        self.keep_finished = false;
+        match self.phase {
+            Phase::Done => self.start_over(),
+            // The run that ends it returns; the next one starts over.
+            Phase::Releasing | Phase::Failed => {}
+            // Still holding the partition: fetching goes on.
+            _ => self.stopped = false,
+        }
+    }
+
+    /// A run begins: a store whose crawl was done looks again, since workers (this one
+    /// too, between runs) may have added requests; one the application stopped stays
+    /// stopped until [`resume`](Store::resume)d, and only writes what was enqueued since.
+    pub fn begin_run(&mut self) {
+        if self.phase == Phase::Done && !self.stopped_by_application {
+            self.start_over();
+        }
     }
 
     /// When [`poll_pipeline`](Store::poll_pipeline) has something to do next (a lease
@@ -510,6 +562,12 @@ impl<R: Request> Store<R> {
         if self.running.is_some() {
             // Everything else waits for the reply.
             return lease;
+        }
+        match self.phase {
+            // Only writes are left to retry: no lease, no polling.
+            Phase::Done => return self.retry_at,
+            Phase::Failed => return None,
+            _ => {}
         }
         [self.retry_at, self.next_renew, self.next_poll, lease]
             .into_iter()
@@ -605,6 +663,27 @@ impl<R: Request> Store<R> {
         redacted_url(&self.options.url)
     }
 
+    /// From `Done` back to the start: the crawl's settings, a partition, its requests. Nothing
+    /// is in flight and every request this worker had is stored.
+    fn start_over(&mut self) {
+        debug_assert_eq!(self.phase, Phase::Done);
+        self.phase = Phase::Meta;
+        self.owned = None;
+        self.candidate = self.options.partition.unwrap_or(0);
+        self.tried = 0;
+        self.forget_in_memory = true;
+        self.ids.clear();
+        self.in_memory.clear();
+        self.scan = None;
+        self.next_renew = None;
+        self.next_poll = None;
+        self.status_due = false;
+        self.stopped = false;
+        self.keep_finished = false;
+        self.inbox_has_more = true;
+        self.waiting_logged = false;
+    }
+
     fn fail(&mut self, error: StoreError, scheduler: &mut Scheduler<R>) {
         log::error!("{error}");
         self.error = Some(error);
@@ -616,6 +695,10 @@ impl<R: Request> Store<R> {
 
     /// Keeps the scheduler fetching exactly while this worker may.
     fn sync(&mut self, now: Instant, scheduler: &mut Scheduler<R>) {
+        if std::mem::take(&mut self.forget_in_memory) {
+            scheduler.stop();
+            drop(scheduler.take_unfinished());
+        }
         if let Some(owned) = &self.owned {
             let expired = now >= owned.valid_until;
             if self.phase == Phase::Running && expired && !self.paused {
@@ -678,7 +761,9 @@ impl<R: Request> Store<R> {
             return Some(op);
         }
         match self.phase {
-            Phase::Done | Phase::Failed => None,
+            // Requests enqueued after the end go to their inboxes (no lease needed).
+            Phase::Done => self.take_writes_if_any(),
+            Phase::Failed => None,
             Phase::Meta => Some(Op::Meta),
             Phase::Acquire => {
                 if self.next_poll.is_some_and(|at| now < at) {
