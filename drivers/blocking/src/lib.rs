@@ -97,7 +97,8 @@
 //! With the `redis` feature, [`Fetcher::with_redis`] keeps the queue in Redis. The store's
 //! pipelines run one at a time on a thread of the fetcher's own, whose replies come through
 //! the same channel; the wait also ends at the store's next deadline (a lease to renew, an
-//! inbox to read), and the run ends once the store says the crawl is finished.
+//! inbox to read), and the run ends once the store says the crawl is finished (in
+//! `run_until_closed`, once a handle closed too, unless the store failed).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -275,9 +276,9 @@ impl<R: Request> Handle<R> {
 
     /// Stops at once: like [`stop`](Handle::stop), and hops in flight are given up; their
     /// requests end with a [`TransportErrorKind::Other`] error ("aborted"). With Redis they
-    /// stay stored (with everything else unfinished) and the next run fetches them. (A worker
-    /// thread cannot be interrupted: it finishes or times out its hop in the background,
-    /// and the result is dropped.)
+    /// stay stored (with everything else unfinished), for a run after [`Fetcher::resume`]
+    /// (or another worker) to fetch. (A worker thread cannot be interrupted: it finishes or
+    /// times out its hop in the background, and the result is dropped.)
     pub fn stop_now(&self) {
         let _ = self.tx.send(Message::StopNow);
     }
@@ -619,8 +620,8 @@ impl<R: Request + Send + 'static> Fetcher<R> {
         }
     }
 
-    /// Starts fetching again after a stop. With Redis the store resumes: it takes a
-    /// partition again and restores what is stored (the next [`run`](Fetcher::run) fetches).
+    /// Starts fetching again after a stop. With Redis, once the run has returned, the next
+    /// [`run`](Fetcher::run) takes a partition again and fetches what is stored.
     pub fn resume(&mut self) {
         #[cfg(feature = "redis")]
         if let Some(link) = &mut self.redis {
@@ -738,10 +739,11 @@ impl<R: Request + Send + 'static> Fetcher<R> {
                 self.drain_actions();
                 let link = self.redis.as_ref().expect("checked");
                 // Waiting for the handles, it waits for their requests: an enqueue starts
-                // the store over.
+                // the store over. A store that failed ends the run.
                 if link.store.is_finished(&self.scheduler)
                     && self.hop_ids.is_empty()
-                    && !self.closing.waits(until_closed, link.store.is_stopped())
+                    && (link.store.error().is_some()
+                        || !self.closing.waits(until_closed, link.store.is_stopped()))
                 {
                     break;
                 }

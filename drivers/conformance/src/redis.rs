@@ -258,6 +258,9 @@ pub struct RedisOutcome {
     pub first_stats: Stats,
     /// The counters at the end.
     pub stats: Stats,
+    /// With [`Script::fed_until_closed`]: whether `run_until_closed` returned while its
+    /// producer was still sending (before the handle closed).
+    pub returned_before_the_close: Option<bool>,
     /// Why the run ended early, if it did.
     pub error: Option<String>,
 }
@@ -1009,7 +1012,33 @@ pub fn redis_run_until_closed_waits_for_the_handles<D: RedisDriver>(driver: &D) 
         ..Script::default()
     };
     let out = c.run(driver, fast_polite(), c.probes("page", 4, 0), script);
+    assert_eq!(out.returned_before_the_close, Some(false));
     c.each_once(&out.finished, (0..4).chain(100..105), Duration::ZERO);
+
+    // A store that fails (here: foreign data where the crawl's settings are) ends the run
+    // at once, with its error, whatever the handles would still send.
+    let mut redis = c.redis.connection().unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(format!("{{{}}}:meta", c.prefix))
+        .arg("something else")
+        .query(&mut redis)
+        .unwrap();
+    let out = driver
+        .run_redis(RedisRun {
+            script: Script {
+                fed_until_closed: c.probes("fed-again", 10, 200),
+                ..Script::default()
+            },
+            ..resuming(redis_options(&c.redis, &c.prefix))
+        })
+        .expect("run");
+    let error = out.error.expect("the run reports the foreign data");
+    assert!(error.contains("meta"), "{error}");
+    assert_eq!(
+        out.returned_before_the_close,
+        Some(true),
+        "it waited for the handle"
+    );
 }
 
 /// Writes a driver's [`RedisDriver`] adapter and one `#[test]` per Redis case, plus the
@@ -1066,6 +1095,7 @@ macro_rules! redis_suite {
                         handle.close();
                     })
                 });
+                let mut returned_before_the_close = None;
                 let first_stats = match producer {
                     None => {
                         let $fetcher = &mut $fetcher;
@@ -1074,6 +1104,7 @@ macro_rules! redis_suite {
                     Some(producer) => {
                         let $closing = &mut $fetcher;
                         let stats = $run_until_closed;
+                        returned_before_the_close = Some(!producer.is_finished());
                         producer.join().expect("the producer");
                         stats
                     }
@@ -1108,6 +1139,7 @@ macro_rules! redis_suite {
                     finished,
                     first_stats,
                     stats,
+                    returned_before_the_close,
                     error,
                 })
             }

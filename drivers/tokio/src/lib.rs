@@ -280,7 +280,8 @@ impl<R: Request> Handle<R> {
 
     /// Stops at once: like [`stop`](Handle::stop), and hops in flight are aborted; their
     /// requests end with a [`TransportErrorKind::Other`] error ("aborted"). With Redis they
-    /// stay stored (with everything else unfinished) and the next run fetches them.
+    /// stay stored (with everything else unfinished), for a run after
+    /// [`Fetcher::resume`] (or another worker) to fetch.
     pub fn stop_now(&self) {
         let _ = self.tx.send(Command::StopNow);
     }
@@ -515,8 +516,8 @@ impl<R: Request + Send + 'static> Fetcher<R> {
         }
     }
 
-    /// Starts fetching again after a stop. With Redis the store resumes: it takes a
-    /// partition again and restores what is stored (the next [`run`](Fetcher::run) fetches).
+    /// Starts fetching again after a stop. With Redis, once the run has returned, the next
+    /// [`run`](Fetcher::run) takes a partition again and fetches what is stored.
     pub fn resume(&mut self) {
         #[cfg(feature = "redis")]
         if let Some(link) = &mut self.redis {
@@ -634,10 +635,11 @@ impl<R: Request + Send + 'static> Fetcher<R> {
                 self.drain_actions();
                 let link = self.redis.as_ref().expect("checked");
                 // Waiting for the handles, it waits for their requests: an enqueue starts
-                // the store over.
+                // the store over. A store that failed ends the run.
                 if link.store.is_finished(&self.scheduler)
                     && self.hops.is_empty()
-                    && !self.closing.waits(until_closed, link.store.is_stopped())
+                    && (link.store.error().is_some()
+                        || !self.closing.waits(until_closed, link.store.is_stopped()))
                 {
                     break;
                 }

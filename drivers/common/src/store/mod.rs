@@ -298,6 +298,8 @@ pub struct Store<R> {
     /// Started over: what the scheduler still holds is stored, and is dropped from memory
     /// before anything is fetched (the partition's worker restores it).
     forget_in_memory: bool,
+    /// Resumed while giving the lease back: it starts over once it is given back.
+    resumed: bool,
     /// The lease ran out by this worker's clock: fetching is paused until it is renewed.
     paused: bool,
     /// Requests that end are not removed (their fetches were aborted).
@@ -344,6 +346,7 @@ impl<R: Request> Store<R> {
             stopped: false,
             stopped_by_application: false,
             forget_in_memory: false,
+            resumed: false,
             paused: false,
             keep_finished: false,
             inbox_has_more: true,
@@ -512,7 +515,7 @@ impl<R: Request> Store<R> {
 
     /// The application stops at once, aborting the fetches in flight: like
     /// [`stop`](Store::stop), and the requests that end from now on (the aborted ones) stay
-    /// stored, for the next run to fetch.
+    /// stored, for a run after [`resume`](Store::resume) (or another worker) to fetch.
     pub fn stop_now(&mut self) {
         self.stop();
         self.keep_finished = true;
@@ -523,9 +526,11 @@ impl<R: Request> Store<R> {
         self.stopped_by_application
     }
 
-    /// The application resumes after a stop: the store takes a partition and fetches again.
-    /// The requests the stop left in the scheduler are dropped from memory: they are stored,
-    /// and the worker of their partition (this one again, most often) restores them.
+    /// The application resumes after a stop. A store still holding its partition fetches on;
+    /// one that gave it back (the run returned) starts over: it takes a partition again, and
+    /// the requests the stop left in the scheduler are dropped from memory, since they are
+    /// stored and the worker of their partition (this one again, most often) restores them.
+    /// A store that failed stays failed.
     pub fn resume(&mut self) {
         if !self.stopped_by_application {
             return;
@@ -534,8 +539,8 @@ impl<R: Request> Store<R> {
         self.keep_finished = false;
         match self.phase {
             Phase::Done => self.start_over(),
-            // The run that ends it returns; the next one starts over.
-            Phase::Releasing | Phase::Failed => {}
+            Phase::Releasing => self.resumed = true,
+            Phase::Failed => {}
             // Still holding the partition: fetching goes on.
             _ => self.stopped = false,
         }
@@ -679,6 +684,7 @@ impl<R: Request> Store<R> {
         self.next_poll = None;
         self.status_due = false;
         self.stopped = false;
+        self.resumed = false;
         self.keep_finished = false;
         self.inbox_has_more = true;
         self.waiting_logged = false;
@@ -762,12 +768,17 @@ impl<R: Request> Store<R> {
         }
         match self.phase {
             // Requests enqueued after the end go to their inboxes (no lease needed).
-            Phase::Done => self.take_writes_if_any(),
+            Phase::Done => self.take_inbox_writes(),
             Phase::Failed => None,
             Phase::Meta => Some(Op::Meta),
             Phase::Acquire => {
+                // Holding no partition, only inbox pushes are queued: they go first, so that
+                // a look at the whole crawl counts them.
+                if let Some(op) = self.take_writes_if_any() {
+                    return Some(op);
+                }
                 if self.next_poll.is_some_and(|at| now < at) {
-                    return self.take_writes_if_any();
+                    return None;
                 }
                 self.next_poll = None;
                 if self.status_due {
@@ -825,6 +836,20 @@ impl<R: Request> Store<R> {
                 room.then_some(Op::Claim)
             }
         }
+    }
+
+    /// The inbox pushes, with no partition held: any other write (of a request kept in memory
+    /// only, that ended after the partition was given back) has no partition to go to.
+    fn take_inbox_writes(&mut self) -> Option<Op> {
+        let before = self.writes.len();
+        self.writes.retain(|w| matches!(w, Write::Inbox { .. }));
+        if self.writes.len() < before {
+            log::warn!(
+                "{} writes for a partition this worker no longer holds were dropped",
+                before - self.writes.len()
+            );
+        }
+        self.take_writes_if_any()
     }
 
     fn take_writes_if_any(&mut self) -> Option<Op> {
@@ -1130,6 +1155,9 @@ impl<R: Request> Store<R> {
                     Phase::Acquire
                 };
                 self.tried = 0;
+                if std::mem::take(&mut self.resumed) && self.phase == Phase::Done {
+                    self.start_over();
+                }
             }
         }
         Ok(())
@@ -1153,6 +1181,11 @@ impl<R: Request> Store<R> {
             } else if stored + inbox > 0 && !leased && takeover.is_none() {
                 takeover = Some(p);
             }
+        }
+        if total == 0 && self.pending_writes() > 0 {
+            // Requests enqueued since: they reach an inbox first, then the crawl is looked at again.
+            self.status_due = true;
+            return Ok(());
         }
         if total == 0 {
             log::info!("nothing left in any partition: the crawl is done");
