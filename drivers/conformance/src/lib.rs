@@ -72,6 +72,22 @@ pub struct Options {
     pub fed_until_closed: Vec<Probe>,
 }
 
+/// A producer on a thread of its own: sends each probe through `enqueue` after a pause of
+/// [`FED_EVERY`], then `close`s (the suites' `fed_until_closed`).
+pub fn feed_until_closed(
+    fed: Vec<Probe>,
+    enqueue: impl Fn(Probe) + Send + 'static,
+    close: impl FnOnce() + Send + 'static,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        for probe in fed {
+            std::thread::sleep(FED_EVERY);
+            enqueue(probe);
+        }
+        close();
+    })
+}
+
 /// The pause before each request of [`Options::fed_until_closed`]: longer than a fetch on
 /// loopback, so that the fetcher has nothing left to do in between.
 pub const FED_EVERY: Duration = Duration::from_millis(60);
@@ -368,14 +384,12 @@ macro_rules! driver_suite {
                     fetcher.extend(first).into_iter().map(refusal).collect();
                 let fed = run.options.fed_until_closed;
                 let producer = (!fed.is_empty()).then(|| {
-                    let handle = fetcher.handle();
-                    ::std::thread::spawn(move || {
-                        for probe in fed {
-                            ::std::thread::sleep($crate::FED_EVERY);
-                            handle.enqueue(probe).expect("a valid request, a live fetcher");
-                        }
-                        handle.close();
-                    })
+                    let (handle, closer) = (fetcher.handle(), fetcher.handle());
+                    $crate::feed_until_closed(
+                        fed,
+                        move |probe| handle.enqueue(probe).expect("a valid request, a live fetcher"),
+                        move || closer.close(),
+                    )
                 });
                 let stats = match producer {
                     None => {

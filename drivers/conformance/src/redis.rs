@@ -323,8 +323,8 @@ pub fn worker_entry<D: RedisDriver>(driver: &D) {
             poll_interval: Duration::from_millis(20),
             ..RedisOptions::default()
         },
-        // One write per line: a SIGKILL never leaves half a line.
         script: Script::default(),
+        // One write per line: a SIGKILL never leaves half a line.
         on_finished: Box::new(move |probe| {
             let ok = probe.result().ok;
             done.write_all(
@@ -367,6 +367,16 @@ fn read_done(path: &Path) -> Vec<(u64, bool)> {
 
 fn probes(s: &Servers, hosts: usize, count: usize) -> Vec<Probe> {
     more_probes(s, hosts, "page", count, 0)
+}
+
+/// Puts a value of the wrong type where a crawl's settings go: data that is not a crawl's.
+fn write_foreign_meta(redis: &RedisServer, prefix: &str) {
+    let mut c = redis.connection().unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(format!("{{{prefix}}}:meta"))
+        .arg("something else")
+        .query(&mut c)
+        .unwrap();
 }
 
 fn prefix(case: &str) -> String {
@@ -541,12 +551,7 @@ pub fn redis_restores_stored_requests_and_sets_corrupt_ones_aside<D: RedisDriver
 pub fn redis_foreign_data_and_unreachable_redis_are_clear_errors<D: RedisDriver>(driver: &D) {
     let redis = RedisServer::start();
     let prefix = prefix("foreign");
-    let mut c = redis.connection().unwrap();
-    let _: () = redis::cmd("SET")
-        .arg(format!("{{{prefix}}}:meta"))
-        .arg("something else")
-        .query(&mut c)
-        .unwrap();
+    write_foreign_meta(&redis, &prefix);
     let out = driver
         .run_redis(resuming(redis_options(&redis, &prefix)))
         .expect("run");
@@ -1017,12 +1022,7 @@ pub fn redis_run_until_closed_waits_for_the_handles<D: RedisDriver>(driver: &D) 
 
     // A store that fails (here: foreign data where the crawl's settings are) ends the run
     // at once, with its error, whatever the handles would still send.
-    let mut redis = c.redis.connection().unwrap();
-    let _: () = redis::cmd("SET")
-        .arg(format!("{{{}}}:meta", c.prefix))
-        .arg("something else")
-        .query(&mut redis)
-        .unwrap();
+    write_foreign_meta(&c.redis, &c.prefix);
     let out = driver
         .run_redis(RedisRun {
             script: Script {
@@ -1086,14 +1086,12 @@ macro_rules! redis_suite {
                 }
                 let fed = script.fed_until_closed;
                 let producer = (!fed.is_empty()).then(|| {
-                    let handle = $fetcher.handle();
-                    ::std::thread::spawn(move || {
-                        for probe in fed {
-                            ::std::thread::sleep($crate::FED_EVERY);
-                            handle.enqueue(probe).expect("a valid request, a live fetcher");
-                        }
-                        handle.close();
-                    })
+                    let (handle, closer) = ($fetcher.handle(), $fetcher.handle());
+                    $crate::feed_until_closed(
+                        fed,
+                        move |probe| handle.enqueue(probe).expect("a valid request, a live fetcher"),
+                        move || closer.close(),
+                    )
                 });
                 let mut returned_before_the_close = None;
                 let first_stats = match producer {
