@@ -617,11 +617,11 @@ impl<R: Request + Send + 'static> Fetcher<R> {
                 self.drain_actions();
                 let link = self.redis.as_ref().expect("checked");
                 // Waiting for the handles, it waits for their requests: an enqueue starts
-                // the store over. A store that failed ends the run.
-                if link.store.is_finished(&self.scheduler)
-                    && self.hops.is_empty()
-                    && (link.store.error().is_some()
-                        || !self.closing.waits(until_closed, link.store.is_stopped()))
+                // the store over.
+                if self.hops.is_empty()
+                    && link
+                        .store
+                        .ends_run(&self.scheduler, &self.closing, until_closed)
                 {
                     break;
                 }

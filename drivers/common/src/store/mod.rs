@@ -49,6 +49,8 @@ use downpour::{Persist, Request, RequestId, Scheduler};
 use redis::{ErrorKind, RedisError, RedisResult, ServerErrorKind, Value};
 use rustc_hash::{FxHashMap, FxHashSet};
 
+use crate::Closing;
+
 pub use keys::{partition_of, Keys, PartitionKeys, FORMAT, HAND_OFF, READABLE_FORMATS};
 
 /// Where and how a crawl is kept in Redis.
@@ -393,6 +395,20 @@ impl<R: Request> Store<R> {
             Phase::Failed => scheduler.in_flight() == 0,
             _ => false,
         }
+    }
+
+    /// Whether a run with no hop in flight ends: the crawl is over for this run
+    /// ([`is_finished`](Store::is_finished)) and no handle is waited for (in
+    /// `run_until_closed`, see [`Closing::waits`]), or the store failed, which ends it
+    /// whatever the handles would still send.
+    pub fn ends_run(
+        &self,
+        scheduler: &Scheduler<R>,
+        closing: &Closing,
+        until_closed: bool,
+    ) -> bool {
+        self.is_finished(scheduler)
+            && (self.error.is_some() || !closing.waits(until_closed, self.stopped_by_application))
     }
 
     // ----- inputs -----
