@@ -258,7 +258,9 @@ impl<R: Request> Handle<R> {
 
     /// Passes on a request that the scheduler of another partition handed off (see
     /// [`Fetcher::on_hand_off`]): this fetcher carries on with it. It is handed back if the
-    /// fetcher is gone.
+    /// fetcher is gone. With Redis it is stored, as an enqueued request is, in the inbox of
+    /// the partition that owns its target in this crawl, and fetched by that partition's
+    /// worker.
     pub fn hand_off(&self, hand_off: HandOff<R>) -> Result<(), HandOff<R>> {
         self.tx
             .send(Message::HandOff(hand_off))
@@ -598,6 +600,19 @@ impl<R: Request + Send + 'static> Fetcher<R> {
         self.scheduler.enqueue(Instant::now(), request).map(drop)
     }
 
+    /// A hand-off from a handle. With Redis it is stored, in the inbox of the partition that
+    /// owns its target, as an enqueued request is: kept in memory only, a start over (the
+    /// next run, or `resume`) would drop it.
+    fn hand_in(&mut self, hand_off: HandOff<R>) {
+        #[cfg(feature = "redis")]
+        if let Some(link) = &mut self.redis {
+            link.store
+                .handle_hand_off(Instant::now(), hand_off, &mut self.scheduler);
+            return;
+        }
+        self.scheduler.handle_hand_off(Instant::now(), hand_off);
+    }
+
     /// Enqueues many requests; returns those refused, each with its reason.
     #[must_use = "refused requests are handed back"]
     pub fn extend(&mut self, requests: impl IntoIterator<Item = R>) -> Vec<EnqueueError<R>> {
@@ -814,9 +829,7 @@ impl<R: Request + Send + 'static> Fetcher<R> {
                 // Checked by the handle already: the scheduler applies the same check.
                 let _ = self.enqueue(request);
             }
-            Message::HandOff(hand_off) => {
-                self.scheduler.handle_hand_off(Instant::now(), hand_off);
-            }
+            Message::HandOff(hand_off) => self.hand_in(hand_off),
             Message::Stop => self.stop(),
             Message::Close => self.closing.close(),
             Message::StopNow => {

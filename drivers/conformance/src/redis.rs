@@ -247,6 +247,24 @@ pub enum Then {
     Enqueue(Vec<Probe>),
     /// Resume (after a stop), then run again.
     Resume,
+    /// Pass these in through a handle as hand-offs (see [`hand_off_of`]), then run again.
+    HandOff(Vec<Probe>),
+}
+
+/// A hand-off of `probe` such as a scheduler elsewhere makes when a redirect takes a request
+/// to a host it does not own: its target is the probe's URL, and the partition it names is
+/// one of that scheduler's (7 of 8), not of the crawl's.
+pub fn hand_off_of(probe: Probe) -> downpour::HandOff<Probe> {
+    let target = probe.url.to_string();
+    let text = serde_json::json!({
+        "request": probe,
+        "partition": 7,
+        "url": target,
+        "method": "GET",
+        "visited": ["http://elsewhere.invalid/moved"],
+        "redirects": 1,
+    });
+    serde_json::from_value(text).expect("a hand-off as schedulers write them")
 }
 
 /// What a run with Redis gave back.
@@ -969,6 +987,21 @@ pub fn redis_requests_enqueued_after_a_finished_run_are_fetched_by_the_next<D: R
     c.each_once(&out.finished, (0..20).chain(100..110), Duration::ZERO);
 }
 
+/// Hand-offs passed in through a handle after a run that found Redis empty are stored, in
+/// the inbox of the partition that owns their target in this crawl (not the one the
+/// scheduler that made them named), and the next run fetches them, once.
+pub fn redis_hand_offs_after_a_finished_run_are_stored_and_fetched<D: RedisDriver>(driver: &D) {
+    let c = Crawl::start("handed");
+    let script = Script {
+        then: Then::HandOff(c.probes("moved", 10, 100)),
+        ..Script::default()
+    };
+    let out = c.run(driver, fast_polite(), c.probes("page", 20, 0), script);
+    assert_eq!(out.first_stats.finished, 20, "{:?}", out.first_stats);
+    assert_eq!(out.error, None);
+    c.each_once(&out.finished, (0..20).chain(100..110), Duration::ZERO);
+}
+
 /// A run stopped halfway returns with the rest stored; after `resume` the next run takes
 /// the partition again and fetches the rest, each request once, the hosts' delay kept.
 pub fn redis_a_stopped_run_resumes_and_fetches_the_rest_once<D: RedisDriver>(driver: &D) {
@@ -1124,6 +1157,16 @@ macro_rules! redis_suite {
                         $fetcher.resume();
                         true
                     }
+                    $crate::redis::Then::HandOff(probes) => {
+                        let handle = $fetcher.handle();
+                        for probe in probes {
+                            let hand_off = $crate::redis::hand_off_of(probe);
+                            if handle.hand_off(hand_off).is_err() {
+                                return Err("a live fetcher refused a hand-off".into());
+                            }
+                        }
+                        true
+                    }
                 };
                 let stats = if again {
                     let $fetcher = &mut $fetcher;
@@ -1157,6 +1200,7 @@ macro_rules! redis_suite {
             redis_three_workers_share_a_crawl_politely,
             redis_a_redirect_to_another_partitions_host_is_fetched_by_its_worker,
             redis_requests_enqueued_after_a_finished_run_are_fetched_by_the_next,
+            redis_hand_offs_after_a_finished_run_are_stored_and_fetched,
             redis_a_stopped_run_resumes_and_fetches_the_rest_once,
             redis_requests_enqueued_while_stopped_are_stored,
             redis_run_until_closed_waits_for_the_handles,

@@ -262,7 +262,9 @@ impl<R: Request> Handle<R> {
 
     /// Passes on a request that the scheduler of another partition handed off (see
     /// [`Fetcher::on_hand_off`]): this fetcher carries on with it. It is handed back if the
-    /// fetcher is gone.
+    /// fetcher is gone. With Redis it is stored, as an enqueued request is, in the inbox of
+    /// the partition that owns its target in this crawl, and fetched by that partition's
+    /// worker.
     pub fn hand_off(&self, hand_off: HandOff<R>) -> Result<(), HandOff<R>> {
         self.tx
             .send(Command::HandOff(hand_off))
@@ -492,6 +494,19 @@ impl<R: Request + Send + 'static> Fetcher<R> {
             return link.store.enqueue(request);
         }
         self.scheduler.enqueue(Instant::now(), request).map(drop)
+    }
+
+    /// A hand-off from a handle. With Redis it is stored, in the inbox of the partition that
+    /// owns its target, as an enqueued request is: kept in memory only, a start over (the
+    /// next run, or `resume`) would drop it.
+    fn hand_in(&mut self, hand_off: HandOff<R>) {
+        #[cfg(feature = "redis")]
+        if let Some(link) = &mut self.redis {
+            link.store
+                .handle_hand_off(Instant::now(), hand_off, &mut self.scheduler);
+            return;
+        }
+        self.scheduler.handle_hand_off(Instant::now(), hand_off);
     }
 
     /// Enqueues many requests; returns those refused, each with its reason.
@@ -735,9 +750,7 @@ impl<R: Request + Send + 'static> Fetcher<R> {
                 // Checked by the handle already: the scheduler applies the same check.
                 let _ = self.enqueue(request);
             }
-            Command::HandOff(hand_off) => {
-                self.scheduler.handle_hand_off(Instant::now(), hand_off);
-            }
+            Command::HandOff(hand_off) => self.hand_in(hand_off),
             Command::Stop => self.stop(),
             Command::Close => self.closing.close(),
             Command::StopNow => {

@@ -496,10 +496,14 @@ impl<R: Request> Store<R> {
         *follow_ups = kept;
     }
 
-    /// An [`Action::HandOff`](downpour::Action::HandOff): a redirect took a request to a host
-    /// of another partition. It is written to that partition's inbox, with its route, before
-    /// the request's removal here (the [`Persist::Finished`] that follows it). One that
-    /// cannot be written goes back into `scheduler`, which fetches it itself.
+    /// A hand-off: a redirect took a request to a host of another partition (an
+    /// [`Action::HandOff`](downpour::Action::HandOff) of this fetcher's scheduler, or one
+    /// passed in through a handle from a scheduler elsewhere). It is written to the inbox of
+    /// the partition that owns its target's host in this crawl (a scheduler elsewhere may
+    /// count its partitions otherwise), before the request's removal here (the
+    /// [`Persist::Finished`] that follows an own one). Like an enqueue, it gives a crawl that
+    /// was done work again. One that cannot be written goes into `scheduler`, which fetches
+    /// it itself.
     pub fn handle_hand_off(
         &mut self,
         now: Instant,
@@ -507,10 +511,18 @@ impl<R: Request> Store<R> {
         scheduler: &mut Scheduler<R>,
     ) {
         match serde_json::to_string(&hand_off) {
-            Ok(json) => self.writes.push_back(Write::Inbox {
-                partition: hand_off.partition(),
-                json: format!("{HAND_OFF}{json}"),
-            }),
+            Ok(json) => {
+                let partition = self
+                    .keys
+                    .partition_of(hand_off.url().host_str().unwrap_or(""));
+                self.writes.push_back(Write::Inbox {
+                    partition,
+                    json: format!("{HAND_OFF}{json}"),
+                });
+                if self.phase == Phase::Done && !self.stopped_by_application {
+                    self.start_over();
+                }
+            }
             Err(e) => {
                 log::error!(
                     "a request redirected to {} cannot be serialized ({e}): it is fetched here, in memory only",
