@@ -676,6 +676,89 @@ pub fn redis_going_away_loses_nothing<D: RedisDriver>(driver: &D) {
     assert_eq!(redis.lock().unwrap().unfinished(&prefix, 1), 0);
 }
 
+/// Redis goes away for longer than `give_up_after` while a producer enqueues requests: the
+/// run returns with the error before the producer is done, and the same fetcher's next run,
+/// Redis back, writes what was enqueued during the outage and after the failure and fetches
+/// it, once, with the rest of the crawl.
+pub fn redis_a_run_that_gave_up_writes_the_rest_at_the_next<D: RedisDriver>(driver: &D) {
+    use std::sync::{Arc, Mutex};
+    let s = Servers::start(4);
+    let redis = Arc::new(Mutex::new(RedisServer::start()));
+    let prefix = prefix("gave-up");
+    let options = RedisOptions {
+        give_up_after: Duration::from_millis(700),
+        ..redis_options(&redis.lock().unwrap(), &prefix)
+    };
+    // Down from the 10th finished request for 1.5 s: the run gives up after 0.7 s, and the
+    // producer (30 requests, one every 60 ms) goes on until Redis is back.
+    let outage = redis.clone();
+    let restart = Arc::new(Mutex::new(None));
+    let restart_slot = restart.clone();
+    let mut finished = 0;
+    let run = RedisRun {
+        config: test_config(),
+        policy: slow_polite(),
+        requests: more_probes(&s, 4, "page", 40, 0),
+        redis: options,
+        script: Script {
+            fed_until_closed: more_probes(&s, 4, "fed", 30, 100),
+            then: Then::Resume,
+            ..Script::default()
+        },
+        on_finished: Box::new(move |_| {
+            finished += 1;
+            if finished == 10 {
+                outage.lock().unwrap().stop();
+                let back = outage.clone();
+                *restart_slot.lock().unwrap() = Some(std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(1500));
+                    back.lock().unwrap().start_again();
+                }));
+            }
+        }),
+    };
+    let out = driver.run_redis(run).expect("run");
+    let restart = restart.lock().unwrap().take();
+    restart
+        .expect("Redis was stopped mid-crawl")
+        .join()
+        .expect("Redis started again");
+    assert_eq!(
+        out.returned_before_the_close,
+        Some(true),
+        "the first run did not give up: {:?}",
+        out.first_stats
+    );
+    assert!(out.error.is_none(), "the next run failed: {:?}", out.error);
+    let mut fed: Vec<u64> = out
+        .finished
+        .iter()
+        .map(|p| p.tag)
+        .filter(|&t| t >= 100)
+        .collect();
+    fed.sort_unstable();
+    assert_eq!(
+        fed,
+        (100..130).collect::<Vec<_>>(),
+        "each enqueued request once"
+    );
+    // A finished page whose removal Redis never got is fetched again: at least once.
+    let mut pages: Vec<u64> = out
+        .finished
+        .iter()
+        .map(|p| p.tag)
+        .filter(|&t| t < 100)
+        .collect();
+    pages.sort_unstable();
+    pages.dedup();
+    assert_eq!(pages, (0..40).collect::<Vec<_>>(), "every page finished");
+    assert_eq!(
+        redis.lock().unwrap().unfinished(&prefix, 1),
+        0,
+        "Redis holds nothing more"
+    );
+}
+
 /// 10,000 URLs over 200 hosts; the worker process is killed with SIGKILL at random points
 /// and started again until the crawl is done. Every URL finishes; repeats are bounded by
 /// what was in flight (or finished but not yet removed) at each kill.
@@ -1196,6 +1279,7 @@ macro_rules! redis_suite {
             redis_restores_stored_requests_and_sets_corrupt_ones_aside,
             redis_foreign_data_and_unreachable_redis_are_clear_errors,
             redis_going_away_loses_nothing,
+            redis_a_run_that_gave_up_writes_the_rest_at_the_next,
             redis_worker_killed_with_sigkill_loses_nothing,
             redis_three_workers_share_a_crawl_politely,
             redis_a_redirect_to_another_partitions_host_is_fetched_by_its_worker,

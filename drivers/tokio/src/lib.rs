@@ -421,7 +421,8 @@ impl<R: Request + Send + 'static> Fetcher<R> {
     }
 
     /// Why the last [`run`](Fetcher::run) ended early with Redis, if it did (Redis stayed
-    /// unreachable, or holds foreign data). Everything unfinished is still stored there.
+    /// unreachable, or holds foreign data). What it stored stays there; the next run tries
+    /// again, and first writes what was enqueued (or handed off) and not written yet.
     #[cfg(feature = "redis")]
     pub fn redis_error(&self) -> Option<&StoreError> {
         self.redis.as_ref().and_then(|link| link.store.error())

@@ -170,7 +170,7 @@ pub enum StoreError {
     #[error("invalid Redis options: {0}")]
     Options(String),
     /// Redis stayed unreachable too long.
-    #[error("Redis at {url} unreachable for {waited:?} ({last}); the run stopped, everything unfinished is still stored there")]
+    #[error("Redis at {url} unreachable for {waited:?} ({last}); the run stopped: what it stored stays there, and the fetcher's next run writes what it could not")]
     Unreachable {
         /// The server (without its password).
         url: String,
@@ -316,6 +316,29 @@ pub struct Store<R> {
 
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+impl<R> Drop for Store<R> {
+    /// Nothing goes silently: writes still queued (a fetcher dropped after a failed run, or
+    /// after enqueueing without a run) are said.
+    fn drop(&mut self) {
+        let running = self.running.as_ref().map(|(op, _)| op);
+        let inbox = [running, self.failed.as_ref()]
+            .into_iter()
+            .flatten()
+            .flat_map(|op| match op {
+                Op::Write(writes) => writes.as_slice(),
+                _ => &[],
+            })
+            .chain(&self.writes)
+            .filter(|w| matches!(w, Write::Inbox { .. }))
+            .count();
+        if inbox > 0 {
+            log::error!(
+                "{inbox} requests enqueued or handed off were never written to Redis (no run wrote them before the fetcher was dropped): they are not stored"
+            );
+        }
+    }
+}
 
 impl<R: Request> Store<R> {
     /// A store for one worker; `token` names it in leases (unique per process: random).
@@ -558,7 +581,7 @@ impl<R: Request> Store<R> {
     /// one that gave it back (the run returned) starts over: it takes a partition again, and
     /// the requests the stop left in the scheduler are dropped from memory, since they are
     /// stored and the worker of their partition (this one again, most often) restores them.
-    /// A store that failed stays failed.
+    /// A store that failed tries again at the next run (see [`begin_run`](Store::begin_run)).
     pub fn resume(&mut self) {
         if !self.stopped_by_application {
             return;
@@ -577,7 +600,22 @@ impl<R: Request> Store<R> {
     /// A run begins: a store whose crawl was done looks again, since workers (this one
     /// too, between runs) may have added requests; one the application stopped stays
     /// stopped until [`resume`](Store::resume)d, and only writes what was enqueued since.
+    ///
+    /// A store that failed tries again, since Redis may be back (or the foreign data gone):
+    /// the error is cleared, what was enqueued or handed off and not written yet goes to its
+    /// inbox, and the crawl starts over. A removal of a finished request that was not
+    /// written is dropped (it named a partition this worker no longer holds): that request
+    /// is fetched again. The cause of a failure that persists fails the run again.
     pub fn begin_run(&mut self) {
+        if self.phase == Phase::Failed {
+            self.error = None;
+            self.down_since = None;
+            self.last_failure.clear();
+            self.backoff = MIN_BACKOFF;
+            self.retry_at = None;
+            self.drop_partition_writes();
+            self.phase = Phase::Done;
+        }
         if self.phase == Phase::Done && !self.stopped_by_application {
             self.start_over();
         }
@@ -653,7 +691,7 @@ impl<R: Request> Store<R> {
                 }
                 self.backoff = MIN_BACKOFF;
                 if let Err(e) = self.apply(now, sent, op, values, scheduler) {
-                    self.fail(e, scheduler);
+                    self.fail(e, None, scheduler);
                 }
             }
             Err(e) if transient(&e) => {
@@ -671,7 +709,7 @@ impl<R: Request> Store<R> {
                         waited: now.duration_since(since),
                         last: self.last_failure.clone(),
                     };
-                    self.fail(error, scheduler);
+                    self.fail(error, Some(op), scheduler);
                     return;
                 }
                 self.failed = Some(op);
@@ -680,7 +718,7 @@ impl<R: Request> Store<R> {
             }
             Err(e) => {
                 let error = self.refused(&op, &e);
-                self.fail(error, scheduler);
+                self.fail(error, Some(op), scheduler);
             }
         }
     }
@@ -718,12 +756,20 @@ impl<R: Request> Store<R> {
         self.waiting_logged = false;
     }
 
-    fn fail(&mut self, error: StoreError, scheduler: &mut Scheduler<R>) {
+    /// The run ends with `error`. The writes of `unsent` (the pipeline that failed) and of
+    /// one waiting to be retried stay queued, first, with the rest: the next run writes them.
+    fn fail(&mut self, error: StoreError, unsent: Option<Op>, scheduler: &mut Scheduler<R>) {
         log::error!("{error}");
         self.error = Some(error);
         self.phase = Phase::Failed;
         self.running = None;
-        self.failed = None;
+        for op in [unsent, self.failed.take()].into_iter().flatten() {
+            if let Op::Write(writes) = op {
+                for write in writes.into_iter().rev() {
+                    self.writes.push_front(write);
+                }
+            }
+        }
         scheduler.stop();
     }
 
@@ -869,6 +915,13 @@ impl<R: Request> Store<R> {
     /// The inbox pushes, with no partition held: any other write (of a request kept in memory
     /// only, that ended after the partition was given back) has no partition to go to.
     fn take_inbox_writes(&mut self) -> Option<Op> {
+        self.drop_partition_writes();
+        self.take_writes_if_any()
+    }
+
+    /// Drops the writes that need the partition (all but inbox pushes), with no partition
+    /// held.
+    fn drop_partition_writes(&mut self) {
         let before = self.writes.len();
         self.writes.retain(|w| matches!(w, Write::Inbox { .. }));
         if self.writes.len() < before {
@@ -877,7 +930,6 @@ impl<R: Request> Store<R> {
                 before - self.writes.len()
             );
         }
-        self.take_writes_if_any()
     }
 
     fn take_writes_if_any(&mut self) -> Option<Op> {
@@ -1434,5 +1486,79 @@ pub fn redacted_url(url: &str) -> String {
             parsed.to_string()
         }
         _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use downpour::{Config, Polite, Url};
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Serialize, Deserialize)]
+    struct Page {
+        url: Url,
+    }
+
+    impl Request for Page {
+        fn url(&self) -> &Url {
+            &self.url
+        }
+    }
+
+    fn refused() -> RedisError {
+        RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused))
+    }
+
+    /// A write that Redis never took when the run gave up is written by the next run.
+    #[test]
+    fn the_writes_of_a_run_that_gave_up_wait_for_the_next() {
+        let options = RedisOptions {
+            give_up_after: Duration::from_secs(1),
+            ..RedisOptions::default()
+        };
+        let mut store = Store::<Page>::new(options, "test".into()).unwrap();
+        let config = Config {
+            persist: true,
+            ..Config::default()
+        };
+        let mut scheduler = Scheduler::new(config, Polite::new()).unwrap();
+        let t0 = Instant::now();
+        store.begin_run();
+        let url = Url::parse("http://a.test/").unwrap();
+        store.enqueue(Page { url }).unwrap();
+        // The crawl's settings, then the enqueued request goes to its inbox first.
+        assert!(store.poll_pipeline(t0, &mut scheduler).is_some());
+        let meta = vec![
+            Value::Int(1),
+            Value::Int(1),
+            Value::BulkString(FORMAT.into()),
+            Value::BulkString(b"1".to_vec()),
+        ];
+        store.handle_reply(t0, Ok(meta), &mut scheduler);
+        assert!(store.poll_pipeline(t0, &mut scheduler).is_some());
+        assert!(matches!(store.running, Some((Op::Write(_), _))));
+        // Redis is gone; the write waits for a retry, which fails past `give_up_after`.
+        store.handle_reply(t0, Err(refused()), &mut scheduler);
+        assert_eq!(store.pending_writes(), 1);
+        let later = t0 + Duration::from_secs(2);
+        assert!(store.poll_pipeline(later, &mut scheduler).is_some());
+        store.handle_reply(later, Err(refused()), &mut scheduler);
+        assert!(matches!(
+            store.error(),
+            Some(StoreError::Unreachable { .. })
+        ));
+        assert!(store.is_finished(&scheduler));
+        assert_eq!(
+            store.pending_writes(),
+            1,
+            "the enqueued request was dropped"
+        );
+        // The next run tries again, and writes it first.
+        store.begin_run();
+        assert!(store.error().is_none());
+        assert!(store.poll_pipeline(later, &mut scheduler).is_some());
+        assert!(matches!(store.running, Some((Op::Meta, _))));
+        assert_eq!(store.pending_writes(), 1);
     }
 }
