@@ -93,10 +93,11 @@ impl Closing {
         until_closed && !self.closed && !stopped
     }
 
-    /// A `run_until_closed` returned: the close that ended it is used up. After a stop, one
-    /// that came stays for the run that finishes the rest.
-    pub fn returned(&mut self, stopped: bool) {
-        if !stopped {
+    /// A `run_until_closed` returned: the close that ended it is used up. When the run ended
+    /// early (`ended_early`: the application's stop; with Redis also a failure of the store),
+    /// one that came stays for the run that finishes the rest.
+    pub fn returned(&mut self, ended_early: bool) {
+        if !ended_early {
             self.closed = false;
         }
     }

@@ -232,8 +232,23 @@ pub struct Script {
     /// Enqueue these from another thread through a handle as the run goes, one every
     /// [`FED_EVERY`](crate::FED_EVERY), then close the handle; the run is `run_until_closed`.
     pub fed_until_closed: Vec<Probe>,
+    /// Once the first run returned (and its producer closed), before `then`.
+    pub between: Option<Hook>,
     /// Once the run returned, on the same fetcher.
     pub then: Then,
+    /// The run after `then` is `run_until_closed`, which the close of the first run's
+    /// producer ends, since the first run ended early: its store failed (else the case
+    /// fails, rather than wait for a close that was used up).
+    pub again_until_closed: bool,
+}
+
+/// Something a case does between two runs of a fetcher.
+pub struct Hook(pub Box<dyn FnOnce() + Send>);
+
+impl std::fmt::Debug for Hook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Hook")
+    }
 }
 
 /// What a fetcher does once its first run returned.
@@ -274,6 +289,8 @@ pub struct RedisOutcome {
     pub finished: Vec<Probe>,
     /// The counters at the end of the first run.
     pub first_stats: Stats,
+    /// Why the first run ended early, if it did.
+    pub first_error: Option<String>,
     /// The counters at the end.
     pub stats: Stats,
     /// With [`Script::fed_until_closed`]: whether `run_until_closed` returned while its
@@ -676,23 +693,25 @@ pub fn redis_going_away_loses_nothing<D: RedisDriver>(driver: &D) {
     assert_eq!(redis.lock().unwrap().unfinished(&prefix, 1), 0);
 }
 
-/// Redis goes away for longer than `give_up_after` while a producer enqueues requests: the
-/// run returns with the error before the producer is done, and the same fetcher's next run,
-/// Redis back, writes what was enqueued during the outage and after the failure and fetches
-/// it, once, with the rest of the crawl.
+/// Redis goes away for longer than `give_up_after` while a producer enqueues requests and
+/// closes: the run returns with the error. Once Redis is back, requests are enqueued into the
+/// failed store, and the same fetcher's next `run_until_closed` writes them and those of the
+/// producer, fetches everything, and returns at the end (the close came before the
+/// failure, and stays for the run that finishes the rest).
 pub fn redis_a_run_that_gave_up_writes_the_rest_at_the_next<D: RedisDriver>(driver: &D) {
     use std::sync::{Arc, Mutex};
     let s = Servers::start(4);
     let redis = Arc::new(Mutex::new(RedisServer::start()));
     let prefix = prefix("gave-up");
     let options = RedisOptions {
-        give_up_after: Duration::from_millis(700),
+        give_up_after: Duration::from_millis(600),
         ..redis_options(&redis.lock().unwrap(), &prefix)
     };
-    // Down from the 10th finished request for 1.5 s: the run gives up after 0.7 s, and the
-    // producer (30 requests, one every 60 ms) goes on until Redis is back.
+    // Down from the 10th finished request for 2.5 s. The run gives up at the first retry
+    // 0.6 s or more after the first failure: 0.75 s after it, the retries backing off from
+    // 50 ms (1.4 s at most). The producer (8 requests, one every 60 ms) has closed by then.
     let outage = redis.clone();
-    let restart = Arc::new(Mutex::new(None));
+    let restart: Arc<Mutex<Option<std::thread::JoinHandle<()>>>> = Arc::default();
     let restart_slot = restart.clone();
     let mut finished = 0;
     let run = RedisRun {
@@ -701,8 +720,16 @@ pub fn redis_a_run_that_gave_up_writes_the_rest_at_the_next<D: RedisDriver>(driv
         requests: more_probes(&s, 4, "page", 40, 0),
         redis: options,
         script: Script {
-            fed_until_closed: more_probes(&s, 4, "fed", 30, 100),
-            then: Then::Resume,
+            fed_until_closed: more_probes(&s, 4, "fed", 8, 100),
+            between: Some(Hook(Box::new(move || {
+                let restart = restart.lock().unwrap().take();
+                restart
+                    .expect("Redis was stopped mid-crawl")
+                    .join()
+                    .expect("Redis started again");
+            }))),
+            then: Then::Enqueue(more_probes(&s, 4, "later", 10, 200)),
+            again_until_closed: true,
             ..Script::default()
         },
         on_finished: Box::new(move |_| {
@@ -711,47 +738,24 @@ pub fn redis_a_run_that_gave_up_writes_the_rest_at_the_next<D: RedisDriver>(driv
                 outage.lock().unwrap().stop();
                 let back = outage.clone();
                 *restart_slot.lock().unwrap() = Some(std::thread::spawn(move || {
-                    std::thread::sleep(Duration::from_millis(1500));
+                    std::thread::sleep(Duration::from_millis(2500));
                     back.lock().unwrap().start_again();
                 }));
             }
         }),
     };
     let out = driver.run_redis(run).expect("run");
-    let restart = restart.lock().unwrap().take();
-    restart
-        .expect("Redis was stopped mid-crawl")
-        .join()
-        .expect("Redis started again");
-    assert_eq!(
-        out.returned_before_the_close,
-        Some(true),
-        "the first run did not give up: {:?}",
-        out.first_stats
-    );
+    let first = out.first_error.expect("the first run gives up");
+    assert!(first.contains("unreachable"), "{first}");
+    assert_eq!(out.returned_before_the_close, Some(false));
     assert!(out.error.is_none(), "the next run failed: {:?}", out.error);
-    let mut fed: Vec<u64> = out
-        .finished
-        .iter()
-        .map(|p| p.tag)
-        .filter(|&t| t >= 100)
-        .collect();
-    fed.sort_unstable();
-    assert_eq!(
-        fed,
-        (100..130).collect::<Vec<_>>(),
-        "each enqueued request once"
-    );
-    // A finished page whose removal Redis never got is fetched again: at least once.
-    let mut pages: Vec<u64> = out
-        .finished
-        .iter()
-        .map(|p| p.tag)
-        .filter(|&t| t < 100)
-        .collect();
-    pages.sort_unstable();
-    pages.dedup();
-    assert_eq!(pages, (0..40).collect::<Vec<_>>(), "every page finished");
+    // A request that finished while Redis was away, its removal never written, is fetched
+    // again: each at least once.
+    let mut tags: Vec<u64> = out.finished.iter().map(|p| p.tag).collect();
+    tags.sort_unstable();
+    tags.dedup();
+    let expected: Vec<u64> = (0..40).chain(100..108).chain(200..210).collect();
+    assert_eq!(tags, expected, "every request finished");
     assert_eq!(
         redis.lock().unwrap().unfinished(&prefix, 1),
         0,
@@ -1223,6 +1227,10 @@ macro_rules! redis_suite {
                         stats
                     }
                 };
+                let first_error = $fetcher.redis_error().map(|e| e.to_string());
+                if let Some(hook) = script.between {
+                    (hook.0)();
+                }
                 let again = match script.then {
                     $crate::redis::Then::Nothing => false,
                     $crate::redis::Then::Enqueue(probes) => {
@@ -1251,7 +1259,13 @@ macro_rules! redis_suite {
                         true
                     }
                 };
-                let stats = if again {
+                let stats = if again && script.again_until_closed {
+                    if first_error.is_none() {
+                        return Err("the first run did not fail, and used its close up".into());
+                    }
+                    let $closing = &mut $fetcher;
+                    $run_until_closed
+                } else if again {
                     let $fetcher = &mut $fetcher;
                     $run
                 } else {
@@ -1262,6 +1276,7 @@ macro_rules! redis_suite {
                 Ok($crate::redis::RedisOutcome {
                     finished,
                     first_stats,
+                    first_error,
                     stats,
                     returned_before_the_close,
                     error,

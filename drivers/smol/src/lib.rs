@@ -526,12 +526,13 @@ impl<R: Request + Send + 'static> Fetcher<R> {
         self.scheduler.resume(Instant::now());
     }
 
-    /// Whether the application stopped this fetcher and has not resumed it. With Redis the
-    /// store keeps that: it also stops the scheduler whenever it holds no partition.
-    fn stopped(&self) -> bool {
+    /// Whether the last run ended early: the application's stop (with Redis, the store's
+    /// record of it: the store also stops the scheduler whenever it holds no partition), or
+    /// a failure of the store.
+    fn ended_early(&self) -> bool {
         #[cfg(feature = "redis")]
         if let Some(link) = &self.redis {
-            return link.store.is_stopped();
+            return link.store.ended_early();
         }
         self.scheduler.is_stopped()
     }
@@ -609,7 +610,7 @@ impl<R: Request + Send + 'static> Fetcher<R> {
     /// ```
     pub async fn run_until_closed(&mut self) -> Stats {
         let stats = self.run_while(true).await;
-        self.closing.returned(self.stopped());
+        self.closing.returned(self.ended_early());
         stats
     }
 
@@ -705,6 +706,10 @@ impl<R: Request + Send + 'static> Fetcher<R> {
                     }
                 }
             }
+        }
+        #[cfg(feature = "redis")]
+        if let Some(link) = &mut self.redis {
+            link.store.end_run();
         }
         self.scheduler.stats()
     }

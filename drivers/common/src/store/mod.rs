@@ -29,7 +29,9 @@
 //!   A worker whose lease lapses stops fetching before anybody else can take the partition.
 //! - When Redis goes away, fetches in flight finish, writes wait, and the connection is
 //!   retried with back-off; after [`RedisOptions::give_up_after`] the run ends with
-//!   [`StoreError::Unreachable`], everything unfinished still in Redis.
+//!   [`StoreError::Unreachable`]: what it stored stays in Redis, and what it could not
+//!   write (requests enqueued or handed off meanwhile) waits for the next run, which tries
+//!   again.
 //! - When a worker's partition is done it helps: it takes over a partition whose worker
 //!   died. It finishes once no partition holds work.
 //! - A finished store is not spent: requests enqueued after the end are written to their
@@ -170,7 +172,7 @@ pub enum StoreError {
     #[error("invalid Redis options: {0}")]
     Options(String),
     /// Redis stayed unreachable too long.
-    #[error("Redis at {url} unreachable for {waited:?} ({last}); the run stopped: what it stored stays there, and the fetcher's next run writes what it could not")]
+    #[error("Redis at {url} unreachable for {waited:?} ({last}); the run stopped: what it stored stays there, and what it could not write waits for the fetcher's next run")]
     Unreachable {
         /// The server (without its password).
         url: String,
@@ -302,6 +304,10 @@ pub struct Store<R> {
     forget_in_memory: bool,
     /// Resumed while giving the lease back: it starts over once it is given back.
     resumed: bool,
+    /// From [`begin_run`](Store::begin_run) to [`end_run`](Store::end_run): a run left at an
+    /// await point and entered again (its future dropped, as the command does at every tick
+    /// of its progress) goes on where it was rather than beginning anew.
+    run_under_way: bool,
     /// The lease ran out by this worker's clock: fetching is paused until it is renewed.
     paused: bool,
     /// Requests that end are not removed (their fetches were aborted).
@@ -318,8 +324,8 @@ const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 impl<R> Drop for Store<R> {
-    /// Nothing goes silently: writes still queued (a fetcher dropped after a failed run, or
-    /// after enqueueing without a run) are said.
+    /// Requests that the store holds and never wrote (a fetcher dropped after a failed run,
+    /// or after enqueueing without a run) are said, not dropped silently.
     fn drop(&mut self) {
         let running = self.running.as_ref().map(|(op, _)| op);
         let inbox = [running, self.failed.as_ref()]
@@ -372,6 +378,7 @@ impl<R: Request> Store<R> {
             stopped_by_application: false,
             forget_in_memory: false,
             resumed: false,
+            run_under_way: false,
             paused: false,
             keep_finished: false,
             inbox_has_more: true,
@@ -572,9 +579,11 @@ impl<R: Request> Store<R> {
         self.keep_finished = true;
     }
 
-    /// Whether the application stopped (and has not resumed).
-    pub fn is_stopped(&self) -> bool {
-        self.stopped_by_application
+    /// Whether the last run ended early: the application stopped (and has not resumed), or
+    /// the store failed. A handle's close that came stays then, for the run that finishes
+    /// the rest (see [`Closing::returned`]).
+    pub fn ended_early(&self) -> bool {
+        self.stopped_by_application || self.error.is_some()
     }
 
     /// The application resumes after a stop. A store still holding its partition fetches on;
@@ -606,9 +615,17 @@ impl<R: Request> Store<R> {
     /// inbox, and the crawl starts over. A removal of a finished request that was not
     /// written is dropped (it named a partition this worker no longer holds): that request
     /// is fetched again. The cause of a failure that persists fails the run again.
+    ///
+    /// A run that was left at an await point and is entered again goes on instead: a failed
+    /// store ends it once nothing is in flight.
     pub fn begin_run(&mut self) {
+        if std::mem::replace(&mut self.run_under_way, true) {
+            return;
+        }
         if self.phase == Phase::Failed {
             self.error = None;
+            // The lease lapses by itself (its renewals stopped); the crawl starts over.
+            self.owned = None;
             self.down_since = None;
             self.last_failure.clear();
             self.backoff = MIN_BACKOFF;
@@ -619,6 +636,11 @@ impl<R: Request> Store<R> {
         if self.phase == Phase::Done && !self.stopped_by_application {
             self.start_over();
         }
+    }
+
+    /// A run returned: the next call of [`begin_run`](Store::begin_run) begins one.
+    pub fn end_run(&mut self) {
+        self.run_under_way = false;
     }
 
     /// When [`poll_pipeline`](Store::poll_pipeline) has something to do next (a lease
@@ -718,7 +740,15 @@ impl<R: Request> Store<R> {
             }
             Err(e) => {
                 let error = self.refused(&op, &e);
-                self.fail(error, Some(op), scheduler);
+                // Sent again, a write Redis refused would fail again, after the parts of its
+                // batch that Redis did apply had been applied twice.
+                if let Op::Write(writes) = &op {
+                    log::error!(
+                        "{} writes that Redis refused were dropped (the requests they stored are fetched again, or, enqueued since, not stored)",
+                        writes.len()
+                    );
+                }
+                self.fail(error, None, scheduler);
             }
         }
     }
@@ -756,8 +786,9 @@ impl<R: Request> Store<R> {
         self.waiting_logged = false;
     }
 
-    /// The run ends with `error`. The writes of `unsent` (the pipeline that failed) and of
-    /// one waiting to be retried stay queued, first, with the rest: the next run writes them.
+    /// The run ends with `error`. The writes of `unsent` (the pipeline that Redis was not
+    /// there for) and of one waiting to be retried stay queued, first, with the rest: the
+    /// next run writes them.
     fn fail(&mut self, error: StoreError, unsent: Option<Op>, scheduler: &mut Scheduler<R>) {
         log::error!("{error}");
         self.error = Some(error);
@@ -1554,7 +1585,11 @@ mod tests {
             1,
             "the enqueued request was dropped"
         );
+        // The run, left at an await point and entered again, goes on to its end: failed.
+        store.begin_run();
+        assert!(store.error().is_some(), "a run entered again began anew");
         // The next run tries again, and writes it first.
+        store.end_run();
         store.begin_run();
         assert!(store.error().is_none());
         assert!(store.poll_pipeline(later, &mut scheduler).is_some());
