@@ -304,6 +304,9 @@ pub struct Fetcher<R> {
     user_agent: HeaderValue,
     /// Hops in flight, polled on the driver's task (as a `buffer_unordered` loop would).
     hops: FuturesUnordered<HopFuture>,
+    /// Hops just made that a host's delay held back, each polled once by
+    /// [`launch`](Fetcher::launch) before it joins `hops`.
+    fresh: Vec<HopFuture>,
     /// The ids the scheduler handed out (not from the network): a fast hash is safe.
     hop_ids: FxHashSet<FetchId>,
     tx: mpsc::UnboundedSender<Command<R>>,
@@ -369,6 +372,7 @@ impl<R: Request + Send + 'static> Fetcher<R> {
             client,
             user_agent,
             hops: FuturesUnordered::new(),
+            fresh: Vec::new(),
             hop_ids: FxHashSet::default(),
             tx,
             rx,
@@ -643,13 +647,13 @@ impl<R: Request + Send + 'static> Fetcher<R> {
             while let Ok(command) = self.rx.try_recv() {
                 self.command(command);
             }
-            self.drain_actions();
+            self.drain_actions(false);
             #[cfg(feature = "redis")]
             if let Some(link) = &mut self.redis {
                 let now = Instant::now();
                 link.start(now, &mut self.scheduler);
                 // Starting a pipeline may have resumed the scheduler, or restored requests.
-                self.drain_actions();
+                self.drain_actions(false);
                 let link = self.redis.as_ref().expect("checked");
                 // Waiting for the handles, it waits for their requests: an enqueue starts
                 // the store over.
@@ -700,6 +704,14 @@ impl<R: Request + Send + 'static> Fetcher<R> {
                     // Fired: the next deadline re-arms it, even if it is the same instant.
                     armed = None;
                     self.scheduler.handle_timeout(Instant::now());
+                    // The hosts whose delay just ended go first: their requests are handed to
+                    // their connections, whose tasks write them before this loop runs the
+                    // callbacks of the responses that came meanwhile (in a busy loop they
+                    // waited for those, about half a millisecond, on every host's pace).
+                    self.drain_actions(true);
+                    if self.launch().await {
+                        tokio::task::yield_now().await;
+                    }
                 }
                 #[cfg(feature = "redis")]
                 Event::Redis(reply) => {
@@ -727,6 +739,24 @@ impl<R: Request + Send + 'static> Fetcher<R> {
             };
         }
         scheduler
+    }
+
+    /// Polls each fresh hop once, so that its request goes to its connection now, and hands
+    /// it to `hops`. Whether there was any. (Only for hops a delay held back: polled twice,
+    /// here and by `hops`, each costs more CPU, which a fifo crawl feels.)
+    async fn launch(&mut self) -> bool {
+        if self.fresh.is_empty() {
+            return false;
+        }
+        let mut fresh = std::mem::take(&mut self.fresh);
+        for mut hop in fresh.drain(..) {
+            match std::future::poll_fn(|cx| std::task::Poll::Ready(hop.as_mut().poll(cx))).await {
+                std::task::Poll::Ready((id, result, ended)) => self.hop_done(id, result, ended),
+                std::task::Poll::Pending => self.hops.push(hop),
+            }
+        }
+        self.fresh = fresh;
+        true
     }
 
     fn has_redis(&self) -> bool {
@@ -768,6 +798,7 @@ impl<R: Request + Send + 'static> Fetcher<R> {
                 }
                 // Dropping the hops closes their connections.
                 self.hops = FuturesUnordered::new();
+                self.fresh.clear();
                 let now = Instant::now();
                 for id in std::mem::take(&mut self.hop_ids) {
                     let aborted = TransportError::new(
@@ -791,7 +822,9 @@ impl<R: Request + Send + 'static> Fetcher<R> {
         }
     }
 
-    fn drain_actions(&mut self) {
+    /// Carries out the scheduler's actions; the hops it starts join `hops`, or with `fresh`
+    /// wait in `fresh` for [`launch`](Fetcher::launch).
+    fn drain_actions(&mut self, fresh: bool) {
         while let Some(action) = self.scheduler.poll_action() {
             #[cfg(feature = "redis")]
             let store = self.redis.as_mut().map(|link| &mut link.store);
@@ -811,7 +844,11 @@ impl<R: Request + Send + 'static> Fetcher<R> {
                         });
                         (id, result, ended)
                     });
-                self.hops.push(Box::pin(hop));
+                if fresh {
+                    self.fresh.push(Box::pin(hop));
+                } else {
+                    self.hops.push(Box::pin(hop));
+                }
                 self.hop_ids.insert(id);
             }
         }
