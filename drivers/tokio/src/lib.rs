@@ -304,8 +304,9 @@ pub struct Fetcher<R> {
     user_agent: HeaderValue,
     /// Hops in flight, polled on the driver's task (as a `buffer_unordered` loop would).
     hops: FuturesUnordered<HopFuture>,
-    /// Hops just made that a host's delay held back, each polled once by
-    /// [`launch`](Fetcher::launch) before it joins `hops`.
+    /// Hops started by the timer (a host's delay or a retry's back-off ended), polled once
+    /// by [`launch`](Fetcher::launch), then moved into `hops` unless already done. Empty but
+    /// between `drain_actions(true)` and the end of `launch`, which do not await.
     fresh: Vec<HopFuture>,
     /// The ids the scheduler handed out (not from the network): a fast hash is safe.
     hop_ids: FxHashSet<FetchId>,
@@ -741,21 +742,27 @@ impl<R: Request + Send + 'static> Fetcher<R> {
         scheduler
     }
 
-    /// Polls each fresh hop once, so that its request goes to its connection now, and hands
-    /// it to `hops`. Whether there was any. (Only for hops a delay held back: polled twice,
-    /// here and by `hops`, each costs more CPU, which a fifo crawl feels.)
+    /// Polls each fresh hop once, so that its request goes to its connection now (on a new
+    /// connection, the connect starts), and moves it into `hops`. Whether there was any.
+    /// Only for the timer's hops: each is polled twice (here, then by `hops`, which polls
+    /// whatever joins it), an extra cost that a fifo crawl would feel on every hop.
     async fn launch(&mut self) -> bool {
         if self.fresh.is_empty() {
             return false;
         }
         let mut fresh = std::mem::take(&mut self.fresh);
+        let mut done = Vec::new();
         for mut hop in fresh.drain(..) {
             match std::future::poll_fn(|cx| std::task::Poll::Ready(hop.as_mut().poll(cx))).await {
-                std::task::Poll::Ready((id, result, ended)) => self.hop_done(id, result, ended),
+                std::task::Poll::Ready(outcome) => done.push(outcome),
                 std::task::Poll::Pending => self.hops.push(hop),
             }
         }
         self.fresh = fresh;
+        // After every hop is in `hops`: a panic in the scheduler's policy here loses none.
+        for (id, result, ended) in done {
+            self.hop_done(id, result, ended);
+        }
         true
     }
 
@@ -798,7 +805,7 @@ impl<R: Request + Send + 'static> Fetcher<R> {
                 }
                 // Dropping the hops closes their connections.
                 self.hops = FuturesUnordered::new();
-                self.fresh.clear();
+                debug_assert!(self.fresh.is_empty(), "fresh hops outside of launch");
                 let now = Instant::now();
                 for id in std::mem::take(&mut self.hop_ids) {
                     let aborted = TransportError::new(
