@@ -704,12 +704,11 @@ pub fn redis_a_run_that_gave_up_writes_the_rest_at_the_next<D: RedisDriver>(driv
     let redis = Arc::new(Mutex::new(RedisServer::start()));
     let prefix = prefix("gave-up");
     let options = RedisOptions {
-        give_up_after: Duration::from_millis(600),
+        give_up_after: Duration::from_secs(1),
         ..redis_options(&redis.lock().unwrap(), &prefix)
     };
-    // Down from the 10th finished request for 2.5 s. The run gives up at the first retry
-    // 0.6 s or more after the first failure: 0.75 s after it, the retries backing off from
-    // 50 ms (1.4 s at most). The producer (8 requests, one every 60 ms) has closed by then.
+    // Down from the 10th finished request for 2.5 s. The run gives up 1 s after the first
+    // write it missed, when the producer (8 requests, one every 60 ms) has long closed.
     let outage = redis.clone();
     let restart: Arc<Mutex<Option<std::thread::JoinHandle<()>>>> = Arc::default();
     let restart_slot = restart.clone();

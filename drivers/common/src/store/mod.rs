@@ -735,7 +735,9 @@ impl<R: Request> Store<R> {
                     return;
                 }
                 self.failed = Some(op);
-                self.retry_at = Some(now + self.backoff);
+                // The last retry comes when the time is up, not up to a back-off later.
+                let limit = since + self.options.give_up_after;
+                self.retry_at = Some((now + self.backoff).min(limit));
                 self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
             }
             Err(e) => {
@@ -1541,9 +1543,9 @@ mod tests {
         RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused))
     }
 
-    /// A write that Redis never took when the run gave up is written by the next run.
-    #[test]
-    fn the_writes_of_a_run_that_gave_up_wait_for_the_next() {
+    /// A store at `t0` that read the crawl's settings and sent a write of one enqueued
+    /// request, with Redis giving up after 1 s.
+    fn sending_a_write(t0: Instant) -> (Store<Page>, Scheduler<Page>) {
         let options = RedisOptions {
             give_up_after: Duration::from_secs(1),
             ..RedisOptions::default()
@@ -1554,7 +1556,6 @@ mod tests {
             ..Config::default()
         };
         let mut scheduler = Scheduler::new(config, Polite::new()).unwrap();
-        let t0 = Instant::now();
         store.begin_run();
         let url = Url::parse("http://a.test/").unwrap();
         store.enqueue(Page { url }).unwrap();
@@ -1569,6 +1570,41 @@ mod tests {
         store.handle_reply(t0, Ok(meta), &mut scheduler);
         assert!(store.poll_pipeline(t0, &mut scheduler).is_some());
         assert!(matches!(store.running, Some((Op::Write(_), _))));
+        (store, scheduler)
+    }
+
+    /// Retries back off from 50 ms, doubling, but the last comes when the time is up: the
+    /// run gives up then, not a back-off later.
+    #[test]
+    fn a_run_gives_up_when_its_time_is_up() {
+        let t0 = Instant::now();
+        let (mut store, mut scheduler) = sending_a_write(t0);
+        let mut now = t0;
+        let mut attempts = 1;
+        loop {
+            store.handle_reply(now, Err(refused()), &mut scheduler);
+            if store.error().is_some() {
+                break;
+            }
+            now = store.retry_at.expect("a retry");
+            assert!(store.poll_pipeline(now, &mut scheduler).is_some());
+            attempts += 1;
+        }
+        // At 0, 50, 150, 350 and 750 ms, then 1 s rather than 1,550 ms.
+        assert_eq!(
+            now - t0,
+            Duration::from_secs(1),
+            "gave up at {:?}",
+            now - t0
+        );
+        assert_eq!(attempts, 6);
+    }
+
+    /// A write that Redis never took when the run gave up is written by the next run.
+    #[test]
+    fn the_writes_of_a_run_that_gave_up_wait_for_the_next() {
+        let t0 = Instant::now();
+        let (mut store, mut scheduler) = sending_a_write(t0);
         // Redis is gone; the write waits for a retry, which fails past `give_up_after`.
         store.handle_reply(t0, Err(refused()), &mut scheduler);
         assert_eq!(store.pending_writes(), 1);
