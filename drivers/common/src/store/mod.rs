@@ -327,15 +327,9 @@ impl<R> Drop for Store<R> {
     /// Requests that the store holds and never wrote (a fetcher dropped after a failed run,
     /// or after enqueueing without a run) are said, not dropped silently.
     fn drop(&mut self) {
-        let running = self.running.as_ref().map(|(op, _)| op);
-        let inbox = [running, self.failed.as_ref()]
-            .into_iter()
+        let inbox = self
+            .unacknowledged()
             .flatten()
-            .flat_map(|op| match op {
-                Op::Write(writes) => writes.as_slice(),
-                _ => &[],
-            })
-            .chain(&self.writes)
             .filter(|w| matches!(w, Write::Inbox { .. }))
             .count();
         if inbox > 0 {
@@ -343,6 +337,25 @@ impl<R> Drop for Store<R> {
                 "{inbox} requests enqueued or handed off were never written to Redis (no run wrote them before the fetcher was dropped): they are not stored"
             );
         }
+    }
+}
+
+impl<R> Store<R> {
+    /// The writes not yet acknowledged by Redis: those of the pipeline running, of the one
+    /// waiting for a retry, and those queued.
+    fn unacknowledged(&self) -> impl Iterator<Item = &[Write]> {
+        let (front, back) = self.writes.as_slices();
+        [
+            self.running.as_ref().map(|(op, _)| op),
+            self.failed.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .filter_map(|op| match op {
+            Op::Write(writes) => Some(writes.as_slice()),
+            _ => None,
+        })
+        .chain([front, back])
     }
 }
 
@@ -405,15 +418,7 @@ impl<R: Request> Store<R> {
 
     /// Writes not yet acknowledged by Redis.
     pub fn pending_writes(&self) -> usize {
-        self.writes.len()
-            + match &self.running {
-                Some((Op::Write(w), _)) => w.len(),
-                _ => 0,
-            }
-            + match &self.failed {
-                Some(Op::Write(w)) => w.len(),
-                _ => 0,
-            }
+        self.unacknowledged().map(<[Write]>::len).sum()
     }
 
     /// Whether the run is over: the whole crawl is done (or the application stopped) and
@@ -459,15 +464,18 @@ impl<R: Request> Store<R> {
                 return Err(EnqueueError { reason, request });
             }
         };
-        let partition = self
-            .keys
-            .partition_of(request.url().host_str().unwrap_or(""));
+        self.push_to_inbox(request.url(), json);
+        Ok(())
+    }
+
+    /// Queues `json` for the inbox of the partition that owns `url`'s host in this crawl. A
+    /// crawl that was done has work again; one the application stopped only stores it.
+    fn push_to_inbox(&mut self, url: &url::Url, json: String) {
+        let partition = self.keys.partition_of(url.host_str().unwrap_or(""));
         self.writes.push_back(Write::Inbox { partition, json });
-        // A crawl that was done has work again; one the application stopped only stores it.
         if self.phase == Phase::Done && !self.stopped_by_application {
             self.start_over();
         }
-        Ok(())
     }
 
     /// A [`Persist`] action, as soon as it is polled.
@@ -541,18 +549,7 @@ impl<R: Request> Store<R> {
         scheduler: &mut Scheduler<R>,
     ) {
         match serde_json::to_string(&hand_off) {
-            Ok(json) => {
-                let partition = self
-                    .keys
-                    .partition_of(hand_off.url().host_str().unwrap_or(""));
-                self.writes.push_back(Write::Inbox {
-                    partition,
-                    json: format!("{HAND_OFF}{json}"),
-                });
-                if self.phase == Phase::Done && !self.stopped_by_application {
-                    self.start_over();
-                }
-            }
+            Ok(json) => self.push_to_inbox(hand_off.url(), format!("{HAND_OFF}{json}")),
             Err(e) => {
                 log::error!(
                     "a request redirected to {} cannot be serialized ({e}): it is fetched here, in memory only",
