@@ -304,10 +304,6 @@ pub struct Fetcher<R> {
     user_agent: HeaderValue,
     /// Hops in flight, polled on the driver's task (as a `buffer_unordered` loop would).
     hops: FuturesUnordered<HopFuture>,
-    /// Hops started by the timer (a host's delay or a retry's back-off ended), polled once
-    /// by [`launch`](Fetcher::launch), then moved into `hops` unless already done. Empty but
-    /// between `drain_actions(true)` and the end of `launch`, which do not await.
-    fresh: Vec<HopFuture>,
     /// The ids the scheduler handed out (not from the network): a fast hash is safe.
     hop_ids: FxHashSet<FetchId>,
     tx: mpsc::UnboundedSender<Command<R>>,
@@ -373,7 +369,6 @@ impl<R: Request + Send + 'static> Fetcher<R> {
             client,
             user_agent,
             hops: FuturesUnordered::new(),
-            fresh: Vec::new(),
             hop_ids: FxHashSet::default(),
             tx,
             rx,
@@ -648,13 +643,13 @@ impl<R: Request + Send + 'static> Fetcher<R> {
             while let Ok(command) = self.rx.try_recv() {
                 self.command(command);
             }
-            self.drain_actions(false);
+            self.drain_actions(None);
             #[cfg(feature = "redis")]
             if let Some(link) = &mut self.redis {
                 let now = Instant::now();
                 link.start(now, &mut self.scheduler);
                 // Starting a pipeline may have resumed the scheduler, or restored requests.
-                self.drain_actions(false);
+                self.drain_actions(None);
                 let link = self.redis.as_ref().expect("checked");
                 // Waiting for the handles, it waits for their requests: an enqueue starts
                 // the store over.
@@ -709,8 +704,9 @@ impl<R: Request + Send + 'static> Fetcher<R> {
                     // their connections, whose tasks write them before this loop runs the
                     // callbacks of the responses that came meanwhile (in a busy loop they
                     // waited for those, about half a millisecond, on every host's pace).
-                    self.drain_actions(true);
-                    if self.launch().await {
+                    let mut fresh = Vec::new();
+                    self.drain_actions(Some(&mut fresh));
+                    if self.launch(fresh).await {
                         tokio::task::yield_now().await;
                     }
                 }
@@ -742,23 +738,22 @@ impl<R: Request + Send + 'static> Fetcher<R> {
         scheduler
     }
 
-    /// Polls each fresh hop once, so that its request goes to its connection now (on a new
-    /// connection, the connect starts), and moves it into `hops`. Whether there was any.
+    /// Polls each of the timer's `fresh` hops (a host's delay or a retry's back-off ended)
+    /// once, so that its request goes to its connection now (on a new connection, the
+    /// connect starts), and moves it into `hops` unless it is done. Whether there was any.
     /// Only for the timer's hops: each is polled twice (here, then by `hops`, which polls
     /// whatever joins it), an extra cost that a fifo crawl would feel on every hop.
-    async fn launch(&mut self) -> bool {
-        if self.fresh.is_empty() {
+    async fn launch(&mut self, fresh: Vec<HopFuture>) -> bool {
+        if fresh.is_empty() {
             return false;
         }
-        let mut fresh = std::mem::take(&mut self.fresh);
         let mut done = Vec::new();
-        for mut hop in fresh.drain(..) {
+        for mut hop in fresh {
             match std::future::poll_fn(|cx| std::task::Poll::Ready(hop.as_mut().poll(cx))).await {
                 std::task::Poll::Ready(outcome) => done.push(outcome),
                 std::task::Poll::Pending => self.hops.push(hop),
             }
         }
-        self.fresh = fresh;
         // After every hop is in `hops`: a panic in the scheduler's policy here loses none.
         for (id, result, ended) in done {
             self.hop_done(id, result, ended);
@@ -805,7 +800,6 @@ impl<R: Request + Send + 'static> Fetcher<R> {
                 }
                 // Dropping the hops closes their connections.
                 self.hops = FuturesUnordered::new();
-                debug_assert!(self.fresh.is_empty(), "fresh hops outside of launch");
                 let now = Instant::now();
                 for id in std::mem::take(&mut self.hop_ids) {
                     let aborted = TransportError::new(
@@ -830,8 +824,8 @@ impl<R: Request + Send + 'static> Fetcher<R> {
     }
 
     /// Carries out the scheduler's actions; the hops it starts join `hops`, or with `fresh`
-    /// wait in `fresh` for [`launch`](Fetcher::launch).
-    fn drain_actions(&mut self, fresh: bool) {
+    /// wait there for [`launch`](Fetcher::launch).
+    fn drain_actions(&mut self, mut fresh: Option<&mut Vec<HopFuture>>) {
         while let Some(action) = self.scheduler.poll_action() {
             #[cfg(feature = "redis")]
             let store = self.redis.as_mut().map(|link| &mut link.store);
@@ -851,10 +845,9 @@ impl<R: Request + Send + 'static> Fetcher<R> {
                         });
                         (id, result, ended)
                     });
-                if fresh {
-                    self.fresh.push(Box::pin(hop));
-                } else {
-                    self.hops.push(Box::pin(hop));
+                match fresh.as_deref_mut() {
+                    Some(fresh) => fresh.push(Box::pin(hop)),
+                    None => self.hops.push(Box::pin(hop)),
                 }
                 self.hop_ids.insert(id);
             }
