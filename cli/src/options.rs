@@ -141,8 +141,8 @@ pub struct FetchArgs {
     /// 10s]
     #[arg(long, value_name = "DURATION", value_parser = units::parse_duration, help_heading = "Redis")]
     pub lease_ttl: Option<Duration>,
-    /// How long Redis may stay unreachable during a run before it ends with an error
-    /// (everything unfinished stays in Redis) [default: 2m]
+    /// How long Redis may stay unreachable (or out of memory) during a run before it ends
+    /// with an error (everything unfinished stays in Redis) [default: 2m]
     #[arg(long, value_name = "DURATION", value_parser = units::parse_duration, help_heading = "Redis")]
     pub redis_give_up: Option<Duration>,
 }

@@ -700,33 +700,98 @@ pub fn redis_going_away_loses_nothing<D: RedisDriver>(driver: &D) {
 /// failure, and stays for the run that finishes the rest).
 pub fn redis_a_run_that_gave_up_writes_the_rest_at_the_next<D: RedisDriver>(driver: &D) {
     use std::sync::{Arc, Mutex};
-    let s = Servers::start(4);
     let redis = Arc::new(Mutex::new(RedisServer::start()));
     let prefix = prefix("gave-up");
-    let options = RedisOptions {
-        give_up_after: Duration::from_secs(1),
-        ..redis_options(&redis.lock().unwrap(), &prefix)
-    };
-    // Down from the 10th finished request for 2.5 s. The run gives up 1 s after the first
-    // write it missed, when the producer (8 requests, one every 60 ms) has long closed.
+    let options = redis_options(&redis.lock().unwrap(), &prefix);
+    // Down for 2.5 s: the run gives up 1 s after the first write it missed.
     let outage = redis.clone();
     let restart: Arc<Mutex<Option<std::thread::JoinHandle<()>>>> = Arc::default();
     let restart_slot = restart.clone();
+    let first = gives_up_then_finishes(
+        driver,
+        options,
+        move || {
+            outage.lock().unwrap().stop();
+            let back = outage.clone();
+            *restart_slot.lock().unwrap() = Some(std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(2500));
+                back.lock().unwrap().start_again();
+            }));
+        },
+        move || {
+            let restart = restart.lock().unwrap().take();
+            restart
+                .expect("Redis was stopped mid-crawl")
+                .join()
+                .expect("Redis started again");
+        },
+    );
+    assert!(first.contains("unreachable"), "{first}");
+    assert_eq!(
+        redis.lock().unwrap().unfinished(&prefix, 1),
+        0,
+        "Redis holds nothing more"
+    );
+}
+
+/// Redis runs out of memory mid-crawl (`maxmemory` reached, nothing to evict) while a
+/// producer enqueues requests and closes: it refuses every write, and the run gives up after
+/// `give_up_after` with an error that says so. Once memory is freed, the same fetcher's next
+/// run writes what waited and fetches everything: no refused write was dropped.
+pub fn redis_writes_refused_for_want_of_memory_wait_for_room<D: RedisDriver>(driver: &D) {
+    use std::sync::Arc;
+    let redis = Arc::new(RedisServer::start());
+    let prefix = prefix("out-of-memory");
+    let options = redis_options(&redis, &prefix);
+    let set_maxmemory = |redis: &RedisServer, bytes: u64| {
+        let mut c = redis.connection().expect("a connection to Redis");
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("maxmemory")
+            .arg(bytes)
+            .query(&mut c)
+            .expect("CONFIG SET maxmemory");
+    };
+    // Full (1 byte: every write is over the limit) until the first run returned.
+    let (full, room) = (redis.clone(), redis.clone());
+    let first = gives_up_then_finishes(
+        driver,
+        options,
+        move || set_maxmemory(&full, 1),
+        move || set_maxmemory(&room, 0),
+    );
+    assert!(first.contains("out of memory"), "{first}");
+    assert!(first.contains("maxmemory"), "{first}");
+    assert_eq!(redis.unfinished(&prefix, 1), 0, "Redis holds nothing more");
+}
+
+/// The shape of the cases where a run gives up: 40 requests on 4 hosts, and a producer of
+/// 8 more (one every 60 ms) that closes. From the 10th finished request Redis is in
+/// `trouble`, and the run gives up 1 s after that, when the producer has long closed;
+/// `mend` runs once it returned. Then 10 more requests are enqueued into the same fetcher,
+/// whose next `run_until_closed` must fetch every request (at least once: one that finished
+/// while Redis was in trouble, its removal never written, is fetched again). Returns the
+/// first run's error.
+fn gives_up_then_finishes<D: RedisDriver>(
+    driver: &D,
+    redis: RedisOptions,
+    trouble: impl FnOnce() + Send + 'static,
+    mend: impl FnOnce() + Send + 'static,
+) -> String {
+    let s = Servers::start(4);
+    let mut trouble = Some(trouble);
     let mut finished = 0;
     let run = RedisRun {
         config: test_config(),
         policy: slow_polite(),
         requests: more_probes(&s, 4, "page", 40, 0),
-        redis: options,
+        redis: RedisOptions {
+            give_up_after: Duration::from_secs(1),
+            ..redis
+        },
         script: Script {
             fed_until_closed: more_probes(&s, 4, "fed", 8, 100),
-            between: Some(Hook(Box::new(move || {
-                let restart = restart.lock().unwrap().take();
-                restart
-                    .expect("Redis was stopped mid-crawl")
-                    .join()
-                    .expect("Redis started again");
-            }))),
+            between: Some(Hook(Box::new(mend))),
             then: Then::Enqueue(more_probes(&s, 4, "later", 10, 200)),
             again_until_closed: true,
             ..Script::default()
@@ -734,32 +799,22 @@ pub fn redis_a_run_that_gave_up_writes_the_rest_at_the_next<D: RedisDriver>(driv
         on_finished: Box::new(move |_| {
             finished += 1;
             if finished == 10 {
-                outage.lock().unwrap().stop();
-                let back = outage.clone();
-                *restart_slot.lock().unwrap() = Some(std::thread::spawn(move || {
-                    std::thread::sleep(Duration::from_millis(2500));
-                    back.lock().unwrap().start_again();
-                }));
+                if let Some(trouble) = trouble.take() {
+                    trouble();
+                }
             }
         }),
     };
     let out = driver.run_redis(run).expect("run");
     let first = out.first_error.expect("the first run gives up");
-    assert!(first.contains("unreachable"), "{first}");
     assert_eq!(out.returned_before_the_close, Some(false));
     assert!(out.error.is_none(), "the next run failed: {:?}", out.error);
-    // A request that finished while Redis was away, its removal never written, is fetched
-    // again: each at least once.
     let mut tags: Vec<u64> = out.finished.iter().map(|p| p.tag).collect();
     tags.sort_unstable();
     tags.dedup();
     let expected: Vec<u64> = (0..40).chain(100..108).chain(200..210).collect();
     assert_eq!(tags, expected, "every request finished");
-    assert_eq!(
-        redis.lock().unwrap().unfinished(&prefix, 1),
-        0,
-        "Redis holds nothing more"
-    );
+    first
 }
 
 /// 10,000 URLs over 200 hosts; the worker process is killed with SIGKILL at random points
@@ -1294,6 +1349,7 @@ macro_rules! redis_suite {
             redis_foreign_data_and_unreachable_redis_are_clear_errors,
             redis_going_away_loses_nothing,
             redis_a_run_that_gave_up_writes_the_rest_at_the_next,
+            redis_writes_refused_for_want_of_memory_wait_for_room,
             redis_worker_killed_with_sigkill_loses_nothing,
             redis_three_workers_share_a_crawl_politely,
             redis_a_redirect_to_another_partitions_host_is_fetched_by_its_worker,

@@ -31,7 +31,9 @@
 //!   retried with back-off; after [`RedisOptions::give_up_after`] the run ends with
 //!   [`StoreError::Unreachable`]: what it stored stays in Redis, and what it could not
 //!   write (requests enqueued or handed off meanwhile) waits for the next run, which tries
-//!   again.
+//!   again. A Redis out of memory (`maxmemory` reached, and its policy evicts nothing)
+//!   refuses writes without applying any: it is waited for the same way, and the run ends
+//!   with [`StoreError::OutOfMemory`].
 //! - When a worker's partition is done it helps: it takes over a partition whose worker
 //!   died. It finishes once no partition holds work.
 //! - A finished store is not spent: requests enqueued after the end are written to their
@@ -89,7 +91,8 @@ pub struct RedisOptions {
     pub batch_size: usize,
     /// Most requests held in memory; the rest wait in Redis. Default 100,000.
     pub max_in_memory: usize,
-    /// How long Redis may stay unreachable before the run ends with an error. Default 120 s.
+    /// How long Redis may stay unreachable (or refuse writes, out of memory) before the run
+    /// ends with an error. Default 120 s.
     pub give_up_after: Duration,
 }
 
@@ -177,6 +180,17 @@ pub enum StoreError {
         /// The server (without its password).
         url: String,
         /// How long it was unreachable.
+        waited: Duration,
+        /// The last error.
+        last: String,
+    },
+    /// Redis refused writes too long for want of memory (`maxmemory` reached, and its policy
+    /// evicts nothing).
+    #[error("Redis at {url} refused writes for {waited:?}: it is out of memory ({last}); raise its maxmemory or free memory there. The run stopped: what it stored stays there, and what it could not write waits for the fetcher's next run")]
+    OutOfMemory {
+        /// The server (without its password).
+        url: String,
+        /// How long it refused writes.
         waited: Duration,
         /// The last error.
         last: String,
@@ -291,6 +305,8 @@ pub struct Store<R> {
     retry_at: Option<Instant>,
     down_since: Option<Instant>,
     last_failure: String,
+    /// Whether the last failure was Redis out of memory, rather than unreachable.
+    out_of_memory: bool,
     backoff: Duration,
     next_renew: Option<Instant>,
     next_poll: Option<Instant>,
@@ -383,6 +399,7 @@ impl<R: Request> Store<R> {
             retry_at: None,
             down_since: None,
             last_failure: String::new(),
+            out_of_memory: false,
             backoff: MIN_BACKOFF,
             next_renew: None,
             next_poll: None,
@@ -625,6 +642,7 @@ impl<R: Request> Store<R> {
             self.owned = None;
             self.down_since = None;
             self.last_failure.clear();
+            self.out_of_memory = false;
             self.backoff = MIN_BACKOFF;
             self.retry_at = None;
             self.drop_partition_writes();
@@ -706,27 +724,59 @@ impl<R: Request> Store<R> {
         match reply {
             Ok(values) => {
                 if self.down_since.take().is_some() {
-                    log::warn!("Redis at {} is reachable again", self.redacted_url());
+                    if self.out_of_memory {
+                        log::warn!("Redis at {} takes writes again", self.redacted_url());
+                    } else {
+                        log::warn!("Redis at {} is reachable again", self.redacted_url());
+                    }
                 }
                 self.backoff = MIN_BACKOFF;
                 if let Err(e) = self.apply(now, sent, op, values, scheduler) {
                     self.fail(e, None, scheduler);
                 }
             }
-            Err(e) if transient(&e) => {
+            // Refused for want of memory, Redis applied none of it: sent again, it passes
+            // once memory is freed (a crawl's queue outgrew `maxmemory`, say).
+            Err(e) if transient(&e) || out_of_memory(&e) => {
+                let out_of_memory = !transient(&e);
+                let said = if out_of_memory {
+                    // Redis's own words, once, rather than once per command it refused.
+                    e.clone()
+                        .into_server_errors()
+                        .and_then(|errors| errors.first().map(|(_, s)| s.to_string()))
+                        .unwrap_or_else(|| e.to_string())
+                } else {
+                    e.to_string()
+                };
                 let since = *self.down_since.get_or_insert(now);
-                if self.last_failure.is_empty() || since == now {
-                    log::warn!(
-                        "Redis at {} unreachable ({e}); fetches in flight go on, writes wait, retrying",
-                        self.redacted_url()
-                    );
+                if self.last_failure.is_empty()
+                    || since == now
+                    || out_of_memory != self.out_of_memory
+                {
+                    if out_of_memory {
+                        log::warn!(
+                            "Redis at {} is out of memory and refuses writes ({said}); fetches in flight go on, writes wait, retrying",
+                            self.redacted_url()
+                        );
+                    } else {
+                        log::warn!(
+                            "Redis at {} unreachable ({said}); fetches in flight go on, writes wait, retrying",
+                            self.redacted_url()
+                        );
+                    }
                 }
-                self.last_failure = e.to_string();
+                self.last_failure = said;
+                self.out_of_memory = out_of_memory;
                 if now.duration_since(since) >= self.options.give_up_after {
-                    let error = StoreError::Unreachable {
-                        url: self.redacted_url(),
-                        waited: now.duration_since(since),
-                        last: self.last_failure.clone(),
+                    let (url, waited, last) = (
+                        self.redacted_url(),
+                        now.duration_since(since),
+                        self.last_failure.clone(),
+                    );
+                    let error = if out_of_memory {
+                        StoreError::OutOfMemory { url, waited, last }
+                    } else {
+                        StoreError::Unreachable { url, waited, last }
                     };
                     self.fail(error, Some(op), scheduler);
                     return;
@@ -1437,6 +1487,16 @@ fn transient(e: &RedisError) -> bool {
             ErrorKind::Server(ServerErrorKind::BusyLoading | ServerErrorKind::TryAgain)
         )
         || matches!(e.code(), Some("LOADING" | "MASTERDOWN" | "READONLY"))
+}
+
+/// Whether Redis refused for want of memory (`OOM`: `maxmemory` reached, and its policy
+/// evicts nothing), every error of a pipeline or transaction alike. Redis checks memory
+/// before it runs a command that may grow it (a script too, as of Redis 7), and aborts a
+/// transaction that has one: nothing of what was refused was applied.
+fn out_of_memory(e: &RedisError) -> bool {
+    e.clone()
+        .into_server_errors()
+        .is_some_and(|errors| !errors.is_empty() && errors.iter().all(|(_, s)| s.code() == "OOM"))
 }
 
 /// Whether two consecutive writes of a batch go in one command: puts together, deletes

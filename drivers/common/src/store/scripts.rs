@@ -56,18 +56,23 @@ return 0
 /// Moves up to `ARGV[2]` requests from the inbox into the requests hash, under new ids.
 /// KEYS: lease, inbox, requests, seq. ARGV: token, count.
 /// Returns `{1, id, JSON, id, JSON, ...}`, or `{0}` when the worker lost the lease.
+///
+/// An item leaves the inbox only once it is stored: a Redis that refuses the script's
+/// writes for want of memory midway (as Redis 6 does, where Redis 7 refuses the whole
+/// script up front) refuses `INCR` first, before anything was taken.
 pub const CLAIM: &str = r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return {0}
 end
 local out = {1}
 for i = 1, tonumber(ARGV[2]) do
-  local item = redis.call('LPOP', KEYS[2])
+  local item = redis.call('LINDEX', KEYS[2], 0)
   if not item then
     break
   end
   local id = 'i' .. redis.call('INCR', KEYS[4])
   redis.call('HSET', KEYS[3], id, item)
+  redis.call('LPOP', KEYS[2])
   out[#out + 1] = id
   out[#out + 1] = item
 end
