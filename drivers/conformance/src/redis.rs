@@ -765,6 +765,65 @@ pub fn redis_writes_refused_for_want_of_memory_wait_for_room<D: RedisDriver>(dri
     assert_eq!(redis.unfinished(&prefix, 1), 0, "Redis holds nothing more");
 }
 
+/// The inbox of one partition holds foreign data (a string): the first write, of every
+/// enqueued request into the inboxes of two partitions, is refused for that one's requests,
+/// and Redis applies the rest of the transaction. The run ends with an error that names the
+/// key. Once the key is removed, the same fetcher's next run writes only the refused
+/// requests, and fetches each request exactly once: none dropped, none written twice.
+pub fn redis_writes_redis_refused_wait_for_the_next_run<D: RedisDriver>(driver: &D) {
+    let s = Servers::start(4);
+    let redis = std::sync::Arc::new(RedisServer::start());
+    let prefix = prefix("refused");
+    let keys = Keys::new(&prefix, 2);
+    let host = |n: usize| {
+        let url = downpour::Url::parse(&s.url(n, "/")).expect("a server's URL");
+        keys.partition_of(url.host_str().expect("a host"))
+    };
+    let spoiled = host(0);
+    assert!(
+        (1..4).any(|n| host(n) != spoiled),
+        "the 4 hosts are all in one of 2 partitions"
+    );
+    let inbox = keys.partition(spoiled).inbox;
+    let set = |redis: &RedisServer, args: &[&str]| {
+        let mut c = redis.connection().expect("a connection to Redis");
+        let _: () = redis::cmd(args[0])
+            .arg(&args[1..])
+            .query(&mut c)
+            .expect("a command");
+    };
+    set(&redis, &["SET", &inbox, "not a list"]);
+    let (cleaner, key) = (redis.clone(), inbox.clone());
+    let run = RedisRun {
+        config: test_config(),
+        policy: Box::new(
+            Polite::new()
+                .delay(Duration::from_millis(5))
+                .allow_all(true),
+        ),
+        requests: more_probes(&s, 4, "page", 40, 0),
+        redis: RedisOptions {
+            partitions: 2,
+            ..redis_options(&redis, &prefix)
+        },
+        script: Script {
+            between: Some(Hook(Box::new(move || set(&cleaner, &["DEL", &key])))),
+            then: Then::Enqueue(Vec::new()),
+            ..Script::default()
+        },
+        on_finished: Box::new(|_| {}),
+    };
+    let out = driver.run_redis(run).expect("run");
+    let first = out.first_error.expect("the first run fails");
+    assert!(first.contains("foreign data"), "{first}");
+    assert!(first.contains(&inbox), "{first}");
+    assert!(out.error.is_none(), "the next run failed: {:?}", out.error);
+    let mut tags: Vec<u64> = out.finished.iter().map(|p| p.tag).collect();
+    tags.sort_unstable();
+    assert_eq!(tags, (0..40).collect::<Vec<u64>>(), "each request once");
+    assert_eq!(redis.unfinished(&prefix, 2), 0, "Redis holds nothing more");
+}
+
 /// The shape of the cases where a run gives up: 40 requests on 4 hosts, and a producer of
 /// 8 more (one every 60 ms) that closes. From the 10th finished request Redis is in
 /// `trouble`, and the run gives up 1 s after that, when the producer has long closed;
@@ -1350,6 +1409,7 @@ macro_rules! redis_suite {
             redis_going_away_loses_nothing,
             redis_a_run_that_gave_up_writes_the_rest_at_the_next,
             redis_writes_refused_for_want_of_memory_wait_for_room,
+            redis_writes_redis_refused_wait_for_the_next_run,
             redis_worker_killed_with_sigkill_loses_nothing,
             redis_three_workers_share_a_crawl_politely,
             redis_a_redirect_to_another_partitions_host_is_fetched_by_its_worker,

@@ -33,7 +33,9 @@
 //!   write (requests enqueued or handed off meanwhile) waits for the next run, which tries
 //!   again. A Redis out of memory (`maxmemory` reached, and its policy evicts nothing)
 //!   refuses writes without applying any: it is waited for the same way, and the run ends
-//!   with [`StoreError::OutOfMemory`].
+//!   with [`StoreError::OutOfMemory`]. A write that Redis refuses for another reason (a key
+//!   of the crawl holding foreign data) ends the run with an error naming the key; Redis
+//!   applies the rest of its transaction, and only the refused part waits for the next run.
 //! - When a worker's partition is done it helps: it takes over a partition whose worker
 //!   died. It finishes once no partition holds work.
 //! - A finished store is not spent: requests enqueued after the end are written to their
@@ -788,16 +790,10 @@ impl<R: Request> Store<R> {
                 self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
             }
             Err(e) => {
-                let error = self.refused(&op, &e);
-                // Sent again, a write Redis refused would fail again, after the parts of its
-                // batch that Redis did apply had been applied twice.
-                if let Op::Write(writes) = &op {
-                    log::error!(
-                        "{} writes that Redis refused were dropped (the requests they stored are fetched again, or, enqueued since, not stored)",
-                        writes.len()
-                    );
-                }
-                self.fail(error, None, scheduler);
+                let error = self.refused(&op, e.code(), e.to_string());
+                // A transaction Redis aborted applied nothing: its writes wait for the next
+                // run, as do those of a reply that cannot be read (at least once).
+                self.fail(error, Some(op), scheduler);
             }
         }
     }
@@ -1057,7 +1053,8 @@ impl<R: Request> Store<R> {
                     .arg(count);
             }
             Op::Write(writes) => {
-                pipe.atomic();
+                // Each command's reply, a failed one's too: see `apply`.
+                pipe.atomic().ignore_errors();
                 self.build_writes(&mut pipe, writes);
             }
             Op::Claim => {
@@ -1261,13 +1258,29 @@ impl<R: Request> Store<R> {
                 {
                     self.inbox_has_more = true;
                 }
-                // One reply per command; a `PUT` that answers 0 found another lease.
-                let lost = values
-                    .iter()
-                    .zip(writes.chunk_by(one_command))
-                    .any(|(v, group)| {
-                        matches!(group[0], Write::Put { .. }) && int(Some(v)) == Some(0)
-                    });
+                // One reply per command; a `PUT` that answers 0 found another lease. Redis
+                // applies the rest of a transaction when one of its commands fails: only
+                // the writes of those that failed wait for the next run, and end this one.
+                let mut lost = false;
+                let mut refused = None;
+                let mut unwritten = Vec::new();
+                for (value, group) in values.iter().zip(writes.chunk_by(one_command)) {
+                    match value {
+                        Value::ServerError(e) => {
+                            refused.get_or_insert_with(|| self.write_refused(&group[0], e));
+                            unwritten.extend_from_slice(group);
+                        }
+                        v => {
+                            lost |= matches!(group[0], Write::Put { .. }) && int(Some(v)) == Some(0)
+                        }
+                    }
+                }
+                if let Some(error) = refused {
+                    for write in unwritten.into_iter().rev() {
+                        self.writes.push_front(write);
+                    }
+                    return Err(error);
+                }
                 if lost {
                     self.lose_lease("a write found another worker's lease");
                 }
@@ -1445,7 +1458,33 @@ impl<R: Request> Store<R> {
         }
     }
 
-    fn refused(&self, op: &Op, e: &RedisError) -> StoreError {
+    /// Redis refused the command that wrote `write` (and the writes next to it like it),
+    /// naming the keys it writes.
+    fn write_refused(&self, write: &Write, e: &redis::ServerError) -> StoreError {
+        let owned = self.owned.as_ref().map(|o| &o.keys);
+        let requests = owned.map_or("the requests", |k| k.requests.as_str());
+        let key = match write {
+            Write::Inbox { partition, .. } => self.keys.partition(*partition).inbox,
+            Write::Put { .. } | Write::Delete { .. } => requests.to_string(),
+            Write::Reject { .. } => format!(
+                "{requests} or {}",
+                owned.map_or("the rejected", |k| k.rejected.as_str())
+            ),
+        };
+        if e.code() == "WRONGTYPE" {
+            return StoreError::Foreign {
+                key,
+                message: e.to_string(),
+            };
+        }
+        StoreError::Refused {
+            what: format!("a write to {key}"),
+            message: e.to_string(),
+        }
+    }
+
+    /// Redis refused `op`: `code` and `message` are its error's.
+    fn refused(&self, op: &Op, code: Option<&str>, message: String) -> StoreError {
         let what = match op {
             Op::Meta => format!("reading the crawl's settings at {}", self.keys.meta()),
             Op::Acquire(p) => format!("taking partition {p}"),
@@ -1458,16 +1497,10 @@ impl<R: Request> Store<R> {
             },
             Op::Status => "reading the partitions' sizes".to_string(),
         };
-        if e.code() == Some("WRONGTYPE") {
-            return StoreError::Foreign {
-                key: what,
-                message: e.to_string(),
-            };
+        if code == Some("WRONGTYPE") {
+            return StoreError::Foreign { key: what, message };
         }
-        StoreError::Refused {
-            what,
-            message: e.to_string(),
-        }
+        StoreError::Refused { what, message }
     }
 }
 
