@@ -743,10 +743,13 @@ pub fn redis_writes_refused_for_want_of_memory_wait_for_room<D: RedisDriver>(dri
     let redis = Arc::new(RedisServer::start());
     let prefix = prefix("out-of-memory");
     let options = redis_options(&redis, &prefix);
+    // With the policy that evicts nothing (the default, and what a crawl's queue needs).
     let set_maxmemory = |redis: &RedisServer, bytes: u64| {
         let mut c = redis.connection().expect("a connection to Redis");
         let _: () = redis::cmd("CONFIG")
             .arg("SET")
+            .arg("maxmemory-policy")
+            .arg("noeviction")
             .arg("maxmemory")
             .arg(bytes)
             .query(&mut c)

@@ -228,8 +228,12 @@ pub enum StoreError {
 /// A change to write, in order.
 #[derive(Debug, Clone)]
 enum Write {
-    /// Store a request of the worker's partition.
-    Put { id: Box<str>, json: String },
+    /// Store a request of the worker's partition (`partition`: its host's).
+    Put {
+        id: Box<str>,
+        partition: u32,
+        json: String,
+    },
     /// Remove a finished request.
     Delete { id: Box<str> },
     /// Send a request to a partition's inbox.
@@ -504,12 +508,19 @@ impl<R: Request> Store<R> {
                 let Some(request) = scheduler.request(id) else {
                     return;
                 };
+                let partition = self
+                    .keys
+                    .partition_of(request.url().host_str().unwrap_or(""));
                 match serde_json::to_string(request) {
                     Ok(json) => {
                         let stored = self.new_id();
                         self.ids.insert(id, stored.clone());
                         self.in_memory.insert(stored.clone());
-                        self.writes.push_back(Write::Put { id: stored, json });
+                        self.writes.push_back(Write::Put {
+                            id: stored,
+                            partition,
+                            json,
+                        });
                     }
                     Err(e) => log::error!(
                         "request {id} for {} cannot be serialized ({e}): it is kept in memory only",
@@ -628,9 +639,10 @@ impl<R: Request> Store<R> {
     ///
     /// A store that failed tries again, since Redis may be back (or the foreign data gone):
     /// the error is cleared, what was enqueued or handed off and not written yet goes to its
-    /// inbox, and the crawl starts over. A removal of a finished request that was not
-    /// written is dropped (it named a partition this worker no longer holds): that request
-    /// is fetched again. The cause of a failure that persists fails the run again.
+    /// inbox, as does a request that was to be stored in the partition this worker held,
+    /// and the crawl starts over. A removal of a finished request that was not written is
+    /// dropped (it named a partition this worker no longer holds): that request is fetched
+    /// again. The cause of a failure that persists fails the run again.
     ///
     /// A run that was left at an await point and is entered again goes on instead: a failed
     /// store ends it once nothing is in flight.
@@ -790,7 +802,8 @@ impl<R: Request> Store<R> {
                 self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
             }
             Err(e) => {
-                let error = self.refused(&op, e.code(), e.to_string());
+                let code = server_codes(&e).and_then(|codes| codes.into_iter().next());
+                let error = self.refused(&op, code.as_deref(), e.to_string());
                 // A transaction Redis aborted applied nothing: its writes wait for the next
                 // run, as do those of a reply that cannot be read (at least once).
                 self.fail(error, Some(op), scheduler);
@@ -988,18 +1001,30 @@ impl<R: Request> Store<R> {
         }
     }
 
-    /// The inbox pushes, with no partition held: any other write (of a request kept in memory
-    /// only, that ended after the partition was given back) has no partition to go to.
+    /// The inbox pushes, with no partition held (see `drop_partition_writes`).
     fn take_inbox_writes(&mut self) -> Option<Op> {
         self.drop_partition_writes();
         self.take_writes_if_any()
     }
 
-    /// Drops the writes that need the partition (all but inbox pushes), with no partition
-    /// held.
+    /// With no partition held, the writes that need one: a request to store in it goes to
+    /// its inbox instead; a removal or a set-aside is dropped (that request is fetched
+    /// again, that entry read again).
     fn drop_partition_writes(&mut self) {
         let before = self.writes.len();
-        self.writes.retain(|w| matches!(w, Write::Inbox { .. }));
+        let writes = std::mem::take(&mut self.writes);
+        self.writes = writes
+            .into_iter()
+            .filter_map(|write| match write {
+                // Whoever holds the partition now stores it: the scheduler that held it
+                // forgets it, and the removal of its parent may have been written.
+                Write::Put {
+                    partition, json, ..
+                } => Some(Write::Inbox { partition, json }),
+                Write::Inbox { .. } => Some(write),
+                Write::Delete { .. } | Write::Reject { .. } => None,
+            })
+            .collect();
         if self.writes.len() < before {
             log::warn!(
                 "{} writes for a partition this worker no longer holds were dropped",
@@ -1111,8 +1136,8 @@ impl<R: Request> Store<R> {
         };
         for group in writes.chunk_by(one_command) {
             match &group[0] {
-                Write::Put { .. } => {
-                    let keys = &owned().keys;
+                Write::Put { partition, .. } => {
+                    let keys = self.keys.partition(*partition);
                     let cmd = pipe
                         .cmd("EVAL")
                         .arg(scripts::PUT)
@@ -1122,7 +1147,7 @@ impl<R: Request> Store<R> {
                         .arg(&keys.inbox)
                         .arg(&self.token);
                     for write in group {
-                        if let Write::Put { id, json } = write {
+                        if let Write::Put { id, json, .. } = write {
                             cmd.arg(&**id).arg(json);
                         }
                     }
@@ -1465,7 +1490,11 @@ impl<R: Request> Store<R> {
         let requests = owned.map_or("the requests", |k| k.requests.as_str());
         let key = match write {
             Write::Inbox { partition, .. } => self.keys.partition(*partition).inbox,
-            Write::Put { .. } | Write::Delete { .. } => requests.to_string(),
+            Write::Put { partition, .. } => {
+                let keys = self.keys.partition(*partition);
+                format!("{}, {} or {}", keys.requests, keys.lease, keys.inbox)
+            }
+            Write::Delete { .. } => requests.to_string(),
             Write::Reject { .. } => format!(
                 "{requests} or {}",
                 owned.map_or("the rejected", |k| k.rejected.as_str())
@@ -1519,27 +1548,45 @@ fn transient(e: &RedisError) -> bool {
             e.kind(),
             ErrorKind::Server(ServerErrorKind::BusyLoading | ServerErrorKind::TryAgain)
         )
-        || matches!(e.code(), Some("LOADING" | "MASTERDOWN" | "READONLY"))
+        || server_codes(e).is_some_and(|codes| {
+            codes.iter().all(|c| {
+                matches!(
+                    c.as_str(),
+                    "LOADING" | "MASTERDOWN" | "READONLY" | "TRYAGAIN"
+                )
+            })
+        })
+}
+
+/// The codes of Redis's errors in `e`, one per command it refused (of a pipeline or a
+/// transaction too, where `RedisError::code` gives none, or `EXECABORT`); `None` when `e`
+/// is not Redis's answer, or holds no error of its.
+fn server_codes(e: &RedisError) -> Option<Vec<String>> {
+    let codes: Vec<String> = e
+        .clone()
+        .into_server_errors()?
+        .iter()
+        .map(|(_, s)| s.code().to_string())
+        .collect();
+    (!codes.is_empty()).then_some(codes)
 }
 
 /// Whether Redis refused for want of memory (`OOM`: `maxmemory` reached, and its policy
-/// evicts nothing), every error of a pipeline or transaction alike. Redis checks memory
-/// before it runs a command that may grow it (a script too, as of Redis 7), and aborts a
-/// transaction that has one: nothing of what was refused was applied.
+/// evicts nothing), every error of a pipeline or transaction alike. Out of memory, Redis
+/// refuses a command that may grow it, queues no command at all into a transaction (and
+/// aborts it), and refuses a script at the first such write if it wrote nothing before:
+/// nothing of what it refused was applied.
 fn out_of_memory(e: &RedisError) -> bool {
-    e.clone()
-        .into_server_errors()
-        .is_some_and(|errors| !errors.is_empty() && errors.iter().all(|(_, s)| s.code() == "OOM"))
+    server_codes(e).is_some_and(|codes| codes.iter().all(|c| c == "OOM"))
 }
 
 /// Whether two consecutive writes of a batch go in one command: puts together, deletes
 /// together, pushes to one inbox together; each reject alone.
 fn one_command(a: &Write, b: &Write) -> bool {
     match (a, b) {
-        (Write::Put { .. }, Write::Put { .. }) | (Write::Delete { .. }, Write::Delete { .. }) => {
-            true
-        }
-        (Write::Inbox { partition: p, .. }, Write::Inbox { partition: q, .. }) => p == q,
+        (Write::Delete { .. }, Write::Delete { .. }) => true,
+        (Write::Put { partition: p, .. }, Write::Put { partition: q, .. })
+        | (Write::Inbox { partition: p, .. }, Write::Inbox { partition: q, .. }) => p == q,
         _ => false,
     }
 }
@@ -1633,11 +1680,33 @@ mod tests {
         RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused))
     }
 
+    /// Redis's answer `line` (`-CODE message`), as an error.
+    fn redis_said(line: &str) -> RedisError {
+        redis::parse_redis_value(format!("{line}\r\n").as_bytes())
+            .and_then(Value::extract_error)
+            .expect_err("an error")
+    }
+
+    /// Redis's answer `line` to one command of a transaction.
+    fn command_failed(line: &str) -> Value {
+        redis::parse_redis_value(format!("{line}\r\n").as_bytes()).expect("a value")
+    }
+
     /// A store at `t0` that read the crawl's settings and sent a write of one enqueued
     /// request, with Redis giving up after 1 s.
     fn sending_a_write(t0: Instant) -> (Store<Page>, Scheduler<Page>) {
+        sending_writes(t0, &["http://a.test/"], 1)
+    }
+
+    /// The same, with requests for `urls` in a crawl of `partitions`.
+    fn sending_writes(
+        t0: Instant,
+        urls: &[&str],
+        partitions: u32,
+    ) -> (Store<Page>, Scheduler<Page>) {
         let options = RedisOptions {
             give_up_after: Duration::from_secs(1),
+            partitions,
             ..RedisOptions::default()
         };
         let mut store = Store::<Page>::new(options, "test".into()).unwrap();
@@ -1647,15 +1716,17 @@ mod tests {
         };
         let mut scheduler = Scheduler::new(config, Polite::new()).unwrap();
         store.begin_run();
-        let url = Url::parse("http://a.test/").unwrap();
-        store.enqueue(Page { url }).unwrap();
-        // The crawl's settings, then the enqueued request goes to its inbox first.
+        for url in urls {
+            let url = Url::parse(url).unwrap();
+            store.enqueue(Page { url }).unwrap();
+        }
+        // The crawl's settings, then the enqueued requests go to their inboxes first.
         assert!(store.poll_pipeline(t0, &mut scheduler).is_some());
         let meta = vec![
             Value::Int(1),
             Value::Int(1),
             Value::BulkString(FORMAT.into()),
-            Value::BulkString(b"1".to_vec()),
+            Value::BulkString(partitions.to_string().into_bytes()),
         ];
         store.handle_reply(t0, Ok(meta), &mut scheduler);
         assert!(store.poll_pipeline(t0, &mut scheduler).is_some());
@@ -1721,5 +1792,110 @@ mod tests {
         assert!(store.poll_pipeline(later, &mut scheduler).is_some());
         assert!(matches!(store.running, Some((Op::Meta, _))));
         assert_eq!(store.pending_writes(), 1);
+    }
+
+    /// Redis out of memory refuses writes without applying any: they wait, as for a Redis
+    /// that went away, and are kept when the run gives up.
+    #[test]
+    fn writes_refused_for_want_of_memory_are_retried_then_kept() {
+        let t0 = Instant::now();
+        let (mut store, mut scheduler) = sending_a_write(t0);
+        let oom = "-OOM command not allowed when used memory > 'maxmemory'.";
+        store.handle_reply(t0, Err(redis_said(oom)), &mut scheduler);
+        assert!(store.error().is_none(), "{:?}", store.error());
+        assert_eq!(store.retry_at, Some(t0 + MIN_BACKOFF));
+        assert_eq!(store.pending_writes(), 1);
+        let later = t0 + Duration::from_secs(1);
+        assert!(store.poll_pipeline(later, &mut scheduler).is_some());
+        store.handle_reply(later, Err(redis_said(oom)), &mut scheduler);
+        let error = store.error().expect("the run gave up").to_string();
+        assert!(
+            matches!(store.error(), Some(StoreError::OutOfMemory { .. })),
+            "{error}"
+        );
+        assert!(error.contains("maxmemory"), "{error}");
+        assert_eq!(
+            store.pending_writes(),
+            1,
+            "the enqueued request was dropped"
+        );
+        // Another refusal is no reason to wait: it ends the run at once.
+        let (mut store, mut scheduler) = sending_a_write(t0);
+        let refused = "-ERR unknown command 'RPUSH'";
+        store.handle_reply(t0, Err(redis_said(refused)), &mut scheduler);
+        assert!(matches!(store.error(), Some(StoreError::Refused { .. })));
+        assert_eq!(
+            store.pending_writes(),
+            1,
+            "the enqueued request was dropped"
+        );
+    }
+
+    /// Redis applies the rest of a transaction when one of its commands fails: only the
+    /// writes of the failed command wait for the next run, and the error names its key.
+    #[test]
+    fn only_the_refused_part_of_a_write_waits_for_the_next_run() {
+        let t0 = Instant::now();
+        let urls = (0..12)
+            .map(|i| format!("http://h{i}.test/"))
+            .collect::<Vec<_>>();
+        let keys = Keys::new(&RedisOptions::default().prefix, 2);
+        let partition = |u: &String| keys.partition_of(Url::parse(u).unwrap().host_str().unwrap());
+        // Hosts of partition 0, then of 1, then of 0 again: three commands.
+        let (zero, one): (Vec<&String>, Vec<&String>) =
+            urls.iter().partition(|u| partition(u) == 0);
+        assert!(
+            zero.len() >= 2 && !one.is_empty(),
+            "hosts in both partitions"
+        );
+        let order = [zero[0].as_str(), one[0].as_str(), zero[1].as_str()];
+        let (mut store, mut scheduler) = sending_writes(t0, &order, 2);
+        let wrongtype = "-WRONGTYPE Operation against a key holding the wrong kind of value";
+        let reply = vec![Value::Int(1), command_failed(wrongtype), Value::Int(2)];
+        store.handle_reply(t0, Ok(reply), &mut scheduler);
+        let inbox = store.keys.partition(1).inbox;
+        match store.error() {
+            Some(StoreError::Foreign { key, .. }) => assert_eq!(key, &inbox),
+            other => panic!("{other:?}"),
+        }
+        let kept: Vec<String> = store
+            .unacknowledged()
+            .flatten()
+            .map(|w| match w {
+                Write::Inbox { partition: 1, json } => json.clone(),
+                other => panic!("{other:?} was written"),
+            })
+            .collect();
+        assert_eq!(kept.len(), 1);
+        assert!(kept[0].contains(one[0].as_str()), "{kept:?}");
+        // The next run writes it first.
+        store.end_run();
+        store.begin_run();
+        assert_eq!(store.pending_writes(), 1);
+    }
+
+    /// A request that was to be stored in the partition this worker held when its run
+    /// failed goes to that partition's inbox at the next run (the scheduler that held it
+    /// starts over, and its parent's removal may have been written); a removal does not.
+    #[test]
+    fn a_store_of_a_failed_run_goes_to_the_inbox_at_the_next() {
+        let t0 = Instant::now();
+        let (mut store, mut scheduler) = sending_a_write(t0);
+        store.handle_reply(t0, Err(redis_said("-ERR refused")), &mut scheduler);
+        assert!(store.error().is_some());
+        store.writes.clear();
+        store.writes.push_back(Write::Put {
+            id: "x-1".into(),
+            partition: 0,
+            json: "{\"url\":\"http://a.test/\"}".into(),
+        });
+        store.writes.push_back(Write::Delete { id: "x-0".into() });
+        store.end_run();
+        store.begin_run();
+        let writes: Vec<&Write> = store.writes.iter().collect();
+        assert!(
+            matches!(writes[..], [Write::Inbox { partition: 0, json }] if json.contains("a.test")),
+            "{writes:?}"
+        );
     }
 }

@@ -57,9 +57,10 @@ return 0
 /// KEYS: lease, inbox, requests, seq. ARGV: token, count.
 /// Returns `{1, id, JSON, id, JSON, ...}`, or `{0}` when the worker lost the lease.
 ///
-/// An item leaves the inbox only once it is stored: a Redis that refuses the script's
-/// writes for want of memory midway (as Redis 6 does, where Redis 7 refuses the whole
-/// script up front) refuses `INCR` first, before anything was taken.
+/// An item leaves the inbox only once it is stored, so that a refused `INCR` or `HSET`
+/// (foreign data in the counter or the hash) takes nothing; and, out of memory, Redis
+/// refuses the script at its first write (`INCR`, which may grow memory), before anything
+/// was taken, rather than let it grow the hash past `maxmemory`.
 pub const CLAIM: &str = r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return {0}
