@@ -228,11 +228,13 @@ pub enum StoreError {
 /// A change to write, in order.
 #[derive(Debug, Clone)]
 enum Write {
-    /// Store a request of the worker's partition (`partition`: its host's).
+    /// Store a request of the worker's partition (`partition`: its host's), a follow-up of
+    /// the stored request `parent`, if any.
     Put {
         id: Box<str>,
         partition: u32,
         json: String,
+        parent: Option<Box<str>>,
     },
     /// Remove a finished request.
     Delete { id: Box<str> },
@@ -504,7 +506,7 @@ impl<R: Request> Store<R> {
     /// A [`Persist`] action, as soon as it is polled.
     pub fn handle_persist(&mut self, persist: Persist, scheduler: &Scheduler<R>) {
         match persist {
-            Persist::Accepted { id, .. } => {
+            Persist::Accepted { id, parent } => {
                 let Some(request) = scheduler.request(id) else {
                     return;
                 };
@@ -516,10 +518,12 @@ impl<R: Request> Store<R> {
                         let stored = self.new_id();
                         self.ids.insert(id, stored.clone());
                         self.in_memory.insert(stored.clone());
+                        let parent = parent.and_then(|p| self.ids.get(&p).cloned());
                         self.writes.push_back(Write::Put {
                             id: stored,
                             partition,
                             json,
+                            parent,
                         });
                     }
                     Err(e) => log::error!(
@@ -639,10 +643,9 @@ impl<R: Request> Store<R> {
     ///
     /// A store that failed tries again, since Redis may be back (or the foreign data gone):
     /// the error is cleared, what was enqueued or handed off and not written yet goes to its
-    /// inbox, as does a request that was to be stored in the partition this worker held,
-    /// and the crawl starts over. A removal of a finished request that was not written is
-    /// dropped (it named a partition this worker no longer holds): that request is fetched
-    /// again. The cause of a failure that persists fails the run again.
+    /// inbox, and the crawl starts over. A removal of a finished request that was not
+    /// written is dropped (it named a partition this worker no longer holds): that request
+    /// is fetched again. The cause of a failure that persists fails the run again.
     ///
     /// A run that was left at an await point and is entered again goes on instead: a failed
     /// store ends it once nothing is in flight.
@@ -1001,30 +1004,19 @@ impl<R: Request> Store<R> {
         }
     }
 
-    /// The inbox pushes, with no partition held (see `drop_partition_writes`).
+    /// The inbox pushes, with no partition held: any other write (of a request kept in memory
+    /// only, that ended after the partition was given back) has no partition to go to.
     fn take_inbox_writes(&mut self) -> Option<Op> {
         self.drop_partition_writes();
         self.take_writes_if_any()
     }
 
-    /// With no partition held, the writes that need one: a request to store in it goes to
-    /// its inbox instead; a removal or a set-aside is dropped (that request is fetched
-    /// again, that entry read again).
+    /// Drops the writes that need the partition (all but inbox pushes), with no partition
+    /// held: a removal's request is fetched again, a set-aside entry read again, and a
+    /// follow-up made again by its parent, whose removal came after it.
     fn drop_partition_writes(&mut self) {
         let before = self.writes.len();
-        let writes = std::mem::take(&mut self.writes);
-        self.writes = writes
-            .into_iter()
-            .filter_map(|write| match write {
-                // Whoever holds the partition now stores it: the scheduler that held it
-                // forgets it, and the removal of its parent may have been written.
-                Write::Put {
-                    partition, json, ..
-                } => Some(Write::Inbox { partition, json }),
-                Write::Inbox { .. } => Some(write),
-                Write::Delete { .. } | Write::Reject { .. } => None,
-            })
-            .collect();
+        self.writes.retain(|w| matches!(w, Write::Inbox { .. }));
         if self.writes.len() < before {
             log::warn!(
                 "{} writes for a partition this worker no longer holds were dropped",
@@ -1289,19 +1281,38 @@ impl<R: Request> Store<R> {
                 let mut lost = false;
                 let mut refused = None;
                 let mut unwritten = Vec::new();
+                let mut removed = FxHashSet::default();
                 for (value, group) in values.iter().zip(writes.chunk_by(one_command)) {
-                    match value {
-                        Value::ServerError(e) => {
-                            refused.get_or_insert_with(|| self.write_refused(&group[0], e));
+                    match (value, &group[0]) {
+                        (Value::ServerError(e), first) => {
+                            refused.get_or_insert_with(|| self.write_refused(first, e));
                             unwritten.extend_from_slice(group);
                         }
-                        v => {
-                            lost |= matches!(group[0], Write::Put { .. }) && int(Some(v)) == Some(0)
+                        (v, Write::Put { partition, .. }) => {
+                            lost |= Some(*partition) == own && int(Some(v)) == Some(0);
                         }
+                        (_, Write::Delete { .. }) => {
+                            removed.extend(group.iter().filter_map(|w| match w {
+                                Write::Delete { id } => Some(id.clone()),
+                                _ => None,
+                            }));
+                        }
+                        _ => {}
                     }
                 }
                 if let Some(error) = refused {
                     for write in unwritten.into_iter().rev() {
+                        // The parent's removal went through: the follow-up is stored only
+                        // here now, and an inbox push survives the next run's start.
+                        let write = match write {
+                            Write::Put {
+                                partition,
+                                json,
+                                parent: Some(parent),
+                                ..
+                            } if removed.contains(&parent) => Write::Inbox { partition, json },
+                            write => write,
+                        };
                         self.writes.push_front(write);
                     }
                     return Err(error);
@@ -1874,28 +1885,66 @@ mod tests {
         assert_eq!(store.pending_writes(), 1);
     }
 
-    /// A request that was to be stored in the partition this worker held when its run
-    /// failed goes to that partition's inbox at the next run (the scheduler that held it
-    /// starts over, and its parent's removal may have been written); a removal does not.
-    #[test]
-    fn a_store_of_a_failed_run_goes_to_the_inbox_at_the_next() {
-        let t0 = Instant::now();
+    /// A store running partition 0 of 1 at `t0` that has sent `writes` in one transaction.
+    fn sending_in_a_partition(t0: Instant, writes: Vec<Write>) -> (Store<Page>, Scheduler<Page>) {
         let (mut store, mut scheduler) = sending_a_write(t0);
-        store.handle_reply(t0, Err(redis_said("-ERR refused")), &mut scheduler);
-        assert!(store.error().is_some());
-        store.writes.clear();
-        store.writes.push_back(Write::Put {
-            id: "x-1".into(),
+        store.handle_reply(t0, Ok(vec![Value::Int(1)]), &mut scheduler);
+        store.running = None;
+        store.owned = Some(Owned {
             partition: 0,
-            json: "{\"url\":\"http://a.test/\"}".into(),
+            keys: store.keys.partition(0),
+            epoch: 1,
+            valid_until: t0 + Duration::from_secs(60),
         });
-        store.writes.push_back(Write::Delete { id: "x-0".into() });
+        store.phase = Phase::Running;
+        store.inbox_has_more = false;
+        store.writes.extend(writes);
+        assert!(store.poll_pipeline(t0, &mut scheduler).is_some());
+        assert!(matches!(store.running, Some((Op::Write(_), _))));
+        (store, scheduler)
+    }
+
+    /// A follow-up to store, and the removal of its parent after it.
+    fn follow_up_then_parent_removed() -> Vec<Write> {
+        vec![
+            Write::Put {
+                id: "w-2".into(),
+                partition: 0,
+                json: "{\"url\":\"http://a.test/child\"}".into(),
+                parent: Some("w-1".into()),
+            },
+            Write::Delete { id: "w-1".into() },
+        ]
+    }
+
+    /// Redis refused to store a follow-up but removed its parent, in one transaction: the
+    /// follow-up is stored nowhere else now, and goes to its partition's inbox, which the
+    /// next run writes. Refused together, both are dropped at the next run (the parent is
+    /// fetched again, and makes the follow-up again), so that nothing is fetched twice.
+    #[test]
+    fn a_refused_follow_up_whose_parent_was_removed_goes_to_the_inbox() {
+        let t0 = Instant::now();
+        let wrongtype = "-WRONGTYPE Operation against a key holding the wrong kind of value";
+        let (mut store, mut scheduler) =
+            sending_in_a_partition(t0, follow_up_then_parent_removed());
+        let reply = vec![command_failed(wrongtype), Value::Int(1)];
+        store.handle_reply(t0, Ok(reply), &mut scheduler);
+        assert!(matches!(store.error(), Some(StoreError::Foreign { .. })));
         store.end_run();
         store.begin_run();
         let writes: Vec<&Write> = store.writes.iter().collect();
         assert!(
-            matches!(writes[..], [Write::Inbox { partition: 0, json }] if json.contains("a.test")),
+            matches!(writes[..], [Write::Inbox { partition: 0, json }] if json.contains("child")),
             "{writes:?}"
         );
+
+        let (mut store, mut scheduler) =
+            sending_in_a_partition(t0, follow_up_then_parent_removed());
+        let reply = vec![command_failed(wrongtype), command_failed(wrongtype)];
+        store.handle_reply(t0, Ok(reply), &mut scheduler);
+        assert_eq!(store.pending_writes(), 2);
+        store.end_run();
+        store.begin_run();
+        assert_eq!(store.pending_writes(), 0, "{:?}", store.writes);
     }
 }
