@@ -177,7 +177,7 @@ pub enum StoreError {
     #[error("invalid Redis options: {0}")]
     Options(String),
     /// Redis stayed unreachable too long.
-    #[error("Redis at {url} unreachable for {waited:?} ({last}); the run stopped: what it stored stays there, and what it could not write waits for the fetcher's next run")]
+    #[error("Redis at {url} unreachable for {waited:.1?} ({last}); the run stopped: what it stored stays there, and what it could not write waits for the fetcher's next run")]
     Unreachable {
         /// The server (without its password).
         url: String,
@@ -188,7 +188,7 @@ pub enum StoreError {
     },
     /// Redis refused writes too long for want of memory (`maxmemory` reached, and its policy
     /// evicts nothing).
-    #[error("Redis at {url} refused writes for {waited:?}: it is out of memory ({last}); raise its maxmemory or free memory there. The run stopped: what it stored stays there, and what it could not write waits for the fetcher's next run")]
+    #[error("Redis at {url} refused writes for {waited:.1?}: it is out of memory ({last}); raise its maxmemory or free memory there. The run stopped: what it stored stays there, and what it could not write waits for the fetcher's next run")]
     OutOfMemory {
         /// The server (without its password).
         url: String,
@@ -760,7 +760,11 @@ impl<R: Request> Store<R> {
                     // Redis's own words, once, rather than once per command it refused.
                     e.clone()
                         .into_server_errors()
-                        .and_then(|errors| errors.first().map(|(_, s)| s.to_string()))
+                        .and_then(|errors| {
+                            errors.first().map(|(_, s)| {
+                                format!("{} {}", s.code(), s.details().unwrap_or_default())
+                            })
+                        })
                         .unwrap_or_else(|| e.to_string())
                 } else {
                     e.to_string()
