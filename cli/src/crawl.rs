@@ -15,7 +15,9 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use downpour_common::store::{partition_of, redacted_url, Keys, RedisOptions, FORMAT};
+use downpour_common::store::{
+    eviction_risk, partition_of, redacted_url, Keys, RedisOptions, FORMAT,
+};
 use redis::{Connection, Value};
 
 use crate::input::{Input, Line, ListReader, Skipped};
@@ -210,7 +212,7 @@ impl Crawl {
         let url = redacted_url(&options.url);
         let client = redis::Client::open(options.url.as_str())
             .map_err(|e| format!("invalid --redis URL {url}: {e}"))?;
-        let connection = client
+        let mut connection = client
             .get_connection_with_timeout(Duration::from_secs(5))
             .and_then(|c| {
                 // A server that stops answering fails the command rather than hanging.
@@ -219,6 +221,14 @@ impl Crawl {
                 Ok(c)
             })
             .map_err(|e| format!("cannot reach Redis at {url}: {e}"))?;
+        // Said here, before the fetchers connect: the store's own warning comes before the
+        // command shows the store's messages.
+        let info = redis::cmd("INFO")
+            .arg("memory")
+            .query::<String>(&mut connection);
+        if let Some(risk) = info.ok().as_deref().and_then(eviction_risk) {
+            eprintln!("downpour: Redis at {url} {risk}");
+        }
         Ok(Crawl {
             keys: Keys::new(&options.prefix, options.partitions),
             options: options.clone(),

@@ -1172,6 +1172,58 @@ fn finish(mut child: Child, what: &str) -> Output {
     child.wait_with_output().unwrap()
 }
 
+/// A Redis that evicts keys when full (`allkeys-lru` under a `maxmemory`) could lose the
+/// crawl's requests: the command says so once at start, with two fetching threads, and
+/// crawls; with `noeviction` it says nothing.
+#[test]
+fn redis_that_evicts_keys_is_named_a_risk_once() {
+    let redis = RedisServer::start();
+    let servers = Servers::start(2);
+    let dir = scratch("redis-evicts");
+    let list = dir.join("urls.txt");
+    let text: Vec<String> = (0..6)
+        .map(|i| servers.url(i % 2, &format!("/page/{i}")))
+        .collect();
+    std::fs::write(&list, text.join("\n")).unwrap();
+    let configure = |policy: &str| {
+        let mut c = redis.connection().unwrap();
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("maxmemory")
+            .arg("512mb")
+            .arg("maxmemory-policy")
+            .arg(policy)
+            .query(&mut c)
+            .unwrap();
+    };
+    configure("allkeys-lru");
+    let out = redis_worker(
+        &redis,
+        "evicts",
+        &list,
+        &["--delay", "0ms", "--threads", "2", "--partitions", "2"],
+    )
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(records(&out.stdout).len(), 6);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.matches("maxmemory-policy allkeys-lru").count(),
+        1,
+        "{stderr}"
+    );
+    assert!(stderr.contains("requests are then lost"), "{stderr}");
+
+    configure("noeviction");
+    let again = redis_worker(&redis, "keeps", &list, &["--delay", "0ms"])
+        .output()
+        .unwrap();
+    assert!(again.status.success(), "{again:?}");
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(!stderr.contains("maxmemory-policy"), "{stderr}");
+}
+
 #[test]
 fn redis_seeds_a_crawl_once_and_runs_it_to_the_end() {
     let redis = RedisServer::start();

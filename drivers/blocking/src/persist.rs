@@ -6,7 +6,9 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use downpour::{Request, Scheduler};
-use downpour_common::store::{connection_broken, worker_token, RedisOptions, Store, StoreError};
+use downpour_common::store::{
+    connection_broken, warn_if_evicting, worker_token, RedisOptions, Store, StoreError,
+};
 use redis::{Connection, ConnectionLike, Pipeline, RedisResult, Value};
 
 use crate::Message;
@@ -30,7 +32,14 @@ impl<R: Request + Send + 'static> Link<R> {
         let store = Store::new(options.clone(), worker_token())?;
         let client = options.client()?;
         let timeout = options.command_timeout();
-        let connection = open(&client, timeout).map_err(|e| options.unreachable(e))?;
+        let mut connection = open(&client, timeout).map_err(|e| options.unreachable(e))?;
+        // A Redis that evicts keys when full can drop a crawl's requests: said at start.
+        if let Ok(info) = redis::cmd("INFO")
+            .arg("memory")
+            .query::<String>(&mut connection)
+        {
+            warn_if_evicting(&options.url, &info);
+        }
         let mut runner = Runner {
             client,
             timeout,

@@ -7,7 +7,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use crate::store::{connection_broken, worker_token, RedisOptions, Store, StoreError};
+use crate::store::{
+    connection_broken, warn_if_evicting, worker_token, RedisOptions, Store, StoreError,
+};
 use downpour::{Request, Scheduler};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, RedisResult, Value};
@@ -34,10 +36,16 @@ impl<R: Request> Link<R> {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout));
-        let connection = client
+        let mut connection = client
             .get_multiplexed_async_connection_with_config(&config)
             .await
             .map_err(|e| options.unreachable(e))?;
+        // A Redis that evicts keys when full can drop a crawl's requests: said at start.
+        let mut info = redis::cmd("INFO");
+        info.arg("memory");
+        if let Ok(info) = info.query_async::<String>(&mut connection).await {
+            warn_if_evicting(&options.url, &info);
+        }
         Ok(Link {
             store,
             client,

@@ -33,7 +33,9 @@
 //!   write (requests enqueued or handed off meanwhile) waits for the next run, which tries
 //!   again. A Redis out of memory (`maxmemory` reached, and its policy evicts nothing)
 //!   refuses writes without applying any: it is waited for the same way, and the run ends
-//!   with [`StoreError::OutOfMemory`]. A write that Redis refuses for another reason (a key
+//!   with [`StoreError::OutOfMemory`]. A Redis that evicts keys when full instead could
+//!   drop a crawl's requests or leases: the drivers log that risk when they connect
+//!   ([`eviction_risk`]). A write that Redis refuses for another reason (a key
 //!   of the crawl holding foreign data) ends the run with an error naming the key; Redis
 //!   applies the rest of its transaction, and only the refused part waits for the next run.
 //! - When a worker's partition is done it helps: it takes over a partition whose worker
@@ -1548,6 +1550,43 @@ impl<R: Request> Store<R> {
     }
 }
 
+/// What a crawl risks on a Redis that evicts keys when it is full, read from the text of
+/// its `INFO memory`: `None` when it evicts nothing (`maxmemory-policy noeviction`, or no
+/// `maxmemory`), or when the text does not say.
+pub fn eviction_risk(info: &str) -> Option<String> {
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|line| line.trim_end().strip_prefix(name)?.strip_prefix(':'))
+    };
+    let policy = field("maxmemory_policy")?;
+    let maxmemory: u64 = field("maxmemory")?.parse().ok()?;
+    if maxmemory == 0 || policy == "noeviction" {
+        return None;
+    }
+    let what = if policy.starts_with("volatile") {
+        "the partitions' leases (the keys with a time to live), and two workers may then run one partition"
+    } else {
+        "any key, and a crawl's stored requests are then lost"
+    };
+    Some(format!(
+        "evicts keys when full (maxmemory {maxmemory} bytes, maxmemory-policy {policy}): it may evict {what}; give the crawl maxmemory-policy noeviction (out of memory, a run then waits, and keeps what it could not write)"
+    ))
+}
+
+/// Logs [`eviction_risk`] once per server and process, from the server's `INFO memory`.
+pub fn warn_if_evicting(url: &str, info: &str) {
+    static WARNED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let Some(risk) = eviction_risk(info) else {
+        return;
+    };
+    let url = redacted_url(url);
+    let mut warned = WARNED.lock().unwrap_or_else(|e| e.into_inner());
+    if !warned.contains(&url) {
+        log::warn!("Redis at {url} {risk}");
+        warned.push(url);
+    }
+}
+
 /// Whether a connection that gave this error must be made again before the next pipeline:
 /// after an I/O error or a timeout its stream may hold half a reply.
 pub fn connection_broken(e: &RedisError) -> bool {
@@ -1950,5 +1989,22 @@ mod tests {
         store.end_run();
         store.begin_run();
         assert_eq!(store.pending_writes(), 0, "{:?}", store.writes);
+    }
+
+    #[test]
+    fn a_redis_that_evicts_keys_when_full_is_a_risk_named() {
+        let info = |max: u64, policy: &str| {
+            format!(
+                "# Memory\r\nused_memory:1000\r\nmaxmemory:{max}\r\nmaxmemory_human:0B\r\nmaxmemory_policy:{policy}\r\n"
+            )
+        };
+        assert_eq!(eviction_risk(&info(0, "allkeys-lru")), None);
+        assert_eq!(eviction_risk(&info(1 << 30, "noeviction")), None);
+        let all = eviction_risk(&info(1 << 30, "allkeys-lru")).expect("a risk");
+        assert!(all.contains("maxmemory-policy allkeys-lru"), "{all}");
+        assert!(all.contains("requests are then lost"), "{all}");
+        let volatile = eviction_risk(&info(1 << 30, "volatile-ttl")).expect("a risk");
+        assert!(volatile.contains("leases"), "{volatile}");
+        assert_eq!(eviction_risk("# Memory\r\nused_memory:1000\r\n"), None);
     }
 }
