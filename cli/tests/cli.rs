@@ -1173,8 +1173,9 @@ fn finish(mut child: Child, what: &str) -> Output {
 }
 
 /// A Redis that evicts keys when full (`allkeys-lru` under a `maxmemory`) could lose the
-/// crawl's requests: the command says so once at start, with two fetching threads, and
-/// crawls; with `noeviction` it says nothing.
+/// crawl's requests: the command says so once at start, and crawls; with `noeviction` it
+/// says nothing. (The line is the command's own: its fetchers connect before it shows the
+/// store's log, and the store's unit tests cover theirs.)
 #[test]
 fn redis_that_evicts_keys_is_named_a_risk_once() {
     let redis = RedisServer::start();

@@ -34,16 +34,22 @@ impl<R: Request + Send + 'static> Link<R> {
         let timeout = options.command_timeout();
         let mut connection = open(&client, timeout).map_err(|e| options.unreachable(e))?;
         // A Redis that evicts keys when full can drop a crawl's requests: said at start.
-        if let Ok(info) = redis::cmd("INFO")
+        let info = redis::cmd("INFO")
             .arg("memory")
-            .query::<String>(&mut connection)
-        {
-            warn_if_evicting(&options.url, &info);
-        }
+            .query::<String>(&mut connection);
+        let connection = match info {
+            Ok(info) => {
+                warn_if_evicting(&options.url, &info);
+                Some(connection)
+            }
+            // Made again for the first pipeline; INFO may just be denied (an ACL, renamed).
+            Err(e) if connection_broken(&e) => None,
+            Err(_) => Some(connection),
+        };
         let mut runner = Runner {
             client,
             timeout,
-            connection: Some(connection),
+            connection,
         };
         let (pipelines, jobs) = mpsc::channel::<Pipeline>();
         std::thread::Builder::new()

@@ -43,14 +43,20 @@ impl<R: Request> Link<R> {
         // A Redis that evicts keys when full can drop a crawl's requests: said at start.
         let mut info = redis::cmd("INFO");
         info.arg("memory");
-        if let Ok(info) = info.query_async::<String>(&mut connection).await {
-            warn_if_evicting(&options.url, &info);
-        }
+        let connection = match info.query_async::<String>(&mut connection).await {
+            Ok(info) => {
+                warn_if_evicting(&options.url, &info);
+                Some(connection)
+            }
+            // Made again for the first pipeline; INFO may just be denied (an ACL, renamed).
+            Err(e) if connection_broken(&e) => None,
+            Err(_) => Some(connection),
+        };
         Ok(Link {
             store,
             client,
             config,
-            connection: Some(connection),
+            connection,
             running: None,
         })
     }

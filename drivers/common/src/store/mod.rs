@@ -1564,21 +1564,25 @@ pub fn eviction_risk(info: &str) -> Option<String> {
         return None;
     }
     let what = if policy.starts_with("volatile") {
-        "the partitions' leases (the keys with a time to live), and two workers may then run one partition"
+        "the leases on partitions and on seeding, the only keys with a time to live (two workers may then run one partition, or seed a crawl), and still refuse writes once those are gone"
     } else {
-        "any key, and a crawl's stored requests are then lost"
+        "any key: stored requests and inboxes (those requests are then lost), the counters that name requests (stored ones are then overwritten), the leases, the mark of a seeded crawl"
     };
     Some(format!(
         "evicts keys when full (maxmemory {maxmemory} bytes, maxmemory-policy {policy}): it may evict {what}; give the crawl maxmemory-policy noeviction (out of memory, a run then waits, and keeps what it could not write)"
     ))
 }
 
-/// Logs [`eviction_risk`] once per server and process, from the server's `INFO memory`.
+/// Logs [`eviction_risk`] once per server and process, from the server's `INFO memory`
+/// (once a logger shows warnings: not before, where it would be lost).
 pub fn warn_if_evicting(url: &str, info: &str) {
     static WARNED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
     let Some(risk) = eviction_risk(info) else {
         return;
     };
+    if !log::log_enabled!(log::Level::Warn) {
+        return;
+    }
     let url = redacted_url(url);
     let mut warned = WARNED.lock().unwrap_or_else(|e| e.into_inner());
     if !warned.contains(&url) {
@@ -2003,8 +2007,53 @@ mod tests {
         let all = eviction_risk(&info(1 << 30, "allkeys-lru")).expect("a risk");
         assert!(all.contains("maxmemory-policy allkeys-lru"), "{all}");
         assert!(all.contains("requests are then lost"), "{all}");
+        assert!(all.contains("seeded crawl"), "{all}");
         let volatile = eviction_risk(&info(1 << 30, "volatile-ttl")).expect("a risk");
-        assert!(volatile.contains("leases"), "{volatile}");
+        assert!(
+            volatile.contains("leases on partitions and on seeding"),
+            "{volatile}"
+        );
         assert_eq!(eviction_risk("# Memory\r\nused_memory:1000\r\n"), None);
+    }
+
+    /// Said once per server, and only once a logger shows warnings.
+    #[test]
+    fn the_eviction_risk_is_logged_once_per_server() {
+        struct Capture(std::sync::Mutex<Vec<String>>);
+        impl log::Log for Capture {
+            fn enabled(&self, _: &log::Metadata) -> bool {
+                true
+            }
+            fn log(&self, record: &log::Record) {
+                self.0.lock().unwrap().push(record.args().to_string());
+            }
+            fn flush(&self) {}
+        }
+        static CAPTURE: Capture = Capture(std::sync::Mutex::new(Vec::new()));
+        let info = "maxmemory:1000\r\nmaxmemory_policy:allkeys-lru\r\n";
+        // No logger yet: not said, and not counted as said.
+        warn_if_evicting("redis://a.test:1/", info);
+        log::set_logger(&CAPTURE).expect("the only logger of these tests");
+        log::set_max_level(log::LevelFilter::Warn);
+        for url in [
+            "redis://a.test:1/",
+            "redis://a.test:1/",
+            "redis://b.test:1/",
+        ] {
+            warn_if_evicting(url, info);
+        }
+        let said: Vec<String> = CAPTURE
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|m| m.contains("evicts keys"))
+            .cloned()
+            .collect();
+        assert_eq!(said.len(), 2, "{said:?}");
+        assert!(
+            said[0].starts_with("Redis at redis://a.test:1/"),
+            "{said:?}"
+        );
     }
 }
