@@ -230,11 +230,10 @@ pub enum StoreError {
 /// A change to write, in order.
 #[derive(Debug, Clone)]
 enum Write {
-    /// Store a request of the worker's partition (`partition`: its host's), a follow-up of
-    /// the stored request `parent`, if any.
+    /// Store a request of the worker's partition, a follow-up of the stored request
+    /// `parent`, if any.
     Put {
         id: Box<str>,
-        partition: u32,
         json: String,
         parent: Option<Box<str>>,
     },
@@ -512,9 +511,6 @@ impl<R: Request> Store<R> {
                 let Some(request) = scheduler.request(id) else {
                     return;
                 };
-                let partition = self
-                    .keys
-                    .partition_of(request.url().host_str().unwrap_or(""));
                 match serde_json::to_string(request) {
                     Ok(json) => {
                         let stored = self.new_id();
@@ -523,7 +519,6 @@ impl<R: Request> Store<R> {
                         let parent = parent.and_then(|p| self.ids.get(&p).cloned());
                         self.writes.push_back(Write::Put {
                             id: stored,
-                            partition,
                             json,
                             parent,
                         });
@@ -758,18 +753,12 @@ impl<R: Request> Store<R> {
             // once memory is freed (a crawl's queue outgrew `maxmemory`, say).
             Err(e) if transient(&e) || out_of_memory(&e) => {
                 let out_of_memory = !transient(&e);
-                let said = if out_of_memory {
+                let said = match server_errors(&e).first() {
                     // Redis's own words, once, rather than once per command it refused.
-                    e.clone()
-                        .into_server_errors()
-                        .and_then(|errors| {
-                            errors.first().map(|(_, s)| {
-                                format!("{} {}", s.code(), s.details().unwrap_or_default())
-                            })
-                        })
-                        .unwrap_or_else(|| e.to_string())
-                } else {
-                    e.to_string()
+                    Some(s) if out_of_memory => {
+                        format!("{} {}", s.code(), s.details().unwrap_or_default())
+                    }
+                    _ => e.to_string(),
                 };
                 let since = *self.down_since.get_or_insert(now);
                 if self.last_failure.is_empty()
@@ -811,8 +800,9 @@ impl<R: Request> Store<R> {
                 self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
             }
             Err(e) => {
-                let code = server_codes(&e).and_then(|codes| codes.into_iter().next());
-                let error = self.refused(&op, code.as_deref(), e.to_string());
+                let errors = server_errors(&e);
+                let code = errors.first().map(|s| s.code());
+                let error = self.refused(&op, code, e.to_string());
                 // A transaction Redis aborted applied nothing: its writes wait for the next
                 // run, as do those of a reply that cannot be read (at least once).
                 self.fail(error, Some(op), scheduler);
@@ -1134,8 +1124,8 @@ impl<R: Request> Store<R> {
         };
         for group in writes.chunk_by(one_command) {
             match &group[0] {
-                Write::Put { partition, .. } => {
-                    let keys = self.keys.partition(*partition);
+                Write::Put { .. } => {
+                    let keys = &owned().keys;
                     let cmd = pipe
                         .cmd("EVAL")
                         .arg(scripts::PUT)
@@ -1294,9 +1284,7 @@ impl<R: Request> Store<R> {
                             refused.get_or_insert_with(|| self.write_refused(first, e));
                             unwritten.extend_from_slice(group);
                         }
-                        (v, Write::Put { partition, .. }) => {
-                            lost |= Some(*partition) == own && int(Some(v)) == Some(0);
-                        }
+                        (v, Write::Put { .. }) => lost |= int(Some(v)) == Some(0),
                         (_, Write::Delete { .. }) => {
                             removed.extend(group.iter().filter_map(|w| match w {
                                 Write::Delete { id } => Some(id.clone()),
@@ -1309,15 +1297,18 @@ impl<R: Request> Store<R> {
                 if let Some(error) = refused {
                     for write in unwritten.into_iter().rev() {
                         // The parent's removal went through: the follow-up is stored only
-                        // here now, and an inbox push survives the next run's start.
-                        let write = match write {
-                            Write::Put {
-                                partition,
-                                json,
-                                parent: Some(parent),
-                                ..
-                            } if removed.contains(&parent) => Write::Inbox { partition, json },
-                            write => write,
+                        // here now, and an inbox push (to the partition it was stored in)
+                        // survives the next run's start.
+                        let write = match (write, own) {
+                            (
+                                Write::Put {
+                                    json,
+                                    parent: Some(parent),
+                                    ..
+                                },
+                                Some(partition),
+                            ) if removed.contains(&parent) => Write::Inbox { partition, json },
+                            (write, _) => write,
                         };
                         self.writes.push_front(write);
                     }
@@ -1507,10 +1498,10 @@ impl<R: Request> Store<R> {
         let requests = owned.map_or("the requests", |k| k.requests.as_str());
         let key = match write {
             Write::Inbox { partition, .. } => self.keys.partition(*partition).inbox,
-            Write::Put { partition, .. } => {
-                let keys = self.keys.partition(*partition);
-                format!("{}, {} or {}", keys.requests, keys.lease, keys.inbox)
-            }
+            Write::Put { .. } => match owned {
+                Some(k) => format!("{}, {} or {}", k.requests, k.lease, k.inbox),
+                None => "the requests".to_string(),
+            },
             Write::Delete { .. } => requests.to_string(),
             Write::Reject { .. } => format!(
                 "{requests} or {}",
@@ -1606,27 +1597,25 @@ fn transient(e: &RedisError) -> bool {
             e.kind(),
             ErrorKind::Server(ServerErrorKind::BusyLoading | ServerErrorKind::TryAgain)
         )
-        || server_codes(e).is_some_and(|codes| {
-            codes.iter().all(|c| {
-                matches!(
-                    c.as_str(),
-                    "LOADING" | "MASTERDOWN" | "READONLY" | "TRYAGAIN"
-                )
-            })
+        || all_codes(e, |c| {
+            matches!(c, "LOADING" | "MASTERDOWN" | "READONLY" | "TRYAGAIN")
         })
 }
 
-/// The codes of Redis's errors in `e`, one per command it refused (of a pipeline or a
-/// transaction too, where `RedisError::code` gives none, or `EXECABORT`); `None` when `e`
-/// is not Redis's answer, or holds no error of its.
-fn server_codes(e: &RedisError) -> Option<Vec<String>> {
-    let codes: Vec<String> = e
-        .clone()
-        .into_server_errors()?
-        .iter()
-        .map(|(_, s)| s.code().to_string())
-        .collect();
-    (!codes.is_empty()).then_some(codes)
+/// Redis's errors in `e`, one per command it refused (of a pipeline or a transaction too,
+/// where `RedisError::code` gives none, or `EXECABORT`); none when `e` is not Redis's
+/// answer.
+fn server_errors(e: &RedisError) -> Vec<redis::ServerError> {
+    e.clone()
+        .into_server_errors()
+        .map(|errors| errors.iter().map(|(_, s)| s.clone()).collect())
+        .unwrap_or_default()
+}
+
+/// Whether `e` holds Redis's errors, and every one has a code that `is`.
+fn all_codes(e: &RedisError, is: impl Fn(&str) -> bool) -> bool {
+    let errors = server_errors(e);
+    !errors.is_empty() && errors.iter().all(|s| is(s.code()))
 }
 
 /// Whether Redis refused for want of memory (`OOM`: `maxmemory` reached, and its policy
@@ -1635,16 +1624,17 @@ fn server_codes(e: &RedisError) -> Option<Vec<String>> {
 /// aborts it), and refuses a script at the first such write if it wrote nothing before:
 /// nothing of what it refused was applied.
 fn out_of_memory(e: &RedisError) -> bool {
-    server_codes(e).is_some_and(|codes| codes.iter().all(|c| c == "OOM"))
+    all_codes(e, |c| c == "OOM")
 }
 
 /// Whether two consecutive writes of a batch go in one command: puts together, deletes
 /// together, pushes to one inbox together; each reject alone.
 fn one_command(a: &Write, b: &Write) -> bool {
     match (a, b) {
-        (Write::Delete { .. }, Write::Delete { .. }) => true,
-        (Write::Put { partition: p, .. }, Write::Put { partition: q, .. })
-        | (Write::Inbox { partition: p, .. }, Write::Inbox { partition: q, .. }) => p == q,
+        (Write::Put { .. }, Write::Put { .. }) | (Write::Delete { .. }, Write::Delete { .. }) => {
+            true
+        }
+        (Write::Inbox { partition: p, .. }, Write::Inbox { partition: q, .. }) => p == q,
         _ => false,
     }
 }
@@ -1956,7 +1946,6 @@ mod tests {
         vec![
             Write::Put {
                 id: "w-2".into(),
-                partition: 0,
                 json: "{\"url\":\"http://a.test/child\"}".into(),
                 parent: Some("w-1".into()),
             },
