@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use downpour::{Request, Scheduler};
 use downpour_common::store::{
-    connection_broken, warn_if_evicting, worker_token, RedisOptions, Store, StoreError,
+    connection_broken, read_memory_info, worker_token, RedisOptions, Store, StoreError,
 };
 use redis::{Connection, ConnectionLike, Pipeline, RedisResult, Value};
 
@@ -37,15 +37,8 @@ impl<R: Request + Send + 'static> Link<R> {
         let info = redis::cmd("INFO")
             .arg("memory")
             .query::<String>(&mut connection);
-        let connection = match info {
-            Ok(info) => {
-                warn_if_evicting(&options.url, &info);
-                Some(connection)
-            }
-            // Made again for the first pipeline; INFO may just be denied (an ACL, renamed).
-            Err(e) if connection_broken(&e) => None,
-            Err(_) => Some(connection),
-        };
+        // Made again for the first pipeline if the INFO broke it.
+        let connection = read_memory_info(&options.url, info).then_some(connection);
         let mut runner = Runner {
             client,
             timeout,

@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use crate::store::{
-    connection_broken, warn_if_evicting, worker_token, RedisOptions, Store, StoreError,
+    connection_broken, read_memory_info, worker_token, RedisOptions, Store, StoreError,
 };
 use downpour::{Request, Scheduler};
 use redis::aio::MultiplexedConnection;
@@ -43,15 +43,9 @@ impl<R: Request> Link<R> {
         // A Redis that evicts keys when full can drop a crawl's requests: said at start.
         let mut info = redis::cmd("INFO");
         info.arg("memory");
-        let connection = match info.query_async::<String>(&mut connection).await {
-            Ok(info) => {
-                warn_if_evicting(&options.url, &info);
-                Some(connection)
-            }
-            // Made again for the first pipeline; INFO may just be denied (an ACL, renamed).
-            Err(e) if connection_broken(&e) => None,
-            Err(_) => Some(connection),
-        };
+        let info = info.query_async::<String>(&mut connection).await;
+        // Made again for the first pipeline if the INFO broke it.
+        let connection = read_memory_info(&options.url, info).then_some(connection);
         Ok(Link {
             store,
             client,

@@ -1564,9 +1564,22 @@ pub fn eviction_risk(info: &str) -> Option<String> {
     ))
 }
 
+/// Reads a fresh connection's reply to `INFO memory`: logs the eviction risk it shows, and
+/// says whether the connection may be kept (not after a timeout or a broken stream; an
+/// INFO that was denied, under an ACL or renamed, does no harm).
+pub fn read_memory_info(url: &str, info: RedisResult<String>) -> bool {
+    match info {
+        Ok(info) => {
+            warn_if_evicting(url, &info);
+            true
+        }
+        Err(e) => !connection_broken(&e),
+    }
+}
+
 /// Logs [`eviction_risk`] once per server and process, from the server's `INFO memory`
 /// (once a logger shows warnings: not before, where it would be lost).
-pub fn warn_if_evicting(url: &str, info: &str) {
+fn warn_if_evicting(url: &str, info: &str) {
     static WARNED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
     let Some(risk) = eviction_risk(info) else {
         return;
