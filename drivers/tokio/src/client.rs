@@ -27,10 +27,11 @@ use tower_service::Service;
 
 use crate::arrival::TimedTcp;
 use crate::decode::{headers_to_send, Body, Coding};
+use crate::pool::{Http1Pool, Lease, PoolError};
 use crate::{ClientOptions, Error, Proxy};
 
 type Stream = MaybeHttpsStream<TokioIo<TimedTcp>>;
-type BoxError = Box<dyn StdError + Send + Sync>;
+pub(crate) type BoxError = Box<dyn StdError + Send + Sync>;
 type HyperClient = Client<Connector, Full<Bytes>>;
 
 /// Sends hops. Owned by the driver task; each hop future holds a cheap clone of
@@ -38,6 +39,9 @@ type HyperClient = Client<Connector, Full<Bytes>>;
 pub(crate) struct HttpClient {
     options: Arc<Built>,
     direct: Arc<HyperClient>,
+    /// The direct hops that cannot become HTTP/2 go through the driver's own pool
+    /// ([`Http1Pool`]); the others through hyper-util's.
+    own: Arc<Http1Pool>,
     /// One pooled client per proxy (and its credentials), made on first use.
     proxied: HashMap<ProxyKey, (Arc<HyperClient>, Option<HeaderValue>)>,
     env: Option<Matcher>,
@@ -106,9 +110,17 @@ impl HttpClient {
             stamp_arrivals,
         });
         let direct = Arc::new(build_client(&built, None));
+        let own = Arc::new(Http1Pool::new(
+            connector(&built, None),
+            max_buf_size(&built),
+            max_headers(&built),
+            built.pool_idle_timeout,
+            built.pool_max_idle_per_host,
+        ));
         Ok(HttpClient {
             options: built,
             direct,
+            own,
             proxied: HashMap::new(),
             env,
         })
@@ -167,6 +179,11 @@ impl HttpClient {
                     auth: i.basic_auth().cloned(),
                 }),
         };
+        // Plain HTTP is always HTTP/1.1; over TLS it is when HTTP/2 is not offered.
+        let own = (proxy.is_none()
+            && fetch.method != Method::CONNECT
+            && (uri.scheme_str() == Some("http") || !self.options.http2))
+            .then(|| Arc::clone(&self.own));
         let (client, http_auth) = match proxy {
             None => (&self.direct, None),
             Some(target) => {
@@ -196,6 +213,7 @@ impl HttpClient {
         // and is boxed so that the hop's future stays small.
         let resend = Box::new(Resend {
             client: Arc::clone(client),
+            own: own.clone(),
             method: fetch.method.clone(),
             url: fetch.url,
             given: fetch.headers.clone(),
@@ -210,8 +228,12 @@ impl HttpClient {
             max_header_size: fetch.max_header_size,
         };
         // The request is made here, lazily (nothing is sent before the hop is polled).
-        let response = client.request(request_of(fetch.method, uri, headers, body));
-        Ok((Outgoing { response, resend }, limits))
+        let request = request_of(fetch.method, uri, headers, body);
+        let sending = match own {
+            Some(pool) => Sending::Own(pool, request),
+            None => Sending::Pooled(client.request(request)),
+        };
+        Ok((Outgoing { sending, resend }, limits))
     }
 }
 
@@ -239,18 +261,84 @@ fn request_of(
 
 /// A hop's request on its way, with what it takes to send it again.
 struct Outgoing {
-    response: ResponseFuture,
+    sending: Sending,
     resend: Box<Resend>,
 }
 
+/// A request through hyper-util's pooled client (made, sent when polled), or one for the
+/// driver's own pool (sent by [`Sending::sent`]). Unboxed: it lives in the hop's sending
+/// state, which is boxed already.
+#[allow(clippy::large_enum_variant)]
+enum Sending {
+    Pooled(ResponseFuture),
+    Own(Arc<Http1Pool>, http::Request<Full<Bytes>>),
+}
+
+impl Sending {
+    /// The response's head, and the connection it came on when it is the driver's own.
+    async fn sent(
+        self,
+    ) -> Result<(http::Response<hyper::body::Incoming>, Option<Lease>), SendFailure> {
+        match self {
+            Sending::Pooled(response) => response
+                .await
+                .map(|r| (r, None))
+                .map_err(SendFailure::Pooled),
+            Sending::Own(pool, request) => pool
+                .send(request)
+                .await
+                .map(|(r, lease)| (r, Some(lease)))
+                .map_err(SendFailure::Own),
+        }
+    }
+}
+
+/// Why a request got no response head.
+enum SendFailure {
+    Pooled(hyper_util::client::legacy::Error),
+    Own(PoolError),
+}
+
+impl SendFailure {
+    /// Whether the request went out on a reused connection that closed or reset before a
+    /// byte of an answer came: the server closed the idle connection as the request went
+    /// out, and never saw it.
+    fn dropped_on_reuse(&self) -> bool {
+        match self {
+            SendFailure::Pooled(e) => Carried::dropped_on_reuse(e),
+            SendFailure::Own(e) => {
+                e.on_reuse_unanswered && classify(&*e.error).kind == TransportErrorKind::Reset
+            }
+        }
+    }
+
+    /// Whether an HTTP/2 server said it did not process the request (see
+    /// [`unprocessed_stream`]); the driver's own connections are HTTP/1.1.
+    fn unprocessed(&self) -> bool {
+        match self {
+            SendFailure::Pooled(e) => unprocessed_stream(e),
+            SendFailure::Own(_) => false,
+        }
+    }
+
+    fn classify(&self) -> TransportError {
+        match self {
+            SendFailure::Pooled(e) => classify(e),
+            SendFailure::Own(e) => classify(&*e.error),
+        }
+    }
+}
+
 /// A copy of a request, sent again when a reused connection drops it before a byte of an
-/// answer (see [`Carried::dropped_on_reuse`]; idempotent requests only), since a server may
+/// answer (see [`SendFailure::dropped_on_reuse`]; idempotent requests only), since a server may
 /// close an idle connection just as a request goes out on it (its keep-alive timeout ending
 /// then) and never see the request; or when an HTTP/2 server did not process its stream.
 /// At most [`MAX_RESENDS`] times, within the hop's timeout (the whole hop runs under it).
 /// The scheduler counts no retry, since the server answered nothing.
 struct Resend {
     client: Arc<HyperClient>,
+    /// The driver's own pool, when the request went through it.
+    own: Option<Arc<Http1Pool>>,
     method: Method,
     /// Parsed again if the request goes again: cheaper than a copy of the parsed one.
     url: Url,
@@ -262,21 +350,24 @@ struct Resend {
 
 impl Resend {
     /// The request again; `None` in the case that cannot be, the URL no longer parsing.
-    fn send(&self) -> Option<ResponseFuture> {
+    fn send(&self) -> Option<Sending> {
         let uri = self.url.as_str().parse().ok()?;
         let headers = with_proxy_auth(
             headers_to_send(self.given.clone(), &self.user_agent),
             self.http_auth.clone(),
         );
         let request = request_of(self.method.clone(), uri, headers, self.body.clone());
-        Some(self.client.request(request))
+        Some(match &self.own {
+            Some(pool) => Sending::Own(Arc::clone(pool), request),
+            None => Sending::Pooled(self.client.request(request)),
+        })
     }
 }
 
 /// What a connection has carried: how many responses (one makes it a reused connection),
 /// whether a byte came since a request last went out on it, and when the last bytes came.
 #[derive(Clone)]
-struct Carried(Arc<Traffic>);
+pub(crate) struct Carried(Arc<Traffic>);
 
 struct Traffic {
     responses: AtomicU64,
@@ -297,11 +388,23 @@ impl Carried {
         }))
     }
 
-    /// Counts a response that came on its connection, and returns the connection's record.
-    fn count(response: &http::Response<hyper::body::Incoming>) -> Option<Carried> {
+    /// Counts a response that came on its connection, and returns the connection's record
+    /// (one of hyper-util's, where the connector's record rides in the response).
+    fn counted(response: &http::Response<hyper::body::Incoming>) -> Option<Carried> {
         let carried = response.extensions().get::<Carried>()?;
-        carried.0.responses.fetch_add(1, Ordering::Relaxed);
+        carried.count();
         Some(carried.clone())
+    }
+
+    /// Counts a response that came on the connection.
+    pub(crate) fn count(&self) {
+        self.0.responses.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether the connection had carried responses before, and nothing came since the last
+    /// request went out on it.
+    pub(crate) fn reused_unanswered(&self) -> bool {
+        self.0.responses.load(Ordering::Relaxed) > 0 && !self.0.answered.load(Ordering::Relaxed)
     }
 
     /// When the last read on the connection brought bytes or its end: once a response's body
@@ -321,9 +424,9 @@ impl Carried {
         let unanswered_on_reuse = error.connect_info().is_some_and(|connected| {
             let mut extras = Extensions::new();
             connected.get_extras(&mut extras);
-            extras.get::<Carried>().is_some_and(|c| {
-                c.0.responses.load(Ordering::Relaxed) > 0 && !c.0.answered.load(Ordering::Relaxed)
-            })
+            extras
+                .get::<Carried>()
+                .is_some_and(Carried::reused_unanswered)
         });
         unanswered_on_reuse
             && !error.is_connect()
@@ -370,9 +473,9 @@ async fn send(outgoing: Outgoing, limits: Limits) -> (HopResult, Option<Instant>
 }
 
 async fn receive(outgoing: Outgoing, limits: Limits, carried: &mut Option<Carried>) -> HopResult {
-    let mut sent = outgoing.response.await;
+    let mut sent = outgoing.sending.sent().await;
     let mut resends = 0;
-    let response = loop {
+    let (response, mut lease) = loop {
         match sent {
             Ok(r) => break r,
             Err(e) => {
@@ -383,20 +486,22 @@ async fn receive(outgoing: Outgoing, limits: Limits, carried: &mut Option<Carrie
                 // GOAWAY, was not processed: any request goes again (RFC 9113, 8.7).
                 let resend = &outgoing.resend;
                 let goes_again = resends < MAX_RESENDS
-                    && ((resend.method.is_idempotent() && Carried::dropped_on_reuse(&e))
-                        || unprocessed_stream(&e));
+                    && ((resend.method.is_idempotent() && e.dropped_on_reuse()) || e.unprocessed());
                 let again = if goes_again { resend.send() } else { None };
                 match again {
                     Some(again) => {
                         resends += 1;
-                        sent = again.await;
+                        sent = again.sent().await;
                     }
-                    None => return HopResult::Failed(classify(&e)),
+                    None => return HopResult::Failed(e.classify()),
                 }
             }
         }
     };
-    *carried = Carried::count(&response);
+    *carried = match &lease {
+        Some(lease) => Some(lease.carried().clone()),
+        None => Carried::counted(&response),
+    };
     let (parts, mut incoming) = response.into_parts();
     let head = head_size(&parts.headers);
     if head > limits.max_header_size {
@@ -413,7 +518,13 @@ async fn receive(outgoing: Outgoing, limits: Limits, carried: &mut Option<Carrie
     let mut body = Body::new(coding.unwrap_or(Coding::Identity), limits.max_body_size);
     while !body.is_full() {
         match incoming.frame().await {
-            None => break,
+            None => {
+                // The body is whole: its connection may carry the next request.
+                if let Some(lease) = lease.take() {
+                    lease.give_back();
+                }
+                break;
+            }
             Some(Ok(frame)) => {
                 if let Ok(data) = frame.into_data() {
                     if let Err(e) = body.feed(&data) {
@@ -513,7 +624,8 @@ fn kind_of(e: &(dyn StdError + 'static), text: &str) -> Option<TransportErrorKin
         if h.is_parse() || h.is_parse_status() {
             return Some(K::Protocol);
         }
-        if h.is_incomplete_message() || h.is_canceled() {
+        // Closed: the connection ended before it took the request.
+        if h.is_incomplete_message() || h.is_canceled() || h.is_closed() {
             return Some(K::Reset);
         }
         if h.is_timeout() {
@@ -675,7 +787,34 @@ fn base64(input: &[u8]) -> String {
     out
 }
 
+/// The largest response head hyper reads, with room for the first bytes of the body.
+fn max_buf_size(options: &Built) -> usize {
+    options.max_header_size.saturating_add(4096).max(8192)
+}
+
+/// hyper allocates this many header slots for every response head it parses: a count in
+/// proportion to the size cap (1,024 at 64 KiB) rather than one no head can reach, which
+/// cost a 512 KiB allocation per response.
+fn max_headers(options: &Built) -> usize {
+    (options.max_header_size / 64).clamp(100, 1024)
+}
+
 fn build_client(options: &Built, proxy: Option<&ProxyTarget>) -> HyperClient {
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(options.pool_idle_timeout)
+        .pool_max_idle_per_host(options.pool_max_idle_per_host)
+        .http1_max_buf_size(max_buf_size(options))
+        .http1_max_headers(max_headers(options))
+        .http2_max_header_list_size(u32::try_from(options.max_header_size).unwrap_or(u32::MAX))
+        .retry_canceled_requests(true);
+    builder.build(connector(options, proxy))
+}
+
+/// Connects to origins directly, or through `proxy`.
+fn connector(options: &Built, proxy: Option<&ProxyTarget>) -> Connector {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
@@ -695,7 +834,7 @@ fn build_client(options: &Built, proxy: Option<&ProxyTarget>) -> HyperClient {
             b.wrap_connector(inner)
         }
     };
-    let connector = match proxy {
+    match proxy {
         None => Connector::Direct(https(http)),
         Some(target) => {
             let mut tunnel = Tunnel::new(target.uri.clone(), http.clone());
@@ -708,21 +847,7 @@ fn build_client(options: &Built, proxy: Option<&ProxyTarget>) -> HyperClient {
                 tunnel: Box::new(https_tunnel(options, tunnel)),
             }
         }
-    };
-    let mut builder = Client::builder(TokioExecutor::new());
-    builder
-        .timer(TokioTimer::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(options.pool_idle_timeout)
-        .pool_max_idle_per_host(options.pool_max_idle_per_host)
-        .http1_max_buf_size(options.max_header_size.saturating_add(4096).max(8192))
-        // hyper allocates this many header slots for every response head it parses: a
-        // count in proportion to the size cap (1,024 at 64 KiB) rather than one no head can
-        // reach, which cost a 512 KiB allocation per response.
-        .http1_max_headers((options.max_header_size / 64).clamp(100, 1024))
-        .http2_max_header_list_size(u32::try_from(options.max_header_size).unwrap_or(u32::MAX))
-        .retry_canceled_requests(true);
-    builder.build(connector)
+    }
 }
 
 fn https_tunnel(
@@ -742,7 +867,7 @@ fn https_tunnel(
 
 /// Connects directly, or through a proxy: CONNECT for `https`, absolute-form for `http`.
 #[derive(Clone)]
-enum Connector {
+pub(crate) enum Connector {
     Direct(HttpsConnector<TimedConnector>),
     Proxy {
         plain: TimedConnector,
@@ -754,7 +879,7 @@ enum Connector {
 /// hyper's TCP connector, with streams that know when their bytes arrived ([`TimedTcp`]) if
 /// `stamp`.
 #[derive(Clone)]
-struct TimedConnector {
+pub(crate) struct TimedConnector {
     tcp: HttpConnector,
     stamp: bool,
 }
@@ -827,7 +952,7 @@ impl StdError for ProxyConnectError {}
 /// bytes pass in tokio's terms, where a read shows how much it read, and are noted in its
 /// [`Carried`]: a write clears `answered`, a read of any byte sets it, and every read that
 /// brings bytes or the stream's end is timed. hyper sees it through a [`TokioIo`].
-struct Conn {
+pub(crate) struct Conn {
     io: TokioIo<Stream>,
     proxied: bool,
     carried: Carried,
@@ -840,6 +965,11 @@ impl Conn {
             proxied,
             carried: Carried::new(),
         })
+    }
+
+    /// What the connection has carried.
+    pub(crate) fn carried(&self) -> &Carried {
+        &self.carried
     }
 
     /// When the bytes of the last read arrived at the socket (under TLS: the last TCP read's
@@ -918,6 +1048,27 @@ impl tokio::io::AsyncWrite for Conn {
         self.carried.wrote();
         Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
     }
+}
+
+/// A direct connector with the default options (the pool's tests).
+#[cfg(test)]
+pub(crate) fn test_connector() -> Connector {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    let options = Built {
+        tls,
+        http2: false,
+        connect_timeout: Duration::from_secs(5),
+        max_header_size: 16 << 10,
+        pool_idle_timeout: Duration::from_secs(90),
+        pool_max_idle_per_host: 32,
+        stamp_arrivals: false,
+    };
+    connector(&options, None)
 }
 
 #[cfg(test)]

@@ -48,8 +48,14 @@
 //! # What the driver does
 //!
 //! - Hops run concurrently, up to [`Config::concurrency`], on the driver task (each
-//!   connection has a task of its own); connections
-//!   are pooled and reused per origin (and per proxy).
+//!   connection has a task of its own); connections are kept alive and reused per origin
+//!   (and per proxy), up to [`ClientOptions::pool_max_idle_per_host`] idle for
+//!   [`ClientOptions::pool_idle_timeout`]. A direct hop that cannot become HTTP/2 (plain
+//!   `http`, or `https` without [`ClientOptions::http2`]) takes an HTTP/1.1 connection of the
+//!   driver's own and gives it back once its body is read in full, which costs less per
+//!   request than hyper-util's pooled client (which the others use: HTTP/2 shares one
+//!   connection between streams, proxies need its connectors); a connection found closed
+//!   before the request went out is passed over for the next.
 //! - Every hop has the scheduler's overall timeout (connect to last body byte) and the
 //!   [`ClientOptions::connect_timeout`]. Bodies are read up to `max_body_size` (decoded:
 //!   gzip, deflate and brotli are decoded with the same cap, so a decompression bomb stops
@@ -118,6 +124,7 @@
 
 mod arrival;
 mod client;
+mod pool;
 mod timer;
 use downpour_common::decode;
 use downpour_common::descriptors;

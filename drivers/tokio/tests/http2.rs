@@ -1,7 +1,8 @@
 //! HTTP/2 over TLS (ALPN): requests to one origin share one connection, concurrently, and
 //! the responses say HTTP/2; a stream the server refuses, or leaves out of its `GOAWAY`, goes
 //! again at once. The servers are hyper's and h2's (and one written frame by frame), with
-//! rustls offering `h2` only.
+//! rustls offering `h2` only. With HTTP/2 not offered, HTTPS goes over HTTP/1.1 connections
+//! kept alive (the driver's own), to a server offering `http/1.1`.
 
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -24,9 +25,19 @@ where
     S: Fn(TlsStream<TcpStream>) -> F + Send + Sync + 'static,
     F: Future<Output = ()> + Send + 'static,
 {
+    tls_listener(b"h2", serve).await
+}
+
+/// Listens on 127.0.0.1 with TLS offering `alpn` only, and runs `serve` on each connection
+/// (counted); returns the address, the certificate and the count of connections.
+async fn tls_listener<F, S>(alpn: &[u8], serve: S) -> (SocketAddr, Vec<u8>, Arc<AtomicUsize>)
+where
+    S: Fn(TlsStream<TcpStream>) -> F + Send + Sync + 'static,
+    F: Future<Output = ()> + Send + 'static,
+{
     let ip = Ipv4Addr::LOCALHOST;
     let (mut config, der) = tls_config(ip);
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = TcpListener::bind((ip, 0)).await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -73,9 +84,19 @@ fn fetcher_trusting(
     certificate: Vec<u8>,
     config: Config,
 ) -> (Fetcher<Probe>, Arc<Mutex<Vec<Probe>>>) {
+    fetcher_with(certificate, config, true)
+}
+
+/// The same, offering HTTP/2 or not.
+fn fetcher_with(
+    certificate: Vec<u8>,
+    config: Config,
+    http2: bool,
+) -> (Fetcher<Probe>, Arc<Mutex<Vec<Probe>>>) {
     let options = ClientOptions {
         proxy: Proxy::None,
         extra_root_certificates: vec![certificate],
+        http2,
         ..Default::default()
     };
     let mut fetcher = Fetcher::with_options(config, Fifo::new(), options).unwrap();
@@ -118,6 +139,54 @@ async fn requests_to_one_origin_share_one_http2_connection() {
         connections.load(Ordering::SeqCst),
         1,
         "one connection for all"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_http2_https_requests_share_one_http1_connection() {
+    let (addr, certificate, connections) = tls_listener(b"http/1.1", |tls| async move {
+        let service = service_fn(
+            |request: hyper::Request<hyper::body::Incoming>| async move {
+                let host = request
+                    .headers()
+                    .get(http::header::HOST)
+                    .map(|h| h.to_str().unwrap_or("?").to_string());
+                let text = format!("{:?} {} {host:?}", request.version(), request.uri());
+                Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from(
+                    text,
+                ))))
+            },
+        );
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(tls), service)
+            .await;
+    })
+    .await;
+    let config = Config {
+        concurrency: 1,
+        ..test_config()
+    };
+    let (mut fetcher, finished) = fetcher_with(certificate, config, false);
+    for i in 0..10 {
+        fetcher
+            .enqueue(Probe::new(&format!("https://{addr}/page/{i}?q"), i))
+            .unwrap();
+    }
+    fetcher.run().await;
+
+    let finished = finished.lock().unwrap();
+    assert_eq!(finished.len(), 10);
+    for p in finished.iter() {
+        let r = p.result();
+        assert!(r.ok, "{}: {r:?}", p.url);
+        let body = String::from_utf8_lossy(&r.body);
+        let expected = format!("HTTP/1.1 {}?q Some({:?})", p.url.path(), addr.to_string());
+        assert_eq!(body, expected);
+    }
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        1,
+        "one connection, kept alive, for all"
     );
 }
 
