@@ -22,7 +22,7 @@ use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri};
 use http_body_util::Full;
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use hyper::client::conn::http1::{Builder, SendRequest};
 use rustc_hash::FxHashMap;
 use tokio::sync::oneshot;
@@ -96,6 +96,9 @@ pub(crate) struct Lease {
     origin: Origin,
     sender: Sender,
     carried: Carried,
+    /// The request had a body, which may still be going out when the response is complete
+    /// (a server may answer before it read it all).
+    sent_body: bool,
 }
 
 impl Lease {
@@ -104,9 +107,29 @@ impl Lease {
         &self.carried
     }
 
-    /// The response's body was read in full: the connection may carry the next request.
+    /// The response's body was read in full: the connection may carry the next request. One
+    /// whose request's body may still be going out joins the idle ones only once hyper can
+    /// take the next request on it, so that no hop waits for the rest of that body (or for
+    /// ever, if the server stopped reading it).
     pub(crate) fn give_back(self) {
-        Http1Pool::give_back(&self.pool, self.origin, self.sender, self.carried);
+        let Lease {
+            pool,
+            origin,
+            mut sender,
+            carried,
+            sent_body,
+        } = self;
+        if sent_body && !sender.is_ready() {
+            // Not ready within the idle timeout: dropped, which closes it.
+            tokio::spawn(async move {
+                let ready = tokio::time::timeout(pool.idle_timeout, sender.ready()).await;
+                if matches!(ready, Ok(Ok(()))) {
+                    Http1Pool::give_back(&pool, origin, sender, carried);
+                }
+            });
+            return;
+        }
+        Http1Pool::give_back(&pool, origin, sender, carried);
     }
 }
 
@@ -206,6 +229,7 @@ impl Http1Pool {
                     on_reuse_unanswered: false,
                 });
             }
+            let sent_body = request.body().size_hint().exact() != Some(0);
             match sender.try_send_request(request).await {
                 Ok(response) => {
                     carried.count();
@@ -214,6 +238,7 @@ impl Http1Pool {
                         origin,
                         sender,
                         carried,
+                        sent_body,
                     };
                     return Ok((response, lease));
                 }
@@ -559,6 +584,54 @@ mod tests {
         // The sweeping task ended with nothing left to sweep; the next connection given
         // back starts another.
         assert!(!pool.idle.lock().unwrap().sweeping);
+    }
+
+    #[test]
+    fn a_connection_still_sending_a_body_answered_early_is_not_waited_for() {
+        // Answers each request once its head came, reads none of a body, keeps the
+        // connection open.
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, seen) = mpsc::channel();
+        std::thread::spawn(move || {
+            for (n, stream) in listener.incoming().enumerate() {
+                let Ok(mut stream) = stream else { return };
+                let _ = tx.send(Seen::Accepted(n));
+                std::thread::spawn(move || {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        if stream.read(&mut byte).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        head.push(byte[0]);
+                    }
+                    let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+                    // Holds the connection, reading nothing more.
+                    std::thread::sleep(Duration::from_secs(60));
+                });
+            }
+        });
+        let pool = pool(Duration::from_secs(90), 32);
+        runtime().block_on(async {
+            // More than loopback's buffers hold: the rest waits for a reader.
+            let mut upload = Request::new(Full::new(Bytes::from(vec![b'x'; 32 << 20])));
+            *upload.method_mut() = http::Method::POST;
+            *upload.uri_mut() = format!("http://{addr}/upload").parse().unwrap();
+            let sent =
+                tokio::time::timeout(Duration::from_secs(10), Arc::clone(&pool).send(upload));
+            let (response, lease) = sent.await.expect("no early answer").unwrap();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(&body[..], b"ok");
+            lease.give_back();
+            let url = format!("http://{addr}/next");
+            tokio::time::timeout(Duration::from_secs(10), fetch(&pool, &url))
+                .await
+                .expect("the next hop waited for the body still going out")
+                .give_back();
+        });
+        assert_eq!(next(&seen), Seen::Accepted(0));
+        assert_eq!(next(&seen), Seen::Accepted(1));
     }
 
     #[test]
