@@ -52,7 +52,8 @@
 //!   (and per proxy), up to [`ClientOptions::pool_max_idle_per_host`] idle for
 //!   [`ClientOptions::pool_idle_timeout`]. A direct hop that cannot become HTTP/2 (plain
 //!   `http`, or `https` without [`ClientOptions::http2`]) takes an HTTP/1.1 connection of the
-//!   driver's own and gives it back once its body is read in full, which costs less per
+//!   driver's own and gives it back once its body is read in full (and its request's own
+//!   body, if any, went out: a server may answer before it read it), which costs less per
 //!   request than hyper-util's pooled client (which the others use: HTTP/2 shares one
 //!   connection between streams, proxies need its connectors); a connection found closed
 //!   before the request went out is passed over for the next.
