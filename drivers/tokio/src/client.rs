@@ -137,9 +137,10 @@ impl HttpClient {
         async move {
             match prepared {
                 Ok((outgoing, limits)) => {
-                    // Boxed: its state is about a kilobyte, and the hop's future is moved
-                    // several times on its way into the run loop's set (216 bytes this way,
-                    // 1,288 inline).
+                    // Boxed: its state is about three kilobytes (reading and decoding the
+                    // response, and the driver's own pool taking a connection; a connect's
+                    // state is boxed apart), and the hop's future is moved several times on
+                    // its way into the run loop's set (216 bytes this way).
                     let sending = Box::pin(send(outgoing, limits));
                     match tokio::time::timeout(limits.timeout, sending).await {
                         Ok((result, ended)) => (result, ended.unwrap_or_else(Instant::now)),

@@ -205,11 +205,15 @@ impl Http1Pool {
             let (mut sender, carried, fresh) = match taken {
                 Some((sender, carried)) => (sender, carried, None),
                 None => {
+                    // Boxed: a connect's state (TCP, TLS, the handshake) is kilobytes,
+                    // and most hops find a connection idle.
                     let (sender, carried, failure) =
-                        self.connect(&uri).await.map_err(|error| PoolError {
-                            error,
-                            on_reuse_unanswered: false,
-                        })?;
+                        Box::pin(self.connect(&uri))
+                            .await
+                            .map_err(|error| PoolError {
+                                error,
+                                on_reuse_unanswered: false,
+                            })?;
                     (sender, carried, Some(failure))
                 }
             };
