@@ -109,9 +109,11 @@ impl HttpClient {
             pool_max_idle_per_host: options.pool_max_idle_per_host,
             stamp_arrivals,
         });
-        let direct = Arc::new(build_client(&built, None));
+        // One connector (and TLS configuration, with its session cache) for both.
+        let direct_connector = connector(&built, None);
+        let direct = Arc::new(build_client(&built, direct_connector.clone()));
         let own = Arc::new(Http1Pool::new(
-            connector(&built, None),
+            direct_connector,
             max_buf_size(&built),
             max_headers(&built),
             built.pool_idle_timeout,
@@ -195,7 +197,7 @@ impl HttpClient {
                 let options = &self.options;
                 let (client, auth) = self.proxied.entry(key).or_insert_with(|| {
                     (
-                        Arc::new(build_client(options, Some(&target))),
+                        Arc::new(build_client(options, connector(options, Some(&target)))),
                         target.auth.clone(),
                     )
                 });
@@ -800,7 +802,7 @@ fn max_headers(options: &Built) -> usize {
     (options.max_header_size / 64).clamp(100, 1024)
 }
 
-fn build_client(options: &Built, proxy: Option<&ProxyTarget>) -> HyperClient {
+fn build_client(options: &Built, connector: Connector) -> HyperClient {
     let mut builder = Client::builder(TokioExecutor::new());
     builder
         .timer(TokioTimer::new())
@@ -811,7 +813,7 @@ fn build_client(options: &Built, proxy: Option<&ProxyTarget>) -> HyperClient {
         .http1_max_headers(max_headers(options))
         .http2_max_header_list_size(u32::try_from(options.max_header_size).unwrap_or(u32::MAX))
         .retry_canceled_requests(true);
-    builder.build(connector(options, proxy))
+    builder.build(connector)
 }
 
 /// Connects to origins directly, or through `proxy`.
@@ -1051,25 +1053,12 @@ impl tokio::io::AsyncWrite for Conn {
     }
 }
 
-/// A direct connector with the default options (the pool's tests).
 #[cfg(test)]
-pub(crate) fn test_connector() -> Connector {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("protocol versions")
-        .with_root_certificates(rustls::RootCertStore::empty())
-        .with_no_client_auth();
-    let options = Built {
-        tls,
-        http2: false,
-        connect_timeout: Duration::from_secs(5),
-        max_header_size: 16 << 10,
-        pool_idle_timeout: Duration::from_secs(90),
-        pool_max_idle_per_host: 32,
-        stamp_arrivals: false,
-    };
-    connector(&options, None)
+impl HttpClient {
+    /// The driver's own pool (the pool's tests).
+    pub(crate) fn own_pool(&self) -> Arc<Http1Pool> {
+        Arc::clone(&self.own)
+    }
 }
 
 #[cfg(test)]
@@ -1166,10 +1155,7 @@ mod tests {
             proxy: Proxy::None,
             ..ClientOptions::default()
         };
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let runtime = crate::test_runtime();
         let (result, ended, polled) = runtime.block_on(async {
             let mut client = HttpClient::new(&options, 65_536, true).unwrap();
             let mut hop = Box::pin(client.hop(fetch, &HeaderValue::from_static("test")));

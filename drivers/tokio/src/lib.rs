@@ -126,6 +126,15 @@
 mod arrival;
 mod client;
 mod pool;
+
+/// A current-thread runtime with I/O and time, for the unit tests.
+#[cfg(test)]
+fn test_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
 mod timer;
 use downpour_common::decode;
 use downpour_common::descriptors;

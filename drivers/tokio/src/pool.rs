@@ -40,6 +40,16 @@ struct Origin {
     authority: Authority,
 }
 
+impl Origin {
+    /// The origin of an absolute URI.
+    fn of(uri: &Uri) -> Option<Origin> {
+        Some(Origin {
+            scheme: uri.scheme()?.clone(),
+            authority: uri.authority()?.clone(),
+        })
+    }
+}
+
 impl PartialEq for Origin {
     fn eq(&self, other: &Origin) -> bool {
         self.scheme.as_str() == other.scheme.as_str()
@@ -142,6 +152,16 @@ pub(crate) struct PoolError {
     pub(crate) on_reuse_unanswered: bool,
 }
 
+impl PoolError {
+    /// A failure before the request went out on a reused connection.
+    fn unsent(error: impl Into<BoxError>) -> Self {
+        PoolError {
+            error: error.into(),
+            on_reuse_unanswered: false,
+        }
+    }
+}
+
 impl fmt::Display for PoolError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.error.fmt(f)
@@ -179,20 +199,10 @@ impl Http1Pool {
         mut request: Request<Full<Bytes>>,
     ) -> Result<(Response<Incoming>, Lease), PoolError> {
         let uri = request.uri().clone();
-        let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
-            return Err(PoolError {
-                error: format!("{uri} has no scheme or host").into(),
-                on_reuse_unanswered: false,
-            });
+        let Some(origin) = Origin::of(&uri) else {
+            return Err(PoolError::unsent(format!("{uri} has no scheme or host")));
         };
-        let origin = Origin {
-            scheme: scheme.clone(),
-            authority: authority.clone(),
-        };
-        let (host, idle) = self.take_idle(&origin, &uri).map_err(|error| PoolError {
-            error,
-            on_reuse_unanswered: false,
-        })?;
+        let (host, idle) = self.take_idle(&origin).map_err(PoolError::unsent)?;
         request.headers_mut().entry(header::HOST).or_insert(host);
         *request.uri_mut() = origin_form(&uri);
         let mut first = Some(idle);
@@ -207,13 +217,9 @@ impl Http1Pool {
                 None => {
                     // Boxed: a connect's state (TCP, TLS, the handshake) is kilobytes,
                     // and most hops find a connection idle.
-                    let (sender, carried, failure) =
-                        Box::pin(self.connect(&uri))
-                            .await
-                            .map_err(|error| PoolError {
-                                error,
-                                on_reuse_unanswered: false,
-                            })?;
+                    let (sender, carried, failure) = Box::pin(self.connect(&uri))
+                        .await
+                        .map_err(PoolError::unsent)?;
                     (sender, carried, Some(failure))
                 }
             };
@@ -224,14 +230,7 @@ impl Http1Pool {
                 };
                 // A new connection that ended before it took the request: its own error
                 // says why (a reset, a TLS alert), where `closed` only says that it did.
-                let error = match failure.await {
-                    Ok(why) => why.into(),
-                    Err(_) => closed.into(),
-                };
-                return Err(PoolError {
-                    error,
-                    on_reuse_unanswered: false,
-                });
+                return Err(PoolError::unsent(failure.await.unwrap_or(closed)));
             }
             let sent_body = request.body().size_hint().exact() != Some(0);
             match sender.try_send_request(request).await {
@@ -285,7 +284,6 @@ impl Http1Pool {
     fn take_idle(
         &self,
         origin: &Origin,
-        uri: &Uri,
     ) -> Result<(HeaderValue, Option<(Sender, Carried)>), BoxError> {
         let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
@@ -293,7 +291,7 @@ impl Http1Pool {
             Some(entry) => Ok((entry.host.clone(), entry.take(now, self.idle_timeout))),
             // Not kept before a connection is given back: the origins tried whose connects
             // fail leave nothing behind.
-            None => Ok((host_header(uri)?, None)),
+            None => Ok((host_header(origin)?, None)),
         }
     }
 
@@ -318,7 +316,7 @@ impl Http1Pool {
         let entry = match idle.by_origin.get_mut(&origin) {
             Some(entry) => entry,
             None => {
-                let Ok(host) = host_header(&uri_of(&origin)) else {
+                let Ok(host) = host_header(&origin) else {
                     return;
                 };
                 idle.by_origin.entry(origin).or_insert(OriginEntry {
@@ -346,15 +344,6 @@ impl OriginEntry {
         }
         None
     }
-}
-
-/// The URI of an origin's root.
-fn uri_of(origin: &Origin) -> Uri {
-    let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(origin.scheme.clone());
-    parts.authority = Some(origin.authority.clone());
-    parts.path_and_query = Some(PathAndQuery::from_static("/"));
-    Uri::from_parts(parts).unwrap_or_default()
 }
 
 /// Closes the idle connections past their time every `every`, while any is idle (the next one
@@ -389,14 +378,16 @@ fn usable(c: &IdleConnection, now: Instant, idle_timeout: Duration) -> bool {
     !c.sender.is_closed() && now.saturating_duration_since(c.since) < idle_timeout
 }
 
-/// The `Host` header of a request to `uri`: its host, and its port unless the scheme's own.
-fn host_header(uri: &Uri) -> Result<HeaderValue, BoxError> {
-    let host = uri.host().ok_or("no host")?;
-    let default = match uri.scheme_str() {
-        Some("https") => 443,
-        _ => 80,
+/// The `Host` header of a request to `origin`: its host, and its port unless the scheme's
+/// own.
+fn host_header(origin: &Origin) -> Result<HeaderValue, BoxError> {
+    let host = origin.authority.host();
+    let default = if origin.scheme == Scheme::HTTPS {
+        443
+    } else {
+        80
     };
-    let value = match uri.port_u16() {
+    let value = match origin.authority.port_u16() {
         Some(port) if port != default => HeaderValue::from_str(&format!("{host}:{port}")),
         _ => HeaderValue::from_str(host),
     };
@@ -414,7 +405,9 @@ fn origin_form(uri: &Uri) -> Uri {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::test_connector;
+    use crate::client::HttpClient;
+    use crate::test_runtime as runtime;
+    use crate::{ClientOptions, Proxy};
     use http_body_util::BodyExt;
     use std::io::{Read, Write};
     use std::net::{SocketAddr, TcpListener};
@@ -479,13 +472,15 @@ mod tests {
     }
 
     fn pool(idle_timeout: Duration, max_idle: usize) -> Arc<Http1Pool> {
-        Arc::new(Http1Pool::new(
-            test_connector(),
-            8192,
-            100,
-            idle_timeout,
-            max_idle,
-        ))
+        let options = ClientOptions {
+            proxy: Proxy::None,
+            pool_idle_timeout: idle_timeout,
+            pool_max_idle_per_host: max_idle,
+            ..ClientOptions::default()
+        };
+        HttpClient::new(&options, 16 << 10, false)
+            .unwrap()
+            .own_pool()
     }
 
     /// Sends, reads the body in full, and leaves the lease to the caller.
@@ -494,13 +489,6 @@ mod tests {
         let body = response.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&body[..], b"ok");
         lease
-    }
-
-    fn runtime() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
     }
 
     #[test]
@@ -672,7 +660,7 @@ mod tests {
 
     #[test]
     fn host_header_leaves_out_the_schemes_own_port() {
-        let host = |u: &str| host_header(&u.parse().unwrap()).unwrap();
+        let host = |u: &str| host_header(&Origin::of(&u.parse().unwrap()).unwrap()).unwrap();
         assert_eq!(host("http://example.com/a"), "example.com");
         assert_eq!(host("http://example.com:80/a"), "example.com");
         assert_eq!(host("http://example.com:8080/a"), "example.com:8080");

@@ -139,14 +139,8 @@ async fn wait(fd: &AsyncFd<OwnedFd>) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_runtime as runtime;
     use std::time::Duration;
-
-    fn runtime() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-    }
 
     #[test]
     fn never_fires_before_the_deadline_and_a_reset_replaces_it() {
