@@ -477,10 +477,13 @@ fn fast_polite() -> Box<dyn Policy> {
     Box::new(
         Polite::new()
             .delay(Duration::ZERO)
-            .per_host(2)
+            .per_host(FAST_PER_HOST)
             .allow_all(true),
     )
 }
+
+/// Requests of a host [`fast_polite`] lets be in flight at once.
+const FAST_PER_HOST: u32 = 2;
 
 /// A crawl through Redis finishes every request once, and leaves Redis empty.
 pub fn redis_crawl_finishes_and_leaves_nothing<D: RedisDriver>(driver: &D) {
@@ -1153,12 +1156,13 @@ impl Crawl {
     }
 
     /// Every request of `expected` finished once and was fetched once, the hosts' delay
-    /// kept, and Redis holds nothing.
+    /// and the policy's `per_host` requests at once kept, and Redis holds nothing.
     fn each_once<'a>(
         &self,
         finished: impl IntoIterator<Item = &'a Probe>,
         expected: impl IntoIterator<Item = u64>,
         delay: Duration,
+        per_host: u32,
     ) {
         let mut tags: Vec<u64> = finished.into_iter().map(|p| p.tag).collect();
         tags.sort_unstable();
@@ -1166,7 +1170,10 @@ impl Crawl {
         assert_eq!(tags, expected, "each request finished once");
         let log = self.servers.log();
         assert_eq!(log.len(), expected.len(), "each request fetched once");
-        assert_eq!(crate::server::violations(&log, delay), Vec::<String>::new());
+        assert_eq!(
+            crate::server::violations_per_host(&log, delay, per_host as usize),
+            Vec::<String>::new()
+        );
         assert_eq!(
             self.redis.unfinished(&self.prefix, 1),
             0,
@@ -1187,7 +1194,12 @@ pub fn redis_requests_enqueued_after_a_finished_run_are_fetched_by_the_next<D: R
     };
     let out = c.run(driver, fast_polite(), c.probes("page", 20, 0), script);
     assert_eq!(out.first_stats.finished, 20, "{:?}", out.first_stats);
-    c.each_once(&out.finished, (0..20).chain(100..110), Duration::ZERO);
+    c.each_once(
+        &out.finished,
+        (0..20).chain(100..110),
+        Duration::ZERO,
+        FAST_PER_HOST,
+    );
 }
 
 /// Hand-offs passed in through a handle after a run that found Redis empty are stored, in
@@ -1202,7 +1214,12 @@ pub fn redis_hand_offs_after_a_finished_run_are_stored_and_fetched<D: RedisDrive
     let out = c.run(driver, fast_polite(), c.probes("page", 20, 0), script);
     assert_eq!(out.first_stats.finished, 20, "{:?}", out.first_stats);
     assert_eq!(out.error, None);
-    c.each_once(&out.finished, (0..20).chain(100..110), Duration::ZERO);
+    c.each_once(
+        &out.finished,
+        (0..20).chain(100..110),
+        Duration::ZERO,
+        FAST_PER_HOST,
+    );
 }
 
 /// A run stopped halfway returns with the rest stored; after `resume` the next run takes
@@ -1216,7 +1233,7 @@ pub fn redis_a_stopped_run_resumes_and_fetches_the_rest_once<D: RedisDriver>(dri
     };
     let out = c.run(driver, slow_polite(), c.probes("page", 40, 0), script);
     assert!(out.first_stats.finished < 40, "{:?}", out.first_stats);
-    c.each_once(&out.finished, 0..40, SLOW_DELAY);
+    c.each_once(&out.finished, 0..40, SLOW_DELAY, 1);
 }
 
 /// Requests enqueued after a stopped run (the fetcher not resumed) are written to Redis by
@@ -1240,7 +1257,12 @@ pub fn redis_requests_enqueued_while_stopped_are_stored<D: RedisDriver>(driver: 
     // A new worker knows nothing of the last one's fetches: no delay is checked across them.
     let rest = c.run(driver, fast_polite(), Vec::new(), Script::default());
     let finished = first.finished.iter().chain(&rest.finished);
-    c.each_once(finished, (0..40).chain(100..110), Duration::ZERO);
+    c.each_once(
+        finished,
+        (0..40).chain(100..110),
+        Duration::ZERO,
+        FAST_PER_HOST,
+    );
 }
 
 /// `run_until_closed` with Redis waits for the handles as it does without: Redis empties
@@ -1254,7 +1276,12 @@ pub fn redis_run_until_closed_waits_for_the_handles<D: RedisDriver>(driver: &D) 
     };
     let out = c.run(driver, fast_polite(), c.probes("page", 4, 0), script);
     assert_eq!(out.returned_before_the_close, Some(false));
-    c.each_once(&out.finished, (0..4).chain(100..105), Duration::ZERO);
+    c.each_once(
+        &out.finished,
+        (0..4).chain(100..105),
+        Duration::ZERO,
+        FAST_PER_HOST,
+    );
 
     // A store that fails (here: foreign data where the crawl's settings are) ends the run
     // at once, with its error, whatever the handles would still send.

@@ -193,26 +193,34 @@ impl Servers {
     }
 }
 
-/// Politeness violations in a server log: two requests to one host whose gap, from the
-/// end of one response to the arrival of the next request, is shorter than `delay`.
-pub fn violations(log: &[LogEntry], delay: Duration) -> Vec<String> {
-    // The log's `ended` is taken before the last write and `arrived` after the head was
-    // read, so the gap seen here is never longer than the one the client made; only the
-    // clocks' granularity needs a margin.
-    let tolerance = Duration::from_millis(1);
+/// The log's `ended` is taken before the last write and `arrived` after the head was read,
+/// so a gap seen in it is never longer than the one the client made; only the clocks'
+/// granularity needs a margin.
+const TOLERANCE: Duration = Duration::from_millis(1);
+
+/// A log's requests by host (in the hosts' order), each host's in order of arrival.
+fn by_host(log: &[LogEntry]) -> Vec<(IpAddr, Vec<&LogEntry>)> {
     let mut by_host: HashMap<IpAddr, Vec<&LogEntry>> = HashMap::new();
     for e in log {
         by_host.entry(e.host).or_default().push(e);
     }
-    let mut found = Vec::new();
     let mut hosts: Vec<_> = by_host.into_iter().collect();
     hosts.sort_by_key(|(h, _)| *h);
-    for (host, mut entries) in hosts {
+    for (_, entries) in &mut hosts {
         entries.sort_by_key(|e| e.arrived);
+    }
+    hosts
+}
+
+/// Politeness violations in a server log: two requests to one host whose gap, from the
+/// end of one response to the arrival of the next request, is shorter than `delay`.
+pub fn violations(log: &[LogEntry], delay: Duration) -> Vec<String> {
+    let mut found = Vec::new();
+    for (host, entries) in by_host(log) {
         for pair in entries.windows(2) {
             let (a, b) = (pair[0], pair[1]);
             match a.ended {
-                Some(end) if b.arrived + tolerance >= end + delay => {}
+                Some(end) if b.arrived + TOLERANCE >= end + delay => {}
                 Some(end) => found.push(format!(
                     "{host}: {} arrived {:?} after the end of {} (delay {delay:?})",
                     b.path,
@@ -223,6 +231,36 @@ pub fn violations(log: &[LogEntry], delay: Duration) -> Vec<String> {
                     "{host}: {} arrived while {} had no complete response",
                     b.path, a.path
                 )),
+            }
+        }
+    }
+    found
+}
+
+/// Politeness violations in a server log, for a policy that lets `per_host` requests of a
+/// host be in flight at once: a request that arrives while `per_host` earlier ones of its
+/// host are still busy, with no complete response or one that ended less than `delay`
+/// before. With `per_host` 1 it finds what [`violations`] finds, comparing each request with
+/// every earlier one of its host rather than the one before.
+pub fn violations_per_host(log: &[LogEntry], delay: Duration, per_host: usize) -> Vec<String> {
+    let mut found = Vec::new();
+    for (host, entries) in by_host(log) {
+        for (i, b) in entries.iter().enumerate() {
+            let busy: Vec<&str> = entries[..i]
+                .iter()
+                .filter(|a| {
+                    a.ended
+                        .is_none_or(|end| b.arrived + TOLERANCE < end + delay)
+                })
+                .map(|a| a.path.as_str())
+                .collect();
+            if busy.len() >= per_host {
+                found.push(format!(
+                    "{host}: {} arrived while {} were in flight or within the delay \
+                     ({delay:?}, {per_host} at once)",
+                    b.path,
+                    busy.join(", ")
+                ));
             }
         }
     }
@@ -761,4 +799,68 @@ pub fn gzip_bomb() -> &'static [u8] {
         out.extend_from_slice(&(BOMB_SIZE as u32).to_le_bytes());
         out
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A request to 127.0.0.1 at `path`, in flight from `arrived` ms to `ended` ms after `t0`.
+    fn entry(t0: Instant, path: &str, arrived: u64, ended: Option<u64>) -> LogEntry {
+        LogEntry {
+            host: IpAddr::from([127, 0, 0, 1]),
+            path: path.to_string(),
+            headers: Vec::new(),
+            arrived: t0 + Duration::from_millis(arrived),
+            ended: ended.map(|e| t0 + Duration::from_millis(e)),
+            connection: 0,
+            tls: false,
+        }
+    }
+
+    #[test]
+    fn requests_at_once_count_against_the_per_host_limit() {
+        let t0 = Instant::now();
+        let two_at_once = [
+            entry(t0, "/a", 0, Some(10)),
+            entry(t0, "/b", 5, Some(20)),
+            entry(t0, "/c", 12, Some(30)),
+        ];
+        assert_eq!(
+            violations_per_host(&two_at_once, Duration::ZERO, 2),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            violations_per_host(&two_at_once, Duration::ZERO, 1).len(),
+            2
+        );
+        assert_eq!(violations(&two_at_once, Duration::ZERO).len(), 2);
+        let three_at_once = [
+            entry(t0, "/a", 0, Some(10)),
+            entry(t0, "/b", 2, Some(10)),
+            entry(t0, "/c", 4, None),
+        ];
+        let found = violations_per_host(&three_at_once, Duration::ZERO, 2);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].contains("/c arrived while /a, /b"), "{found:?}");
+    }
+
+    #[test]
+    fn the_delay_counts_from_the_end_of_each_busy_request() {
+        let t0 = Instant::now();
+        let log = [
+            entry(t0, "/a", 0, Some(10)),
+            entry(t0, "/b", 1, Some(12)),
+            entry(t0, "/c", 25, Some(30)),
+        ];
+        // /c came 15 ms after /a ended and 13 ms after /b: two at once within a 20 ms delay.
+        assert_eq!(
+            violations_per_host(&log, Duration::from_millis(20), 2).len(),
+            1
+        );
+        assert_eq!(
+            violations_per_host(&log, Duration::from_millis(10), 2),
+            Vec::<String>::new()
+        );
+    }
 }
