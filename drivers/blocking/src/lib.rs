@@ -114,7 +114,6 @@ mod persist;
 mod resolver;
 mod tcp;
 
-use rustc_hash::FxHashSet;
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -126,7 +125,7 @@ pub use downpour_common::proxy::Proxy;
 #[cfg(feature = "redis")]
 pub use downpour_common::store::{RedisOptions, StoreError};
 pub use downpour_common::HandleError;
-use downpour_common::{carry_out, hop_ended, Closing, Outlets};
+use downpour_common::{Command, Frontier, Step};
 
 use http::HeaderValue;
 
@@ -208,11 +207,8 @@ pub enum Error {
 
 /// What reaches the run loop: a command from a handle, a worker's result, or Redis's reply.
 enum Message<R> {
-    Enqueue(R),
-    HandOff(HandOff<R>),
-    Stop,
-    StopNow,
-    Close,
+    /// From a handle.
+    Command(Command<R>),
     /// A hop's result, from this worker, and when the hop ended there: the run loop may
     /// get to it later (it shares the cores with every worker), and the host's delay counts
     /// from the end of the response.
@@ -249,9 +245,9 @@ impl<R: Request> Handle<R> {
             return Err(HandleError::Refused(EnqueueError { reason, request }));
         }
         self.tx
-            .send(Message::Enqueue(request))
+            .send(Message::Command(Command::Enqueue(request)))
             .map_err(|e| match e.0 {
-                Message::Enqueue(r) => HandleError::Closed(r),
+                Message::Command(Command::Enqueue(r)) => HandleError::Closed(r),
                 _ => unreachable!("sent an enqueue"),
             })
     }
@@ -263,9 +259,9 @@ impl<R: Request> Handle<R> {
     /// worker.
     pub fn hand_off(&self, hand_off: HandOff<R>) -> Result<(), HandOff<R>> {
         self.tx
-            .send(Message::HandOff(hand_off))
+            .send(Message::Command(Command::HandOff(hand_off)))
             .map_err(|e| match e.0 {
-                Message::HandOff(h) => h,
+                Message::Command(Command::HandOff(h)) => h,
                 _ => unreachable!("sent a hand-off"),
             })
     }
@@ -273,7 +269,7 @@ impl<R: Request> Handle<R> {
     /// Stops gracefully: no new fetch starts; hops in flight finish and their callbacks run;
     /// the rest stays queued. [`Fetcher::run`] then returns.
     pub fn stop(&self) {
-        let _ = self.tx.send(Message::Stop);
+        let _ = self.tx.send(Message::Command(Command::Stop));
     }
 
     /// Stops at once: like [`stop`](Handle::stop), and hops in flight are given up; their
@@ -282,7 +278,7 @@ impl<R: Request> Handle<R> {
     /// (or another worker) to fetch. (A worker thread cannot be interrupted: it finishes or
     /// times out its hop in the background, and the result is dropped.)
     pub fn stop_now(&self) {
-        let _ = self.tx.send(Message::StopNow);
+        let _ = self.tx.send(Message::Command(Command::StopNow));
     }
 
     /// Says that no more requests will come through the handles: a fetcher in
@@ -290,7 +286,7 @@ impl<R: Request> Handle<R> {
     /// do, the requests enqueued before the close included. The close holds until a
     /// `run_until_closed` has returned because of it (not because of a stop).
     pub fn close(&self) {
-        let _ = self.tx.send(Message::Close);
+        let _ = self.tx.send(Message::Command(Command::Close));
     }
 }
 
@@ -407,29 +403,24 @@ fn worker<R>(index: usize, jobs: &mpsc::Receiver<Job<R>>, client: &HttpClient) {
 
 /// Fetches requests with a [`Scheduler`] on a pool of threads. See the [crate docs](crate).
 pub struct Fetcher<R> {
-    scheduler: Scheduler<R>,
+    frontier: Frontier<R>,
     pool: Pool<R>,
-    /// Hops whose results the scheduler waits for.
-    /// The ids the scheduler handed out (not from the network): a fast hash is safe.
-    hop_ids: FxHashSet<FetchId>,
     tx: mpsc::Sender<Message<R>>,
     rx: mpsc::Receiver<Message<R>>,
-    outlets: Outlets<R>,
-    /// Whether a handle said that no more requests will come ([`Handle::close`]).
-    closing: Closing,
-    redis: Option<RedisLink<R>>,
+    /// The thread the store's pipelines run on, with Redis.
+    redis: Option<RedisLink>,
 }
 
 #[cfg(feature = "redis")]
-type RedisLink<R> = persist::Link<R>;
+type RedisLink = persist::Link;
 /// Without the `redis` feature there is never a link.
 #[cfg(not(feature = "redis"))]
-type RedisLink<R> = std::marker::PhantomData<R>;
+type RedisLink = std::convert::Infallible;
 
 impl<R> fmt::Debug for Fetcher<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Fetcher")
-            .field("in_flight", &self.hop_ids.len())
+            .field("in_flight", &self.frontier.in_flight())
             .field("threads", &self.pool.workers.len())
             .finish_non_exhaustive()
     }
@@ -469,13 +460,10 @@ impl<R: Request + Send + 'static> Fetcher<R> {
         )?;
         let (tx, rx) = mpsc::channel();
         Ok(Fetcher {
-            scheduler,
+            frontier: Frontier::new(scheduler),
             pool: Pool::new(client, options.worker_stack_size.max(64 << 10)),
-            hop_ids: FxHashSet::default(),
             tx,
             rx,
-            outlets: Outlets::default(),
-            closing: Closing::default(),
             redis: None,
         })
     }
@@ -520,7 +508,9 @@ impl<R: Request + Send + 'static> Fetcher<R> {
             ..config
         };
         let mut fetcher = Fetcher::with_options(config, policy, options)?;
-        fetcher.redis = Some(persist::Link::connect(redis, fetcher.tx.clone())?);
+        let (store, link) = persist::Link::connect(redis, fetcher.tx.clone())?;
+        fetcher.frontier.store = Some(store);
+        fetcher.redis = Some(link);
         Ok(fetcher)
     }
 
@@ -529,19 +519,19 @@ impl<R: Request + Send + 'static> Fetcher<R> {
     /// again, and first writes what was enqueued (or handed off) and not written yet.
     #[cfg(feature = "redis")]
     pub fn redis_error(&self) -> Option<&StoreError> {
-        self.redis.as_ref().and_then(|link| link.store.error())
+        self.frontier.store_error()
     }
 
     /// The partition of the crawl this fetcher runs now (with Redis).
     #[cfg(feature = "redis")]
     pub fn partition(&self) -> Option<u32> {
-        self.redis.as_ref().and_then(|link| link.store.partition())
+        self.frontier.partition()
     }
 
     /// Calls `f` with every request once it is finished (after its `on_done`), so you get
     /// your requests back. Without it, finished requests are dropped.
     pub fn on_finished(&mut self, f: impl FnMut(R) + Send + 'static) -> &mut Self {
-        self.outlets.on_finished = Some(Box::new(f));
+        self.frontier.outlets.on_finished = Some(Box::new(f));
         self
     }
 
@@ -579,7 +569,7 @@ impl<R: Request + Send + 'static> Fetcher<R> {
         &mut self,
         f: impl FnMut(HandOff<R>) -> Result<(), HandOff<R>> + Send + 'static,
     ) -> &mut Self {
-        self.outlets.on_hand_off = Some(Box::new(f));
+        self.frontier.outlets.on_hand_off = Some(Box::new(f));
         self
     }
 
@@ -594,103 +584,44 @@ impl<R: Request + Send + 'static> Fetcher<R> {
     /// Redis it is stored first (in the inbox of its host's partition), and fetched once
     /// stored, by whichever worker runs that partition.
     pub fn enqueue(&mut self, request: R) -> Result<(), EnqueueError<R>> {
-        #[cfg(feature = "redis")]
-        if let Some(link) = &mut self.redis {
-            return link.store.enqueue(request);
-        }
-        self.scheduler.enqueue(Instant::now(), request).map(drop)
-    }
-
-    /// A hand-off from a handle. With Redis it is stored, in the inbox of the partition that
-    /// owns its target, as an enqueued request is: kept in memory only, a start over (the
-    /// next run, or `resume`) would drop it.
-    fn hand_in(&mut self, hand_off: HandOff<R>) {
-        #[cfg(feature = "redis")]
-        if let Some(link) = &mut self.redis {
-            link.store
-                .handle_hand_off(Instant::now(), hand_off, &mut self.scheduler);
-            return;
-        }
-        self.scheduler.handle_hand_off(Instant::now(), hand_off);
+        self.frontier.enqueue(request)
     }
 
     /// Enqueues many requests; returns those refused, each with its reason.
     #[must_use = "refused requests are handed back"]
     pub fn extend(&mut self, requests: impl IntoIterator<Item = R>) -> Vec<EnqueueError<R>> {
-        #[cfg(feature = "redis")]
-        if self.redis.is_some() {
-            return requests
-                .into_iter()
-                .filter_map(|r| self.enqueue(r).err())
-                .collect();
-        }
-        self.scheduler.extend(Instant::now(), requests)
+        self.frontier.extend(requests)
     }
 
     /// Stops gracefully (see [`Handle::stop`]).
     pub fn stop(&mut self) {
-        self.scheduler.stop();
-        #[cfg(feature = "redis")]
-        if let Some(link) = &mut self.redis {
-            link.store.stop();
-        }
+        self.frontier.stop();
     }
 
     /// Starts fetching again after a stop. With Redis, once the run has returned, the next
     /// [`run`](Fetcher::run) takes a partition again and fetches what is stored.
     pub fn resume(&mut self) {
-        #[cfg(feature = "redis")]
-        if let Some(link) = &mut self.redis {
-            link.store.resume();
-            return;
-        }
-        self.scheduler.resume(Instant::now());
-    }
-
-    /// Whether the last run ended early: the application's stop (with Redis, the store's
-    /// record of it: the store also stops the scheduler whenever it holds no partition), or
-    /// a failure of the store.
-    fn ended_early(&self) -> bool {
-        #[cfg(feature = "redis")]
-        if let Some(link) = &self.redis {
-            return link.store.ended_early();
-        }
-        self.scheduler.is_stopped()
+        self.frontier.resume();
     }
 
     /// Takes back the requests that did not start (after a stop), in order of acceptance,
     /// with the requests a [`Handle`] enqueued (or handed over) that no run has taken in yet.
     pub fn take_unfinished(&mut self) -> Vec<R> {
-        // What the handles sent after `run` returned is still in the channel. The scheduler
-        // takes it stopped: running, it would start some of it, and a request in flight is
-        // not taken back.
-        let running = !self.scheduler.is_stopped();
-        self.scheduler.stop();
-        let mut stop_sent = false;
-        while let Ok(message) = self.rx.try_recv() {
-            stop_sent |= matches!(message, Message::Stop | Message::StopNow);
-            self.message(message);
-        }
-        let taken = self
-            .scheduler
-            .take_unfinished()
-            .into_iter()
-            .map(|(_, r)| r)
-            .collect();
-        if running && !stop_sent {
-            self.scheduler.resume(Instant::now());
-        }
-        taken
+        // What the handles sent after `run` returned is still in the channel, with the
+        // results of hops a stop gave up on.
+        let (rx, pool, redis) = (&self.rx, &mut self.pool, &mut self.redis);
+        self.frontier
+            .take_unfinished(|frontier| next_command(rx, frontier, pool, redis))
     }
 
     /// The scheduler, for its counters and state.
     pub fn scheduler(&self) -> &Scheduler<R> {
-        &self.scheduler
+        &self.frontier.scheduler
     }
 
     /// Counters and current sizes.
     pub fn stats(&self) -> Stats {
-        self.scheduler.stats()
+        self.frontier.scheduler.stats()
     }
 
     /// Fetches until nothing is left to do (or, after a stop, until nothing is in flight),
@@ -731,17 +662,12 @@ impl<R: Request + Send + 'static> Fetcher<R> {
     /// # let _ = stats; Ok(()) }
     /// ```
     pub fn run_until_closed(&mut self) -> Stats {
-        let stats = self.run_while(true);
-        self.closing.returned(self.ended_early());
-        stats
+        self.run_while(true)
     }
 
     /// With `until_closed`, the loop of [`run_until_closed`](Fetcher::run_until_closed).
     fn run_while(&mut self, until_closed: bool) -> Stats {
-        #[cfg(feature = "redis")]
-        if let Some(link) = &mut self.redis {
-            link.store.begin_run();
-        }
+        self.frontier.begin_run();
         loop {
             // Everything that already arrived, then the actions it led to, in one batch.
             while let Ok(message) = self.rx.try_recv() {
@@ -751,35 +677,19 @@ impl<R: Request + Send + 'static> Fetcher<R> {
             self.drain_actions();
             #[cfg(feature = "redis")]
             if let Some(link) = &mut self.redis {
-                link.start(Instant::now(), &mut self.scheduler);
+                link.start(&mut self.frontier);
                 // Starting a pipeline may have resumed the scheduler, or restored requests.
                 self.drain_actions();
-                let link = self.redis.as_ref().expect("checked");
-                // Waiting for the handles, it waits for their requests: an enqueue starts
-                // the store over.
-                if self.hop_ids.is_empty()
-                    && link
-                        .store
-                        .ends_run(&self.scheduler, &self.closing, until_closed)
-                {
-                    break;
-                }
             }
-            if self.scheduler.is_idle() && self.hop_ids.is_empty() && self.redis.is_none() {
-                match self.rx.try_recv() {
-                    Ok(message) => {
-                        self.message(message);
-                        continue;
-                    }
-                    Err(_)
-                        if self
-                            .closing
-                            .waits(until_closed, self.scheduler.is_stopped()) => {}
-                    Err(_) => break,
-                }
+            let (rx, pool, redis) = (&self.rx, &mut self.pool, &mut self.redis);
+            let waiting = |frontier: &mut Frontier<R>| next_command(rx, frontier, pool, redis);
+            match self.frontier.next_step(until_closed, waiting) {
+                Step::Return => break,
+                Step::Again => continue,
+                Step::Wait => {}
             }
             // Wait for a result, a reply or a command, at most until the next deadline.
-            let received = match self.deadline() {
+            let received = match self.frontier.poll_timeout() {
                 Some(deadline) => self
                     .rx
                     .recv_timeout(deadline.saturating_duration_since(Instant::now())),
@@ -787,97 +697,41 @@ impl<R: Request + Send + 'static> Fetcher<R> {
             };
             match received {
                 Ok(message) => self.message(message),
-                Err(RecvTimeoutError::Timeout) => self.scheduler.handle_timeout(Instant::now()),
+                Err(RecvTimeoutError::Timeout) => self.frontier.handle_timeout(),
                 // The fetcher holds a sender: the channel never closes.
                 Err(RecvTimeoutError::Disconnected) => break,
             }
         }
-        #[cfg(feature = "redis")]
-        if let Some(link) = &mut self.redis {
-            link.store.end_run();
-        }
-        self.scheduler.stats()
-    }
-
-    /// The earlier of the scheduler's deadline and the store's (with Redis).
-    fn deadline(&mut self) -> Option<Instant> {
-        let scheduler = self.scheduler.poll_timeout();
-        #[cfg(feature = "redis")]
-        if let Some(link) = &self.redis {
-            return match (scheduler, link.store.poll_timeout()) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-        }
-        scheduler
+        self.frontier.end_run(until_closed)
     }
 
     /// Tells the scheduler that its deadline passed, when it did: under a steady stream of
     /// results the wait above may never time out.
     fn expire(&mut self) {
-        if let Some(deadline) = self.scheduler.poll_timeout() {
-            let now = Instant::now();
-            if deadline <= now {
-                self.scheduler.handle_timeout(now);
+        if let Some(deadline) = self.frontier.scheduler.poll_timeout() {
+            if deadline <= Instant::now() {
+                self.frontier.handle_timeout();
             }
         }
     }
 
     fn message(&mut self, message: Message<R>) {
-        match message {
-            Message::Hop(id, worker, result, ended) => {
-                self.pool.done(worker);
-                if self.hop_ids.remove(&id) {
-                    hop_ended(&mut self.scheduler, id, result, ended);
-                }
-            }
-            Message::Enqueue(request) => {
-                // Checked by the handle already: the scheduler applies the same check.
-                let _ = self.enqueue(request);
-            }
-            Message::HandOff(hand_off) => self.hand_in(hand_off),
-            Message::Stop => self.stop(),
-            Message::Close => self.closing.close(),
-            Message::StopNow => {
-                self.stop();
-                // With Redis, the aborted requests stay stored for the next run.
-                #[cfg(feature = "redis")]
-                if let Some(link) = &mut self.redis {
-                    link.store.stop_now();
-                }
-                let now = Instant::now();
-                for id in std::mem::take(&mut self.hop_ids) {
-                    let aborted = TransportError::new(
-                        TransportErrorKind::Other,
-                        "aborted: the fetcher was stopped",
-                    );
-                    let _ = self
-                        .scheduler
-                        .handle_fetch(now, id, HopResult::Failed(aborted));
-                }
-            }
-            #[cfg(feature = "redis")]
-            Message::Redis(reply) => {
-                if let Some(link) = &mut self.redis {
-                    link.reply(Instant::now(), reply, &mut self.scheduler);
-                }
-            }
+        let command = receive(&mut self.frontier, &mut self.pool, &mut self.redis, message);
+        if let Some(command) = command {
+            // A worker cannot be interrupted: it finishes or times out an aborted hop in
+            // the background, and its result is dropped.
+            self.frontier.handle_command(command);
         }
     }
 
     fn drain_actions(&mut self) {
         // Consecutive fetches go out together (see `Pool::submit`), before any other action.
         let mut burst = Vec::new();
-        while let Some(action) = self.scheduler.poll_action() {
+        while let Some(action) = self.frontier.poll_action() {
             if !matches!(action, Action::Fetch(_)) && !burst.is_empty() {
                 self.pool.submit(&mut burst);
             }
-            #[cfg(feature = "redis")]
-            let store = self.redis.as_mut().map(|link| &mut link.store);
-            #[cfg(not(feature = "redis"))]
-            let store = None;
-            if let Some(fetch) = carry_out(action, &mut self.scheduler, store, &mut self.outlets) {
-                self.hop_ids.insert(fetch.id);
+            if let Some(fetch) = self.frontier.carry_out(action) {
                 burst.push(Job {
                     fetch,
                     results: self.tx.clone(),
@@ -888,4 +742,48 @@ impl<R: Request + Send + 'static> Fetcher<R> {
             self.pool.submit(&mut burst);
         }
     }
+}
+
+/// The next of the handles' commands already in the channel, with the workers' results
+/// and Redis's replies found on the way to it taken in: after a stop, the results of hops it
+/// gave up on.
+fn next_command<R: Request + Send + 'static>(
+    rx: &mpsc::Receiver<Message<R>>,
+    frontier: &mut Frontier<R>,
+    pool: &mut Pool<R>,
+    redis: &mut Option<RedisLink>,
+) -> Option<Command<R>> {
+    loop {
+        let message = rx.try_recv().ok()?;
+        if let Some(command) = receive(frontier, pool, redis, message) {
+            return Some(command);
+        }
+    }
+}
+
+/// Takes in a worker's result or Redis's reply; hands back a handle's command.
+fn receive<R: Request + Send + 'static>(
+    frontier: &mut Frontier<R>,
+    pool: &mut Pool<R>,
+    redis: &mut Option<RedisLink>,
+    message: Message<R>,
+) -> Option<Command<R>> {
+    match message {
+        Message::Command(command) => return Some(command),
+        // When the hop ended on its worker: the run loop may get to it later (it shares the
+        // cores with every worker), and the host's delay counts from the response's end.
+        Message::Hop(id, worker, result, ended) => {
+            pool.done(worker);
+            frontier.handle_hop(id, result, ended);
+        }
+        #[cfg(feature = "redis")]
+        Message::Redis(reply) => {
+            if let Some(link) = redis {
+                link.replied();
+            }
+            frontier.handle_reply(reply);
+        }
+    }
+    let _ = redis;
+    None
 }

@@ -5,29 +5,30 @@
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use downpour::{Request, Scheduler};
+use downpour::Request;
 use downpour_common::store::{
     connection_broken, read_memory_info, worker_token, RedisOptions, Store, StoreError,
 };
+use downpour_common::Frontier;
 use redis::{Connection, ConnectionLike, Pipeline, RedisResult, Value};
 
 use crate::Message;
 
-pub(crate) struct Link<R> {
-    pub(crate) store: Store<R>,
+pub(crate) struct Link {
     /// To the Redis thread; dropping it (with the fetcher) ends that thread.
     pipelines: mpsc::Sender<Pipeline>,
     /// A pipeline was handed to the thread and its reply has not been read yet.
     running: bool,
 }
 
-impl<R: Request + Send + 'static> Link<R> {
-    /// Connects once, so that a wrong URL or an unreachable server is reported at start,
-    /// then starts the thread that runs the pipelines and sends the replies to `replies`.
-    pub(crate) fn connect(
+impl Link {
+    /// A store with these options, and its link. Connects once, so that a wrong URL or an
+    /// unreachable server is reported at start, then starts the thread that runs the
+    /// pipelines and sends the replies to `replies`.
+    pub(crate) fn connect<R: Request + Send + 'static>(
         options: RedisOptions,
         replies: mpsc::Sender<Message<R>>,
-    ) -> Result<Link<R>, StoreError> {
+    ) -> Result<(Store<R>, Link), StoreError> {
         // The options are checked before anything is tried.
         let store = Store::new(options.clone(), worker_token())?;
         let client = options.client()?;
@@ -56,44 +57,34 @@ impl<R: Request + Send + 'static> Link<R> {
                 }
             })
             .map_err(|e| options.unreachable(format!("cannot start the Redis thread: {e}")))?;
-        Ok(Link {
-            store,
+        let link = Link {
             pipelines,
             running: false,
-        })
+        };
+        Ok((store, link))
     }
 
     /// Starts the store's next pipeline, if it has one and none is running.
-    pub(crate) fn start(&mut self, now: Instant, scheduler: &mut Scheduler<R>) {
+    pub(crate) fn start<R: Request>(&mut self, frontier: &mut Frontier<R>) {
         if self.running {
             return;
         }
-        let Some(pipeline) = self.store.poll_pipeline(now, scheduler) else {
+        let Some(pipeline) = frontier.poll_pipeline(Instant::now()) else {
             return;
         };
         match self.pipelines.send(pipeline) {
             Ok(()) => self.running = true,
             // The thread is gone (it cannot be, short of a panic in the Redis client): the
             // store treats it as Redis going away, and gives up after its deadline.
-            Err(_) => self.store.handle_reply(
-                now,
-                Err(redis::RedisError::from(std::io::Error::other(
-                    "the Redis thread is gone",
-                ))),
-                scheduler,
-            ),
+            Err(_) => frontier.handle_reply(Err(redis::RedisError::from(std::io::Error::other(
+                "the Redis thread is gone",
+            )))),
         }
     }
 
-    /// The running pipeline's reply arrived.
-    pub(crate) fn reply(
-        &mut self,
-        now: Instant,
-        reply: RedisResult<Vec<Value>>,
-        scheduler: &mut Scheduler<R>,
-    ) {
+    /// The running pipeline's reply arrived (for [`Frontier::handle_reply`]).
+    pub(crate) fn replied(&mut self) {
         self.running = false;
-        self.store.handle_reply(now, reply, scheduler);
     }
 }
 

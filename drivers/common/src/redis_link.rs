@@ -10,25 +10,27 @@ use std::time::Instant;
 use crate::store::{
     connection_broken, read_memory_info, worker_token, RedisOptions, Store, StoreError,
 };
-use downpour::{Request, Scheduler};
+use crate::Frontier;
+use downpour::Request;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, RedisResult, Value};
 
 type Reply = (RedisResult<Vec<Value>>, Option<MultiplexedConnection>);
 
-/// A [`Store`] and the connection its pipelines run on.
-pub struct Link<R> {
-    /// The store.
-    pub store: Store<R>,
+/// The connection a [`Frontier`]'s store runs its pipelines on.
+pub struct Link {
     client: redis::Client,
     config: AsyncConnectionConfig,
     connection: Option<MultiplexedConnection>,
     running: Option<Pin<Box<dyn Future<Output = Reply> + Send>>>,
 }
 
-impl<R: Request> Link<R> {
-    /// Connects once, so that a wrong URL or an unreachable server is reported at start.
-    pub async fn connect(options: RedisOptions) -> Result<Link<R>, StoreError> {
+impl Link {
+    /// A store with these options, and its link. Connects once, so that a wrong URL or an
+    /// unreachable server is reported at start.
+    pub async fn connect<R: Request>(
+        options: RedisOptions,
+    ) -> Result<(Store<R>, Link), StoreError> {
         // The options are checked before anything is tried.
         let store = Store::new(options.clone(), worker_token())?;
         let client = options.client()?;
@@ -46,21 +48,21 @@ impl<R: Request> Link<R> {
         let info = info.query_async::<String>(&mut connection).await;
         // Made again for the first pipeline if the INFO broke it.
         let connection = read_memory_info(&options.url, info).then_some(connection);
-        Ok(Link {
-            store,
+        let link = Link {
             client,
             config,
             connection,
             running: None,
-        })
+        };
+        Ok((store, link))
     }
 
     /// Starts the store's next pipeline, if it has one and none is running.
-    pub fn start(&mut self, now: Instant, scheduler: &mut Scheduler<R>) {
+    pub fn start<R: Request>(&mut self, frontier: &mut Frontier<R>) {
         if self.running.is_some() {
             return;
         }
-        let Some(pipeline) = self.store.poll_pipeline(now, scheduler) else {
+        let Some(pipeline) = frontier.poll_pipeline(Instant::now()) else {
             return;
         };
         let connection = self.connection.take();
@@ -84,7 +86,7 @@ impl<R: Request> Link<R> {
         }));
     }
 
-    /// The running pipeline's reply, once it is there.
+    /// The running pipeline's reply, once it is there: for [`Frontier::handle_reply`].
     pub fn poll_reply(&mut self, cx: &mut Context<'_>) -> Poll<RedisResult<Vec<Value>>> {
         let Some(running) = &mut self.running else {
             return Poll::Pending;

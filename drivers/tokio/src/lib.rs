@@ -139,7 +139,6 @@ mod timer;
 use downpour_common::decode;
 use downpour_common::descriptors;
 
-use rustc_hash::FxHashSet;
 use std::fmt;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -151,7 +150,7 @@ pub use downpour_common::proxy::Proxy;
 #[cfg(feature = "redis")]
 pub use downpour_common::store::{RedisOptions, StoreError};
 pub use downpour_common::HandleError;
-use downpour_common::{carry_out, hop_ended, Closing, Outlets};
+use downpour_common::{Command, Frontier, Step};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use futures_util::FutureExt;
@@ -234,14 +233,6 @@ pub enum Error {
     Redis(#[from] StoreError),
 }
 
-enum Command<R> {
-    Enqueue(R),
-    HandOff(HandOff<R>),
-    Stop,
-    StopNow,
-    Close,
-}
-
 /// Controls a running [`Fetcher`] from other tasks or threads. Cheap to clone.
 pub struct Handle<R> {
     tx: mpsc::UnboundedSender<Command<R>>,
@@ -316,26 +307,22 @@ impl<R: Request> Handle<R> {
 
 /// Fetches requests with a [`Scheduler`] on tokio. See the [crate docs](crate).
 pub struct Fetcher<R> {
-    scheduler: Scheduler<R>,
+    frontier: Frontier<R>,
     client: HttpClient,
     user_agent: HeaderValue,
     /// Hops in flight, polled on the driver's task (as a `buffer_unordered` loop would).
     hops: FuturesUnordered<HopFuture>,
-    /// The ids the scheduler handed out (not from the network): a fast hash is safe.
-    hop_ids: FxHashSet<FetchId>,
     tx: mpsc::UnboundedSender<Command<R>>,
     rx: mpsc::UnboundedReceiver<Command<R>>,
-    outlets: Outlets<R>,
-    /// Whether a handle said that no more requests will come ([`Handle::close`]).
-    closing: Closing,
-    redis: Option<RedisLink<R>>,
+    /// The connection the store's pipelines run on, with Redis.
+    redis: Option<RedisLink>,
 }
 
 #[cfg(feature = "redis")]
-type RedisLink<R> = downpour_common::redis_link::Link<R>;
+type RedisLink = downpour_common::redis_link::Link;
 /// Without the `redis` feature there is never a link.
 #[cfg(not(feature = "redis"))]
-type RedisLink<R> = std::marker::PhantomData<R>;
+type RedisLink = std::convert::Infallible;
 
 impl<R> fmt::Debug for Fetcher<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -382,15 +369,12 @@ impl<R: Request + Send + 'static> Fetcher<R> {
         let client = HttpClient::new(&options, config.max_header_size, scheduler.paces())?;
         let (tx, rx) = mpsc::unbounded_channel();
         Ok(Fetcher {
-            scheduler,
+            frontier: Frontier::new(scheduler),
             client,
             user_agent,
             hops: FuturesUnordered::new(),
-            hop_ids: FxHashSet::default(),
             tx,
             rx,
-            outlets: Outlets::default(),
-            closing: Closing::default(),
             redis: None,
         })
     }
@@ -433,7 +417,9 @@ impl<R: Request + Send + 'static> Fetcher<R> {
             ..config
         };
         let mut fetcher = Fetcher::with_options(config, policy, options)?;
-        fetcher.redis = Some(RedisLink::connect(redis).await?);
+        let (store, link) = RedisLink::connect(redis).await?;
+        fetcher.frontier.store = Some(store);
+        fetcher.redis = Some(link);
         Ok(fetcher)
     }
 
@@ -442,19 +428,19 @@ impl<R: Request + Send + 'static> Fetcher<R> {
     /// again, and first writes what was enqueued (or handed off) and not written yet.
     #[cfg(feature = "redis")]
     pub fn redis_error(&self) -> Option<&StoreError> {
-        self.redis.as_ref().and_then(|link| link.store.error())
+        self.frontier.store_error()
     }
 
     /// The partition of the crawl this fetcher runs now (with Redis).
     #[cfg(feature = "redis")]
     pub fn partition(&self) -> Option<u32> {
-        self.redis.as_ref().and_then(|link| link.store.partition())
+        self.frontier.partition()
     }
 
     /// Calls `f` with every request once it is finished (after its `on_done`), so you get
     /// your requests back. Without it, finished requests are dropped.
     pub fn on_finished(&mut self, f: impl FnMut(R) + Send + 'static) -> &mut Self {
-        self.outlets.on_finished = Some(Box::new(f));
+        self.frontier.outlets.on_finished = Some(Box::new(f));
         self
     }
 
@@ -492,7 +478,7 @@ impl<R: Request + Send + 'static> Fetcher<R> {
         &mut self,
         f: impl FnMut(HandOff<R>) -> Result<(), HandOff<R>> + Send + 'static,
     ) -> &mut Self {
-        self.outlets.on_hand_off = Some(Box::new(f));
+        self.frontier.outlets.on_hand_off = Some(Box::new(f));
         self
     }
 
@@ -507,103 +493,42 @@ impl<R: Request + Send + 'static> Fetcher<R> {
     /// Redis it is stored first (in the inbox of its host's partition), and fetched once
     /// stored, by whichever worker runs that partition.
     pub fn enqueue(&mut self, request: R) -> Result<(), EnqueueError<R>> {
-        #[cfg(feature = "redis")]
-        if let Some(link) = &mut self.redis {
-            return link.store.enqueue(request);
-        }
-        self.scheduler.enqueue(Instant::now(), request).map(drop)
-    }
-
-    /// A hand-off from a handle. With Redis it is stored, in the inbox of the partition that
-    /// owns its target, as an enqueued request is: kept in memory only, a start over (the
-    /// next run, or `resume`) would drop it.
-    fn hand_in(&mut self, hand_off: HandOff<R>) {
-        #[cfg(feature = "redis")]
-        if let Some(link) = &mut self.redis {
-            link.store
-                .handle_hand_off(Instant::now(), hand_off, &mut self.scheduler);
-            return;
-        }
-        self.scheduler.handle_hand_off(Instant::now(), hand_off);
+        self.frontier.enqueue(request)
     }
 
     /// Enqueues many requests; returns those refused, each with its reason.
     #[must_use = "refused requests are handed back"]
     pub fn extend(&mut self, requests: impl IntoIterator<Item = R>) -> Vec<EnqueueError<R>> {
-        #[cfg(feature = "redis")]
-        if self.redis.is_some() {
-            return requests
-                .into_iter()
-                .filter_map(|r| self.enqueue(r).err())
-                .collect();
-        }
-        self.scheduler.extend(Instant::now(), requests)
+        self.frontier.extend(requests)
     }
 
     /// Stops gracefully (see [`Handle::stop`]).
     pub fn stop(&mut self) {
-        self.scheduler.stop();
-        #[cfg(feature = "redis")]
-        if let Some(link) = &mut self.redis {
-            link.store.stop();
-        }
+        self.frontier.stop();
     }
 
     /// Starts fetching again after a stop. With Redis, once the run has returned, the next
     /// [`run`](Fetcher::run) takes a partition again and fetches what is stored.
     pub fn resume(&mut self) {
-        #[cfg(feature = "redis")]
-        if let Some(link) = &mut self.redis {
-            link.store.resume();
-            return;
-        }
-        self.scheduler.resume(Instant::now());
-    }
-
-    /// Whether the last run ended early: the application's stop (with Redis, the store's
-    /// record of it: the store also stops the scheduler whenever it holds no partition), or
-    /// a failure of the store.
-    fn ended_early(&self) -> bool {
-        #[cfg(feature = "redis")]
-        if let Some(link) = &self.redis {
-            return link.store.ended_early();
-        }
-        self.scheduler.is_stopped()
+        self.frontier.resume();
     }
 
     /// Takes back the requests that did not start (after a stop), in order of acceptance,
     /// with the requests a [`Handle`] enqueued (or handed over) that no run has taken in yet.
     pub fn take_unfinished(&mut self) -> Vec<R> {
-        // What the handles sent after `run` returned is still in the channel. The scheduler
-        // takes it stopped: running, it would start some of it, and a request in flight is
-        // not taken back.
-        let running = !self.scheduler.is_stopped();
-        self.scheduler.stop();
-        let mut stop_sent = false;
-        while let Ok(command) = self.rx.try_recv() {
-            stop_sent |= matches!(command, Command::Stop | Command::StopNow);
-            self.command(command);
-        }
-        let taken = self
-            .scheduler
-            .take_unfinished()
-            .into_iter()
-            .map(|(_, r)| r)
-            .collect();
-        if running && !stop_sent {
-            self.scheduler.resume(Instant::now());
-        }
-        taken
+        // What the handles sent after `run` returned is still in the channel.
+        let rx = &mut self.rx;
+        self.frontier.take_unfinished(|_| rx.try_recv().ok())
     }
 
     /// The scheduler, for its counters and state.
     pub fn scheduler(&self) -> &Scheduler<R> {
-        &self.scheduler
+        &self.frontier.scheduler
     }
 
     /// Counters and current sizes.
     pub fn stats(&self) -> Stats {
-        self.scheduler.stats()
+        self.frontier.scheduler.stats()
     }
 
     /// Fetches until nothing is left to do (or, after a stop, until nothing is in flight),
@@ -643,19 +568,14 @@ impl<R: Request + Send + 'static> Fetcher<R> {
     /// # let _ = stats; Ok(()) }
     /// ```
     pub async fn run_until_closed(&mut self) -> Stats {
-        let stats = self.run_while(true).await;
-        self.closing.returned(self.ended_early());
-        stats
+        self.run_while(true).await
     }
 
     /// With `until_closed`, the loop of [`run_until_closed`](Fetcher::run_until_closed).
     async fn run_while(&mut self, until_closed: bool) -> Stats {
         let mut timer = Timer::new();
         let mut armed: Option<Instant> = None;
-        #[cfg(feature = "redis")]
-        if let Some(link) = &mut self.redis {
-            link.store.begin_run();
-        }
+        self.frontier.begin_run();
         loop {
             while let Ok(command) = self.rx.try_recv() {
                 self.command(command);
@@ -663,35 +583,20 @@ impl<R: Request + Send + 'static> Fetcher<R> {
             self.drain_actions(None);
             #[cfg(feature = "redis")]
             if let Some(link) = &mut self.redis {
-                let now = Instant::now();
-                link.start(now, &mut self.scheduler);
+                link.start(&mut self.frontier);
                 // Starting a pipeline may have resumed the scheduler, or restored requests.
                 self.drain_actions(None);
-                let link = self.redis.as_ref().expect("checked");
-                // Waiting for the handles, it waits for their requests: an enqueue starts
-                // the store over.
-                if self.hops.is_empty()
-                    && link
-                        .store
-                        .ends_run(&self.scheduler, &self.closing, until_closed)
-                {
-                    break;
-                }
             }
-            if self.scheduler.is_idle() && self.hops.is_empty() && !self.has_redis() {
-                match self.rx.try_recv() {
-                    Ok(command) => {
-                        self.command(command);
-                        continue;
-                    }
-                    Err(_)
-                        if self
-                            .closing
-                            .waits(until_closed, self.scheduler.is_stopped()) => {}
-                    Err(_) => break,
-                }
+            let rx = &mut self.rx;
+            match self
+                .frontier
+                .next_step(until_closed, |_| rx.try_recv().ok())
+            {
+                Step::Return => break,
+                Step::Again => continue,
+                Step::Wait => {}
             }
-            let deadline = self.deadline();
+            let deadline = self.frontier.poll_timeout();
             if deadline != armed {
                 if let Some(at) = deadline {
                     timer.reset(at);
@@ -711,12 +616,15 @@ impl<R: Request + Send + 'static> Fetcher<R> {
                 () = timer.fired(), if armed.is_some() => Event::Timer,
             };
             match event {
-                Event::Hop(id, result, ended) => self.hop_done(id, result, ended),
+                // When the response's last bytes came: in a burst of responses the loop gets
+                // to the later ones after the callbacks of the first, and the host's delay
+                // counts from the response's end, not from then.
+                Event::Hop(id, result, ended) => self.frontier.handle_hop(id, result, ended),
                 Event::Command => {}
                 Event::Timer => {
                     // Fired: the next deadline re-arms it, even if it is the same instant.
                     armed = None;
-                    self.scheduler.handle_timeout(Instant::now());
+                    self.frontier.handle_timeout();
                     // The hosts whose delay just ended go first: their requests are handed to
                     // their connections, whose tasks write them before this loop runs the
                     // callbacks of the responses that came meanwhile (in a busy loop they
@@ -728,31 +636,10 @@ impl<R: Request + Send + 'static> Fetcher<R> {
                     }
                 }
                 #[cfg(feature = "redis")]
-                Event::Redis(reply) => {
-                    if let Some(link) = &mut self.redis {
-                        link.store
-                            .handle_reply(Instant::now(), reply, &mut self.scheduler);
-                    }
-                }
+                Event::Redis(reply) => self.frontier.handle_reply(reply),
             }
         }
-        #[cfg(feature = "redis")]
-        if let Some(link) = &mut self.redis {
-            link.store.end_run();
-        }
-        self.scheduler.stats()
-    }
-
-    fn deadline(&mut self) -> Option<Instant> {
-        let scheduler = self.scheduler.poll_timeout();
-        #[cfg(feature = "redis")]
-        if let Some(link) = &self.redis {
-            return match (scheduler, link.store.poll_timeout()) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-        }
-        scheduler
+        self.frontier.end_run(until_closed)
     }
 
     /// Polls each of the timer's `fresh` hops (a host's delay or a retry's back-off ended)
@@ -773,13 +660,9 @@ impl<R: Request + Send + 'static> Fetcher<R> {
         }
         // After every hop is in `hops`: a panic in the scheduler's policy here loses none.
         for (id, result, ended) in done {
-            self.hop_done(id, result, ended);
+            self.frontier.handle_hop(id, result, ended);
         }
         true
-    }
-
-    fn has_redis(&self) -> bool {
-        self.redis.is_some()
     }
 
     fn redis_running(&self) -> bool {
@@ -790,7 +673,7 @@ impl<R: Request + Send + 'static> Fetcher<R> {
     }
 
     /// The running Redis pipeline's reply (pending when none runs).
-    async fn redis_event(redis: &mut Option<RedisLink<R>>) -> Event {
+    async fn redis_event(redis: &mut Option<RedisLink>) -> Event {
         #[cfg(feature = "redis")]
         if let Some(link) = redis {
             return Event::Redis(std::future::poll_fn(|cx| link.poll_reply(cx)).await);
@@ -800,73 +683,35 @@ impl<R: Request + Send + 'static> Fetcher<R> {
     }
 
     fn command(&mut self, command: Command<R>) {
-        match command {
-            Command::Enqueue(request) => {
-                // Checked by the handle already: the scheduler applies the same check.
-                let _ = self.enqueue(request);
-            }
-            Command::HandOff(hand_off) => self.hand_in(hand_off),
-            Command::Stop => self.stop(),
-            Command::Close => self.closing.close(),
-            Command::StopNow => {
-                self.stop();
-                // With Redis, the aborted requests stay stored for the next run.
-                #[cfg(feature = "redis")]
-                if let Some(link) = &mut self.redis {
-                    link.store.stop_now();
-                }
-                // Dropping the hops closes their connections.
-                self.hops = FuturesUnordered::new();
-                let now = Instant::now();
-                for id in std::mem::take(&mut self.hop_ids) {
-                    let aborted = TransportError::new(
-                        TransportErrorKind::Other,
-                        "aborted: the fetcher was stopped",
-                    );
-                    let _ = self
-                        .scheduler
-                        .handle_fetch(now, id, HopResult::Failed(aborted));
-                }
-            }
-        }
-    }
-
-    /// A hop's result, and when its response's last bytes came: in a burst of responses the
-    /// loop gets to the later ones after the callbacks of the first, and the host's delay
-    /// counts from the response's end, not from then.
-    fn hop_done(&mut self, id: FetchId, result: HopResult, ended: Instant) {
-        if self.hop_ids.remove(&id) {
-            hop_ended(&mut self.scheduler, id, result, ended);
+        if self.frontier.handle_command(command) {
+            // Aborted: dropping the hops closes their connections.
+            self.hops = FuturesUnordered::new();
         }
     }
 
     /// Carries out the scheduler's actions; the hops it starts join `hops`, or with `fresh`
     /// wait there for [`launch`](Fetcher::launch).
     fn drain_actions(&mut self, mut fresh: Option<&mut Vec<HopFuture>>) {
-        while let Some(action) = self.scheduler.poll_action() {
-            #[cfg(feature = "redis")]
-            let store = self.redis.as_mut().map(|link| &mut link.store);
-            #[cfg(not(feature = "redis"))]
-            let store = None;
-            if let Some(fetch) = carry_out(action, &mut self.scheduler, store, &mut self.outlets) {
-                let id = fetch.id;
-                let hop = AssertUnwindSafe(self.client.hop(fetch, &self.user_agent))
-                    .catch_unwind()
-                    .map(move |r| {
-                        let (result, ended) = r.unwrap_or_else(|_| {
-                            let panicked = TransportError::new(
-                                TransportErrorKind::Other,
-                                "the hop failed unexpectedly (panic in the HTTP stack)",
-                            );
-                            (HopResult::Failed(panicked), Instant::now())
-                        });
-                        (id, result, ended)
+        while let Some(action) = self.frontier.poll_action() {
+            let Some(fetch) = self.frontier.carry_out(action) else {
+                continue;
+            };
+            let id = fetch.id;
+            let hop = AssertUnwindSafe(self.client.hop(fetch, &self.user_agent))
+                .catch_unwind()
+                .map(move |r| {
+                    let (result, ended) = r.unwrap_or_else(|_| {
+                        let panicked = TransportError::new(
+                            TransportErrorKind::Other,
+                            "the hop failed unexpectedly (panic in the HTTP stack)",
+                        );
+                        (HopResult::Failed(panicked), Instant::now())
                     });
-                match fresh.as_deref_mut() {
-                    Some(fresh) => fresh.push(Box::pin(hop)),
-                    None => self.hops.push(Box::pin(hop)),
-                }
-                self.hop_ids.insert(id);
+                    (id, result, ended)
+                });
+            match fresh.as_deref_mut() {
+                Some(fresh) => fresh.push(Box::pin(hop)),
+                None => self.hops.push(Box::pin(hop)),
             }
         }
     }
