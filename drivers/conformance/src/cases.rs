@@ -1060,6 +1060,49 @@ pub fn no_proxy_bypasses_the_proxy<D: Driver>(driver: &D) {
     );
 }
 
+/// `http_proxy` and `NO_PROXY` from the environment (either case), read by the driver's
+/// default options. It sets the process's environment: run it alone in its test binary.
+pub fn proxy_variables_from_the_environment_are_honoured<D: Driver>(driver: &D) {
+    let Some(proxy) = Tinyproxy::start(None) else {
+        return;
+    };
+    let s = Servers::start(2);
+    for name in [
+        "HTTP_PROXY",
+        "http_proxy",
+        "HTTPS_PROXY",
+        "https_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+        "NO_PROXY",
+        "no_proxy",
+    ] {
+        std::env::remove_var(name);
+    }
+    std::env::set_var("http_proxy", proxy.url());
+    std::env::set_var("NO_PROXY", s.addr(1).ip().to_string());
+    let mut r = fifo(
+        no_retries(),
+        vec![
+            Probe::new(&s.url(0, "/echo"), 0),
+            Probe::new(&s.url(1, "/echo"), 1),
+        ],
+    );
+    r.options.proxy_from_environment = true;
+    let done = by_tag(run(driver, r).finished);
+    let body = |t: u64| String::from_utf8_lossy(&done[&t].result().body).to_lowercase();
+    assert!(
+        body(0).contains("tinyproxy"),
+        "http_proxy ignored: {}",
+        body(0)
+    );
+    assert!(
+        !body(1).contains("tinyproxy"),
+        "NO_PROXY ignored: {}",
+        body(1)
+    );
+}
+
 /// 20,000 requests over 500 hosts: each done exactly once, and the servers' own clocks
 /// show no politeness violation.
 pub fn many_hosts_each_request_exactly_once_and_polite<D: Driver>(driver: &D) {

@@ -54,8 +54,11 @@ pub struct Options {
     /// Trust this certificate (DER) besides the bundled roots.
     pub extra_root_certificates: Vec<Vec<u8>>,
     /// Proxy rules (as the `http_proxy`, `https_proxy`, `no_proxy` variables would give
-    /// them); `None`: no proxy (the environment is ignored in the suite).
+    /// them); `None`: no proxy (the environment is ignored in the suite), unless
+    /// `proxy_from_environment`.
     pub proxy: Option<ProxyRules>,
+    /// The driver's default proxy setting, which reads the environment's variables.
+    pub proxy_from_environment: bool,
     /// Stop gracefully (finish in flight, keep the rest queued) once this many requests
     /// are finished.
     pub stop_after: Option<usize>,
@@ -317,6 +320,29 @@ macro_rules! driver_suite {
         |$fetcher:ident| $run:expr,
         until_closed: |$closing:ident| $run_until_closed:expr
     ) => {
+        $crate::driver!(
+            $name,
+            $krate,
+            $(let $setup = $setup_expr;)?
+            |$fetcher| $run,
+            until_closed: |$closing| $run_until_closed
+        );
+        $crate::suite!($name);
+    };
+}
+
+/// Defines the [`Driver`] `$name` of a driver crate, as [`driver_suite!`] does, without the
+/// suite's tests: for a case that must run alone in its test binary
+/// ([`cases::proxy_variables_from_the_environment_are_honoured`]).
+#[macro_export]
+macro_rules! driver {
+    (
+        $name:ident,
+        $krate:ident,
+        $(let $setup:ident = $setup_expr:expr;)?
+        |$fetcher:ident| $run:expr,
+        until_closed: |$closing:ident| $run_until_closed:expr
+    ) => {
         #[derive(Clone)]
         struct $name;
 
@@ -325,6 +351,7 @@ macro_rules! driver_suite {
                 use $krate::{ClientOptions, Fetcher, Proxy, Scheduler, Url};
                 $(let $setup = $setup_expr;)?
                 let proxy = match run.options.proxy {
+                    None if run.options.proxy_from_environment => ClientOptions::default().proxy,
                     None => Proxy::None,
                     Some(rules) => Proxy::Rules {
                         http: rules.http.map(|u| Url::parse(&u).expect("proxy URL")),
@@ -417,8 +444,6 @@ macro_rules! driver_suite {
                 }
             }
         }
-
-        $crate::suite!($name);
     };
 }
 
