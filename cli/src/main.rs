@@ -1,6 +1,9 @@
 //! `downpour`: fetch a list of URLs fast and politely, one JSON line per URL.
 
 #![forbid(unsafe_code)]
+// The options' doc comments are the command's help text (clap), not rustdoc: `DIR/<sha256>`
+// and `[user:password@]` are meant as written.
+#![allow(rustdoc::invalid_html_tags, rustdoc::broken_intra_doc_links)]
 
 mod crawl;
 mod driver;

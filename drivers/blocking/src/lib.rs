@@ -94,7 +94,7 @@
 //! [`Scheduler::poll_timeout`]. It returns when nothing is left (or, after a stop, nothing
 //! is in flight).
 //!
-//! With the `redis` feature, [`Fetcher::with_redis`] keeps the queue in Redis. The store's
+//! With the `redis` feature, `Fetcher::with_redis` keeps the queue in Redis. The store's
 //! pipelines run one at a time on a thread of the fetcher's own, whose replies come through
 //! the same channel; the wait also ends at the store's next deadline (a lease to renew, an
 //! inbox to read), and the run ends once the store says the crawl is finished (in

@@ -6,7 +6,7 @@
 //! hops in flight and the handles' commands, so that the drivers differ only in how they
 //! fetch and wait.
 //!
-//! With the `redis` feature, [`store`] holds the durable queues in Redis: the layout,
+//! With the `redis` feature, the `store` module holds the durable queues in Redis: the layout,
 //! scripts and replies, as a state machine each driver runs on its own connection.
 //!
 //! On Linux, [`arrival`] tells when a connection's bytes arrived (the kernel's receive

@@ -8,7 +8,7 @@
 //! #[derive(Clone)]
 //! struct MyDriver;
 //! impl downpour_conformance::Driver for MyDriver {
-//!     fn run(&self, run: downpour_conformance::Run) -> downpour_conformance::RunOutcome { … }
+//!     fn run(&self, run: downpour_conformance::Run) -> downpour_conformance::RunOutcome { todo!() }
 //! }
 //! downpour_conformance::suite!(MyDriver);
 //! ```
