@@ -480,7 +480,13 @@ impl<R: Request + Send + 'static> Fetcher<R> {
     pub fn take_unfinished(&mut self) -> Vec<R> {
         // What the handles sent after `run` returned is still in the channel.
         let rx = &mut self.rx;
-        self.frontier.take_unfinished(|_| rx.try_recv().ok())
+        let taken = self.frontier.take_unfinished(|_| rx.try_recv().ok());
+        // A stop now among it aborted what a run cancelled midway (its future dropped) left
+        // in flight: their connections close.
+        if self.frontier.in_flight() == 0 {
+            self.hops = FuturesUnordered::new();
+        }
+        taken
     }
 
     /// The scheduler, for its counters and state.
@@ -633,5 +639,32 @@ impl<R: Request + Send + 'static> Fetcher<R> {
             };
             self.hops.push(Box::pin(hop));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use downpour_conformance::{test_config, Probe, Servers};
+
+    /// A run whose future is dropped midway leaves its hops in flight; a stop now taken in
+    /// with the unfinished requests aborts them and closes their connections, as it would
+    /// in a run.
+    #[test]
+    fn a_stop_now_after_a_cancelled_run_drops_its_hops() {
+        let servers = Servers::start(1);
+        let mut fetcher: Fetcher<Probe> = Fetcher::new(test_config(), Fifo::new()).unwrap();
+        let slow = Probe::new(&servers.url(0, "/delay?ms=20000"), 0);
+        fetcher.enqueue(slow).unwrap();
+        let cancelled = smol::block_on(async { Some(fetcher.run().await) }.or(async {
+            async_io::Timer::after(Duration::from_millis(300)).await;
+            None
+        }));
+        assert!(cancelled.is_none(), "the run ended: {cancelled:?}");
+        assert_eq!((fetcher.frontier.in_flight(), fetcher.hops.len()), (1, 1));
+
+        fetcher.handle().stop_now();
+        assert!(fetcher.take_unfinished().is_empty());
+        assert_eq!((fetcher.frontier.in_flight(), fetcher.hops.len()), (0, 0));
     }
 }
