@@ -528,14 +528,18 @@ mod tests {
 
         // The workers' results, once they come, are not reported twice.
         let finished = frontier.scheduler.stats().finished;
-        frontier.handle_hop(fetches[0].id, HopResult::Failed(aborted()), Instant::now());
+        frontier.handle_hop(
+            fetches[0].id,
+            HopResult::Failed(not_retried()),
+            Instant::now(),
+        );
         assert_eq!(frontier.scheduler.stats().finished, finished);
         assert_eq!(frontier.next_step(false, |_| None), Step::Return);
     }
 
     /// A failure that is not retried.
-    fn aborted() -> TransportError {
-        TransportError::new(TransportErrorKind::Other, "late")
+    fn not_retried() -> TransportError {
+        TransportError::new(TransportErrorKind::Other, "failed")
     }
 
     #[test]
@@ -551,7 +555,11 @@ mod tests {
         // In flight: the loop waits for it, and `waiting` is not asked.
         let step = frontier.next_step(false, |_| panic!("nothing to wait for yet"));
         assert_eq!(step, Step::Wait);
-        frontier.handle_hop(fetches[0].id, HopResult::Failed(aborted()), Instant::now());
+        frontier.handle_hop(
+            fetches[0].id,
+            HopResult::Failed(not_retried()),
+            Instant::now(),
+        );
         drain(&mut frontier);
 
         // Until closed, it waits for the handles; a close ends the wait and is used up.
