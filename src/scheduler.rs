@@ -142,6 +142,19 @@ impl<R> Entry<R> {
     }
 }
 
+// What can be asked of any scheduler, whatever its requests (a driver's `Drop` asks it).
+impl<R> Scheduler<R> {
+    /// Unfinished requests (queued, waiting, in flight, or with callbacks pending).
+    pub fn len(&self) -> usize {
+        self.unfinished
+    }
+
+    /// Whether no request is unfinished.
+    pub fn is_empty(&self) -> bool {
+        self.unfinished == 0
+    }
+}
+
 impl<R: Request> Scheduler<R> {
     /// A scheduler with these settings and this policy.
     ///
@@ -198,16 +211,6 @@ impl<R: Request> Scheduler<R> {
     /// exactly when each response ended.
     pub fn paces(&self) -> bool {
         self.policy.paces()
-    }
-
-    /// Unfinished requests (queued, waiting, in flight, or with callbacks pending).
-    pub fn len(&self) -> usize {
-        self.unfinished
-    }
-
-    /// Whether no request is unfinished.
-    pub fn is_empty(&self) -> bool {
-        self.unfinished == 0
     }
 
     /// Hops in flight.

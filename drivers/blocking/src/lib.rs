@@ -426,6 +426,18 @@ impl<R> fmt::Debug for Fetcher<R> {
     }
 }
 
+/// A fetcher dropped with requests unfinished, or sent by its handles and not taken in yet,
+/// says how many (a warning; with Redis, the store's error counts those never written).
+impl<R> Drop for Fetcher<R> {
+    fn drop(&mut self) {
+        let commands = self.rx.try_iter().filter_map(|message| match message {
+            Message::Command(command) => Some(command),
+            _ => None,
+        });
+        self.frontier.abandon(commands);
+    }
+}
+
 impl<R: Request + Send + 'static> Fetcher<R> {
     /// A fetcher with this configuration and policy, and the default [`ClientOptions`].
     pub fn new(config: Config, policy: impl Policy + 'static) -> Result<Self, Error> {
@@ -606,6 +618,7 @@ impl<R: Request + Send + 'static> Fetcher<R> {
 
     /// Takes back the requests that did not start (after a stop), in order of acceptance,
     /// with the requests a [`Handle`] enqueued (or handed over) that no run has taken in yet.
+    /// A fetcher dropped without them says how many it dropped (a `log` warning).
     pub fn take_unfinished(&mut self) -> Vec<R> {
         // What the handles sent after `run` returned is still in the channel, with the
         // results of hops a stop gave up on.
@@ -786,4 +799,22 @@ fn receive<R: Request + Send + 'static>(
     }
     let _ = redis;
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use downpour_conformance::{test_config, Probe};
+
+    /// Requests a handle sent to a fetcher that is then dropped, without a run to take them
+    /// in, are counted with its own unfinished ones in a warning.
+    #[test]
+    fn a_dropped_fetcher_says_how_many_requests_it_drops() {
+        downpour_conformance::assert_a_dropped_fetcher_counts_its_requests(|own, sent| {
+            let mut fetcher: Fetcher<Probe> = Fetcher::new(test_config(), Fifo::new()).unwrap();
+            fetcher.enqueue(own).unwrap();
+            let handle = fetcher.handle();
+            sent.into_iter().for_each(|p| handle.enqueue(p).unwrap());
+        });
+    }
 }

@@ -125,6 +125,31 @@ impl<R> Frontier<R> {
     pub fn in_flight(&self) -> usize {
         self.in_flight.len()
     }
+
+    /// The fetcher is dropped, with the commands its handles sent and no run took in
+    /// (`waiting`). Its requests are not lost unsaid: without a store, a warning counts the
+    /// unfinished ones, the handles' among them, which go with the fetcher
+    /// (`take_unfinished` gives them back before); with a store, what the handles sent joins
+    /// the requests never written to Redis, which the store's drop counts in its error (the
+    /// others are stored). Returns that count.
+    pub fn abandon(&mut self, waiting: impl IntoIterator<Item = Command<R>>) -> usize {
+        let sent = waiting
+            .into_iter()
+            .filter(|c| matches!(c, Command::Enqueue(_) | Command::HandOff(_)))
+            .count();
+        #[cfg(feature = "redis")]
+        if let Some(store) = &mut self.store {
+            store.count_unwritten(sent);
+            return store.unwritten_requests();
+        }
+        let lost = self.scheduler.len() + sent;
+        if lost > 0 {
+            log::warn!(
+                "{lost} unfinished requests were dropped with the fetcher (take_unfinished gives them back before a fetcher is dropped)"
+            );
+        }
+        lost
+    }
 }
 
 impl<R: Request> Frontier<R> {
@@ -603,6 +628,69 @@ mod tests {
         assert_eq!(taken.len(), 1);
         assert!(!frontier.scheduler.is_stopped());
         assert!(drain(&mut frontier).is_empty(), "nothing started meanwhile");
+    }
+
+    #[test]
+    fn a_dropped_fetcher_counts_its_unfinished_requests_with_the_handles_ones() {
+        let mut frontier = frontier();
+        frontier.enqueue(page("in-flight")).unwrap();
+        assert_eq!(drain(&mut frontier).len(), 1);
+        frontier.enqueue(page("queued")).unwrap();
+        let waiting = [
+            Command::Stop,
+            Command::Enqueue(page("sent")),
+            Command::HandOff(hand_off("handed")),
+            Command::Close,
+        ];
+        assert_eq!(frontier.abandon(waiting), 4);
+        assert_eq!(self::frontier().abandon([Command::Close]), 0);
+    }
+
+    /// With a store, the requests the scheduler holds are stored; those never written
+    /// are counted, the handles' among them.
+    #[cfg(feature = "redis")]
+    #[test]
+    fn a_dropped_fetcher_with_a_store_counts_what_was_never_written() {
+        let mut frontier = frontier();
+        let store = Store::new(crate::store::RedisOptions::default(), "test".into()).unwrap();
+        frontier.store = Some(store);
+        frontier.enqueue(page("enqueued")).unwrap();
+        let waiting = [Command::Enqueue(page("sent")), Command::StopNow];
+        assert_eq!(frontier.abandon(waiting), 2);
+    }
+
+    /// A hand-off, as another partition's scheduler makes one: a redirect to a host of
+    /// this partition.
+    fn hand_off(path: &str) -> HandOff<Page> {
+        let count = 2;
+        let host = |index| {
+            (1..=255)
+                .map(|i| format!("127.0.1.{i}"))
+                .find(|host| downpour::partition_of(host, count) == index)
+                .unwrap()
+        };
+        let config = Config {
+            partition: Some(downpour::Partition { index: 1, count }),
+            ..Config::default()
+        };
+        let policy = Polite::new().delay(Duration::ZERO).allow_all(true);
+        let mut other = Frontier::new(Scheduler::new(config, policy).unwrap());
+        let handed = Arc::new(Mutex::new(None));
+        let into = handed.clone();
+        other.outlets.on_hand_off = Some(Box::new(move |hand_off: HandOff<Page>| {
+            *into.lock().unwrap() = Some(hand_off);
+            Ok(())
+        }));
+        let url = Url::parse(&format!("http://{}/from", host(1))).unwrap();
+        other.enqueue(Page { url, errors: None }).unwrap();
+        let fetch = drain(&mut other).pop().unwrap();
+        let mut moved = downpour::HopResponse::new(http::StatusCode::MOVED_PERMANENTLY);
+        let location = format!("http://{}/{path}", host(0));
+        moved.headers.insert("location", location.parse().unwrap());
+        other.handle_hop(fetch.id, HopResult::Response(moved), Instant::now());
+        drain(&mut other);
+        let hand_off = handed.lock().unwrap().take();
+        hand_off.expect("a redirect to another partition's host is handed off")
     }
 
     #[test]

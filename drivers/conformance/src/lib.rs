@@ -284,6 +284,50 @@ pub fn free_port() -> u16 {
     listener.local_addr().expect("local address").port()
 }
 
+/// The warnings and errors logged in this process since the first call (which installs the
+/// logger that keeps them, unless the process has one already: then it stays empty).
+pub fn logged_warnings() -> Vec<String> {
+    struct Keep(std::sync::Mutex<Vec<String>>);
+    impl log::Log for Keep {
+        fn enabled(&self, m: &log::Metadata) -> bool {
+            m.level() <= log::Level::Warn
+        }
+        fn log(&self, r: &log::Record) {
+            if self.enabled(r.metadata()) {
+                let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+                kept.push(r.args().to_string());
+            }
+        }
+        fn flush(&self) {}
+    }
+    static KEEP: Keep = Keep(std::sync::Mutex::new(Vec::new()));
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        if log::set_logger(&KEEP).is_ok() {
+            log::set_max_level(log::LevelFilter::Warn);
+        }
+    });
+    KEEP.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+/// Checks that a fetcher dropped with requests of its own and requests sent through a handle
+/// says how many it dropped. `drop_with(own, sent)` makes a fetcher of [`test_config`] with
+/// a fifo policy, enqueues `own` itself and `sent` through a handle, and drops it.
+pub fn assert_a_dropped_fetcher_counts_its_requests(drop_with: impl FnOnce(Probe, Vec<Probe>)) {
+    let _ = logged_warnings();
+    let url = "http://127.0.0.1:9/";
+    drop_with(
+        Probe::new(url, 0),
+        (1..=6).map(|id| Probe::new(url, id)).collect(),
+    );
+    let said = logged_warnings();
+    assert!(
+        said.iter()
+            .any(|m| m.starts_with("7 unfinished requests were dropped")),
+        "{said:?}"
+    );
+}
+
 /// A config for tests: short timeouts and back-offs.
 pub fn test_config() -> Config {
     Config {

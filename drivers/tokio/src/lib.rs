@@ -332,6 +332,16 @@ impl<R> fmt::Debug for Fetcher<R> {
     }
 }
 
+/// A fetcher dropped with requests unfinished, or sent by its handles and not taken in yet,
+/// says how many (a warning; with Redis, the store's error counts those never written).
+impl<R> Drop for Fetcher<R> {
+    fn drop(&mut self) {
+        let rx = &mut self.rx;
+        self.frontier
+            .abandon(std::iter::from_fn(|| rx.try_recv().ok()));
+    }
+}
+
 type HopFuture = Pin<Box<dyn Future<Output = (FetchId, HopResult, Instant)> + Send>>;
 
 enum Event {
@@ -515,6 +525,7 @@ impl<R: Request + Send + 'static> Fetcher<R> {
 
     /// Takes back the requests that did not start (after a stop), in order of acceptance,
     /// with the requests a [`Handle`] enqueued (or handed over) that no run has taken in yet.
+    /// A fetcher dropped without them says how many it dropped (a `log` warning).
     pub fn take_unfinished(&mut self) -> Vec<R> {
         // What the handles sent after `run` returned is still in the channel.
         let rx = &mut self.rx;
@@ -747,5 +758,17 @@ mod tests {
         fetcher.handle().stop_now();
         assert!(fetcher.take_unfinished().is_empty());
         assert_eq!((fetcher.frontier.in_flight(), fetcher.hops.len()), (0, 0));
+    }
+
+    /// Requests a handle sent to a fetcher that is then dropped, without a run to take them
+    /// in, are counted with its own unfinished ones in a warning.
+    #[test]
+    fn a_dropped_fetcher_says_how_many_requests_it_drops() {
+        downpour_conformance::assert_a_dropped_fetcher_counts_its_requests(|own, sent| {
+            let mut fetcher: Fetcher<Probe> = Fetcher::new(test_config(), Fifo::new()).unwrap();
+            fetcher.enqueue(own).unwrap();
+            let handle = fetcher.handle();
+            sent.into_iter().for_each(|p| handle.enqueue(p).unwrap());
+        });
     }
 }

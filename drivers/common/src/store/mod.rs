@@ -342,6 +342,9 @@ pub struct Store<R> {
     inbox_has_more: bool,
     waiting_logged: bool,
     error: Option<StoreError>,
+    /// Requests for this store that its fetcher's handles sent and no run took in before
+    /// the fetcher was dropped.
+    never_given: usize,
     _requests: PhantomData<fn() -> R>,
 }
 
@@ -352,11 +355,7 @@ impl<R> Drop for Store<R> {
     /// Requests that the store holds and never wrote (a fetcher dropped after a failed run,
     /// or after enqueueing without a run) are said, not dropped silently.
     fn drop(&mut self) {
-        let inbox = self
-            .unacknowledged()
-            .flatten()
-            .filter(|w| matches!(w, Write::Inbox { .. }))
-            .count();
+        let inbox = self.unwritten_requests();
         if inbox > 0 {
             log::error!(
                 "{inbox} requests enqueued or handed off were never written to Redis (no run wrote them before the fetcher was dropped): they are not stored"
@@ -366,6 +365,23 @@ impl<R> Drop for Store<R> {
 }
 
 impl<R> Store<R> {
+    /// The requests enqueued or handed off that are not stored yet: in writes to an inbox
+    /// that Redis has not acknowledged, or never given to this store (see
+    /// [`count_unwritten`](Store::count_unwritten)).
+    pub fn unwritten_requests(&self) -> usize {
+        self.unacknowledged()
+            .flatten()
+            .filter(|w| matches!(w, Write::Inbox { .. }))
+            .count()
+            + self.never_given
+    }
+
+    /// Counts `requests` meant for this store that it will never get (its fetcher is
+    /// dropped while they wait in its handles' channel) with those it never wrote.
+    pub fn count_unwritten(&mut self, requests: usize) {
+        self.never_given += requests;
+    }
+
     /// The writes not yet acknowledged by Redis: those of the pipeline running, of the one
     /// waiting for a retry, and those queued.
     fn unacknowledged(&self) -> impl Iterator<Item = &[Write]> {
@@ -423,6 +439,7 @@ impl<R: Request> Store<R> {
             inbox_has_more: true,
             waiting_logged: false,
             error: None,
+            never_given: 0,
             _requests: PhantomData,
         })
     }
