@@ -126,16 +126,8 @@
 mod arrival;
 mod client;
 mod pool;
-
-/// A current-thread runtime with I/O and time, for the unit tests.
-#[cfg(test)]
-fn test_runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
 mod timer;
+
 use downpour_common::decode;
 use downpour_common::descriptors;
 
@@ -732,6 +724,15 @@ impl<R: Request + Send + 'static> Fetcher<R> {
             }
         }
     }
+}
+
+/// A current-thread runtime with I/O and time, for the unit tests.
+#[cfg(test)]
+fn test_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 #[cfg(test)]
