@@ -659,44 +659,12 @@ mod tests {
         assert_eq!(frontier.abandon(waiting), 2);
     }
 
-    /// A hand-off, as another partition's scheduler makes one: a redirect to a host of
-    /// this partition.
-    fn hand_off(path: &str) -> HandOff<Page> {
-        let count = 2;
-        let host = |index| {
-            (1..=255)
-                .map(|i| format!("127.0.1.{i}"))
-                .find(|host| downpour::partition_of(host, count) == index)
-                .unwrap()
-        };
-        let config = Config {
-            partition: Some(downpour::Partition { index: 1, count }),
-            ..Config::default()
-        };
-        let policy = Polite::new().delay(Duration::ZERO).allow_all(true);
-        let mut other = Frontier::new(Scheduler::new(config, policy).unwrap());
-        let handed = Arc::new(Mutex::new(None));
-        let into = handed.clone();
-        other.outlets.on_hand_off = Some(Box::new(move |hand_off: HandOff<Page>| {
-            *into.lock().unwrap() = Some(hand_off);
-            Ok(())
-        }));
-        let url = Url::parse(&format!("http://{}/from", host(1))).unwrap();
-        other.enqueue(Page { url, errors: None }).unwrap();
-        let fetch = drain(&mut other).pop().unwrap();
-        let mut moved = downpour::HopResponse::new(http::StatusCode::MOVED_PERMANENTLY);
-        let location = format!("http://{}/{path}", host(0));
-        moved.headers.insert("location", location.parse().unwrap());
-        other.handle_hop(fetch.id, HopResult::Response(moved), Instant::now());
-        drain(&mut other);
-        let hand_off = handed.lock().unwrap().take();
-        hand_off.expect("a redirect to another partition's host is handed off")
-    }
-
-    #[test]
-    fn a_hand_off_its_owner_refuses_is_fetched_here() {
-        let owned = "127.0.0.1";
-        let index = downpour::partition_of(owned, 2);
+    /// A frontier of one of two partitions whose first fetch, of its own host, is answered
+    /// with a redirect to `path` on a host of the other partition; the hand-off that makes
+    /// goes to `outlet` once the frontier's actions are carried out. The frontier, the
+    /// redirect's location, and the other partition.
+    fn redirected_away(path: &str, outlet: OnHandOff<Page>) -> (Frontier<Page>, String, u32) {
+        let index = downpour::partition_of("127.0.0.1", 2);
         let elsewhere = (2..=255)
             .map(|i| format!("127.0.0.{i}"))
             .find(|host| downpour::partition_of(host, 2) != index)
@@ -707,25 +675,46 @@ mod tests {
         };
         let policy = Polite::new().delay(Duration::ZERO).allow_all(true);
         let mut frontier = Frontier::new(Scheduler::new(config, policy).unwrap());
-        let offered = Arc::new(Mutex::new(Vec::new()));
-        let seen = offered.clone();
-        frontier.outlets.on_hand_off = Some(Box::new(move |hand_off: HandOff<Page>| {
-            seen.lock().unwrap().push(hand_off.partition());
-            Err(hand_off)
-        }));
+        frontier.outlets.on_hand_off = Some(outlet);
         frontier.enqueue(page("moved")).unwrap();
         let fetch = drain(&mut frontier).pop().unwrap();
         let mut moved = downpour::HopResponse::new(http::StatusCode::MOVED_PERMANENTLY);
-        let location = format!("http://{elsewhere}/new");
+        let location = format!("http://{elsewhere}/{path}");
         moved.headers.insert("location", location.parse().unwrap());
         frontier.handle_hop(fetch.id, HopResult::Response(moved), Instant::now());
+        (frontier, location, 1 - index)
+    }
+
+    /// A hand-off, as another partition's scheduler makes one.
+    fn hand_off(path: &str) -> HandOff<Page> {
+        let handed = Arc::new(Mutex::new(None));
+        let into = handed.clone();
+        let (mut other, _, _) = redirected_away(
+            path,
+            Box::new(move |hand_off: HandOff<Page>| {
+                *into.lock().unwrap() = Some(hand_off);
+                Ok(())
+            }),
+        );
+        drain(&mut other);
+        let hand_off = handed.lock().unwrap().take();
+        hand_off.expect("a redirect to another partition's host is handed off")
+    }
+
+    #[test]
+    fn a_hand_off_its_owner_refuses_is_fetched_here() {
+        let offered = Arc::new(Mutex::new(Vec::new()));
+        let seen = offered.clone();
+        let (mut frontier, location, owner) = redirected_away(
+            "new",
+            Box::new(move |hand_off: HandOff<Page>| {
+                seen.lock().unwrap().push(hand_off.partition());
+                Err(hand_off)
+            }),
+        );
 
         let fetches = drain(&mut frontier);
-        assert_eq!(
-            *offered.lock().unwrap(),
-            [1 - index],
-            "offered to its owner"
-        );
+        assert_eq!(*offered.lock().unwrap(), [owner], "offered to its owner");
         assert_eq!(fetches.len(), 1, "refused, so fetched here");
         assert_eq!(fetches[0].url.as_str(), location);
         assert_eq!(frontier.in_flight(), 1);
