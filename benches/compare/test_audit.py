@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
-"""Tests of audit.py, the judge of every polite row of the comparison, and of urls.py:
-logs with known answers, in nginx's format, and what the audit must make of them.
+"""Tests of what the comparison's verdicts rest on: audit.py, the judge of every polite row,
+on logs with known answers in nginx's format; how `run` picks a round and says met or
+missed; and the URL lists of urls.py.
 
     python3 benches/compare/test_audit.py
 """
 
+import importlib.machinery
+import importlib.util
 import os
 import sys
 import tempfile
@@ -14,6 +17,19 @@ sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import audit  # noqa: E402
 import urls  # noqa: E402
+
+
+def load_run():
+    """The `run` script as a module (its name has no .py); `main` is not called."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "run")
+    loader = importlib.machinery.SourceFileLoader("compare_run", path)
+    spec = importlib.util.spec_from_loader("compare_run", loader)
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+run = load_run()
 
 DELAY = 100
 
@@ -141,6 +157,73 @@ class Politeness(unittest.TestCase):
         log = [("a", T0, T0 + 1), ("b", T0, T0 + 1), ("a", T0 + 101, T0 + 102), ("b", T0 + 101, T0 + 102)]
         p = audit.politeness(entries(*log), DELAY)
         self.assertEqual((p["violations"], p["min_gap_ms"]), (0, 100))
+
+
+def polite_round(efficiency, violations=0, min_gap=100, notes=()):
+    return {"client": "downpour (tokio)", "section": "polite, 1,000 hosts", "ran": "the list",
+            "efficiency": efficiency, "violations": violations, "min_gap_ms": min_gap,
+            "notes": list(notes)}
+
+
+class Verdicts(unittest.TestCase):
+    def test_the_median_round_stands_for_the_rounds_but_not_for_their_violations(self):
+        rounds = [polite_round(0.97), polite_round(0.93, violations=2, min_gap=40, notes=["3 failed"]),
+                  polite_round(0.95), polite_round(0.99), polite_round(0.94)]
+        m, ran = run.median_round(rounds)
+        self.assertEqual(m["efficiency"], 0.95)
+        # A violation in any round counts, whichever round is shown.
+        self.assertEqual((m["violations"], m["min_gap_ms"]), (2, 40))
+        self.assertEqual(m["notes"], ["round 2: 3 failed"])
+        self.assertEqual(m["rounds"], [0.97, 0.93, 0.95, 0.99, 0.94])
+        self.assertIn("median of 5 rounds (93.0% to 99.0%", ran)
+        self.assertEqual(rounds[2]["violations"], 0, "the rounds themselves are left as they were")
+
+    def test_an_even_count_shows_the_lower_middle_round(self):
+        m, _ = run.median_round([polite_round(0.96), polite_round(0.94), polite_round(0.95), polite_round(0.97)])
+        self.assertEqual(m["efficiency"], 0.95)
+
+    def test_one_round_is_shown_as_it_is(self):
+        only = polite_round(0.9)
+        self.assertEqual(run.median_round([only]), (only, ""))
+
+    def verdicts(self, results, limit):
+        return [line for line in run.targets(results, limit) if line.startswith("- ")]
+
+    def fifo(self, client, rate):
+        return {"section": "fifo, 200,000 URLs over 64 hosts", "client": client, "rate": rate}
+
+    def test_a_ratio_just_under_a_target_is_cut_not_rounded_up(self):
+        results = [self.fifo("downpour (tokio)", 5996), self.fifo("Scrapy", 100), self.fifo("reqwest loop", 5451)]
+        lines = self.verdicts(results, 10_000)
+        self.assertIn("0.599 (target ≥ 0.600) **missed**", lines[0])
+        self.assertIn("59.9× (target ≥ 50.0×) **met**", lines[1])
+        self.assertIn("1.09× (target ≥ 1.10×) **missed**", lines[2])  # 1.09998
+        results[0]["rate"] = 6000
+        lines = self.verdicts(results, 10_000)
+        self.assertIn("0.600 (target ≥ 0.600) **met**", lines[0])
+        self.assertIn("1.10× (target ≥ 1.10×) **met**", lines[2])
+
+    def test_figures_are_cut_to_the_digits_shown(self):
+        self.assertEqual(run.fmt_pct(0.9496), "94.9%")
+        self.assertEqual(run.fmt_pct(0.95), "95.0%")
+        self.assertEqual(run.fmt_ratio(0.29, 2), "0.29")  # 28.999999999999996 hundredths
+        self.assertEqual(run.fmt_ratio(0.636, 2), "0.63")
+        self.assertEqual(run.fmt_ratio(108.66, 1), "108.6")
+
+    def test_a_peer_not_measured_misses_its_target(self):
+        lines = self.verdicts([self.fifo("downpour (tokio)", 6000)], None)
+        self.assertEqual(sum("not measured" in line and "**missed**" in line for line in lines), 3)
+
+    def test_a_polite_row_needs_95_percent_and_no_violation(self):
+        rows = [polite_round(0.95), polite_round(0.9496), polite_round(0.99, violations=1)]
+        for r, client in zip(rows, ("downpour (tokio)", "downpour (smol)", "downpour (blocking)")):
+            r["client"] = client
+        lines = [line for line in self.verdicts(rows, None) if "efficient" in line]
+        self.assertEqual([line.endswith("**met**") for line in lines], [True, False, False])
+        self.assertIn("94.9% efficient", lines[1])
+        # Scrapy's polite rows are shown in the table but have no target.
+        scrapy = dict(polite_round(0.5), client="Scrapy")
+        self.assertEqual(len([line for line in self.verdicts(rows + [scrapy], None) if "efficient" in line]), 3)
 
 
 class Lists(unittest.TestCase):
