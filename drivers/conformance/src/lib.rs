@@ -328,6 +328,28 @@ pub fn assert_a_dropped_fetcher_counts_its_requests(drop_with: impl FnOnce(Probe
     );
 }
 
+/// Writes a driver crate's unit test of its dropped `Fetcher`, with
+/// [`assert_a_dropped_fetcher_counts_its_requests`]: `dropped_fetcher_test!(crate);` in the
+/// crate's tests module, where the `Fetcher`, `Fifo` and `Handle` are the driver's own.
+#[macro_export]
+macro_rules! dropped_fetcher_test {
+    ($krate:ident) => {
+        /// Requests a handle sent to a fetcher that is then dropped, without a run to take
+        /// them in, are counted with its own unfinished ones in a warning.
+        #[test]
+        fn a_dropped_fetcher_says_how_many_requests_it_drops() {
+            $crate::assert_a_dropped_fetcher_counts_its_requests(|own, sent| {
+                let config = $crate::test_config();
+                let mut fetcher: $krate::Fetcher<$crate::Probe> =
+                    $krate::Fetcher::new(config, $krate::Fifo::new()).unwrap();
+                fetcher.enqueue(own).unwrap();
+                let handle = fetcher.handle();
+                sent.into_iter().for_each(|p| handle.enqueue(p).unwrap());
+            });
+        }
+    };
+}
+
 /// A config for tests: short timeouts and back-offs.
 pub fn test_config() -> Config {
     Config {

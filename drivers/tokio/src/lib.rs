@@ -761,15 +761,5 @@ mod tests {
         assert_eq!((fetcher.frontier.in_flight(), fetcher.hops.len()), (0, 0));
     }
 
-    /// Requests a handle sent to a fetcher that is then dropped, without a run to take them
-    /// in, are counted with its own unfinished ones in a warning.
-    #[test]
-    fn a_dropped_fetcher_says_how_many_requests_it_drops() {
-        downpour_conformance::assert_a_dropped_fetcher_counts_its_requests(|own, sent| {
-            let mut fetcher: Fetcher<Probe> = Fetcher::new(test_config(), Fifo::new()).unwrap();
-            fetcher.enqueue(own).unwrap();
-            let handle = fetcher.handle();
-            sent.into_iter().for_each(|p| handle.enqueue(p).unwrap());
-        });
-    }
+    downpour_conformance::dropped_fetcher_test!(crate);
 }
