@@ -379,20 +379,9 @@ pub fn test_config() -> Config {
 /// ```
 #[macro_export]
 macro_rules! driver_suite {
-    (
-        $name:ident,
-        $krate:ident,
-        $(let $setup:ident = $setup_expr:expr;)?
-        |$fetcher:ident| $run:expr,
-        until_closed: |$closing:ident| $run_until_closed:expr
-    ) => {
-        $crate::driver!(
-            $name,
-            $krate,
-            $(let $setup = $setup_expr;)?
-            |$fetcher| $run,
-            until_closed: |$closing| $run_until_closed
-        );
+    // The arguments after the name are `driver!`'s, which reads them.
+    ($name:ident, $($driver:tt)*) => {
+        $crate::driver!($name, $($driver)*);
         $crate::suite!($name);
     };
 }
