@@ -40,16 +40,21 @@ def line(host, start_ms, end_ms, uri="/p/0", status=200):
     return f"{end_ms / 1000:.3f} {(end_ms - start_ms) / 1000:.3f} {host} {status} 256 {uri}\n"
 
 
-def entries(*requests):
-    """(host, start_ms, end_ms) → the audit's entries, through a real log file."""
+def parse_log(text):
+    """The audit's entries of an access log with this text, through a real file."""
     with tempfile.NamedTemporaryFile("w", suffix=".log", delete=False) as f:
-        for i, (host, start, end) in enumerate(requests):
-            f.write(line(host, start, end, uri=f"/p/{i}"))
+        f.write(text)
         path = f.name
     try:
         return audit.parse(path)
     finally:
         os.unlink(path)
+
+
+def entries(*requests):
+    """(host, start_ms, end_ms) → the audit's entries."""
+    return parse_log("".join(line(host, start, end, uri=f"/p/{i}")
+                             for i, (host, start, end) in enumerate(requests)))
 
 
 def paced(host, first_start, count, gap=DELAY, duration=0):
@@ -71,15 +76,9 @@ class Parse(unittest.TestCase):
         self.assertEqual(e, ("127.0.0.1", T0 + 12, T0 + 47, 200, "/p/0"))
 
     def test_robots_txt_and_short_lines_are_left_out(self):
-        with tempfile.NamedTemporaryFile("w", suffix=".log", delete=False) as f:
-            f.write(line("127.0.0.1", T0, T0 + 1, uri="/robots.txt"))
-            f.write("1795658531.394 0.000 127.0.0.1\n")
-            f.write(line("127.0.0.1", T0 + 5, T0 + 6, uri="/p/1", status=404))
-            path = f.name
-        try:
-            got = audit.parse(path)
-        finally:
-            os.unlink(path)
+        got = parse_log(line("127.0.0.1", T0, T0 + 1, uri="/robots.txt")
+                        + "1795658531.394 0.000 127.0.0.1\n"
+                        + line("127.0.0.1", T0 + 5, T0 + 6, uri="/p/1", status=404))
         self.assertEqual(got, [("127.0.0.1", T0 + 5, T0 + 6, 404, "/p/1")])
 
 
